@@ -1,0 +1,3 @@
+from sdmvae_cli.cli import main
+
+main()

@@ -1,0 +1,128 @@
+"""Audio I/O: read any soundfile-readable file into a 16 kHz mono, peak-normalised waveform.
+
+Why peak normalisation: the authors normalise every utterance to a peak of 1 before the STFT,
+so the model is trained (and must be used) at that level. The gain is remembered so
+resynthesis can give back the input's original level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdmvae_cli.atomic import atomic_path
+from sdmvae_cli.errors import AudioError
+from sdmvae_cli.stft import StftConfig, min_samples
+
+log = logging.getLogger("sdmvae")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+#: Peak below this (about -120 dBFS) is treated as digital silence.
+SILENCE_PEAK = 1e-6
+
+
+@dataclass
+class Audio:
+    """A waveform ready for analysis, plus what is needed to undo the front-end."""
+
+    samples: np.ndarray  # float32, mono, at cfg.sample_rate, peak 1.0
+    gain: float  # original peak: samples * gain is the input level
+    source_rate: int
+    source_channels: int
+    source_length: int  # samples at the source rate
+
+    @property
+    def seconds(self) -> float:
+        return self.source_length / self.source_rate
+
+
+def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the sample rate; one-line errors for missing/corrupt files."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, expected an audio file")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError with long texts
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise AudioError(f"{path}: cannot read audio ({msg})") from None
+    return data, int(rate)
+
+
+def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = True) -> Audio:
+    """Read, mix down, resample to ``cfg.sample_rate`` and peak-normalise one file."""
+    data, rate = read_raw(path)
+    n_src, channels = data.shape
+    if n_src == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+    if channels > 1:
+        if warn_stereo:
+            log.warning("%s: %d channels mixed down to mono", path, channels)
+        mono = data.mean(axis=1)
+    else:
+        mono = data[:, 0]
+    if rate != cfg.sample_rate:
+        import librosa
+
+        mono = librosa.resample(mono, orig_sr=rate, target_sr=cfg.sample_rate, res_type="soxr_hq").astype(np.float32)
+    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"{path}: audio is silent (peak {peak:.2g})")
+    if mono.size < min_samples(cfg):
+        raise AudioError(
+            f"{path}: too short ({n_src / rate:.3f} s); need at least {min_samples(cfg) / cfg.sample_rate:.3f} s"
+        )
+    return Audio(
+        samples=(mono / peak).astype(np.float32),
+        gain=peak,
+        source_rate=rate,
+        source_channels=channels,
+        source_length=n_src,
+    )
+
+
+def restore(samples: np.ndarray, audio: Audio, cfg: StftConfig) -> np.ndarray:
+    """Undo the front-end: back to the source rate, length and level."""
+    out = samples.astype(np.float32) * audio.gain
+    if audio.source_rate != cfg.sample_rate:
+        import librosa
+
+        out = librosa.resample(out, orig_sr=cfg.sample_rate, target_sr=audio.source_rate, res_type="soxr_hq")
+    n = audio.source_length
+    if out.size >= n:
+        out = out[:n]
+    else:
+        out = np.pad(out, (0, n - out.size))
+    return out.astype(np.float32)
+
+
+def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int) -> None:
+    """Write atomically (temp file + rename); the format follows the suffix (wav, flac)."""
+    import soundfile as sf
+
+    path = Path(path)
+    suffix = path.suffix.lower() or ".wav"
+    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(suffix)
+    if fmt is None:
+        raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav or .flac)")
+    subtype = "FLOAT" if fmt == "WAV" else None
+    with atomic_path(path, suffix=suffix) as tmp:
+        sf.write(str(tmp), samples, rate, format=fmt, subtype=subtype)
+
+
+def trim_silence(samples: np.ndarray, top_db: float) -> tuple[np.ndarray, int, int]:
+    """Leading/trailing silence removal (librosa ``effects.trim``, top_db=30 as the authors)."""
+    import librosa
+
+    trimmed, (start, stop) = librosa.effects.trim(samples, top_db=top_db)
+    return trimmed, int(start), int(stop)

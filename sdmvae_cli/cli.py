@@ -1,0 +1,339 @@
+"""The `sdmvae` command line: parses options and calls library functions (nothing else).
+
+Every user error is one line on stderr and a non-zero exit code (1; 2 for usage errors,
+130 for Ctrl-C). Machine-readable outputs (CSV, JSON) are files or --json on stdout; tables
+and progress bars are for people and go to the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sdmvae_cli import __version__
+from sdmvae_cli.errors import SdmvaeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sparse-latent VAEs for speech power spectrograms: prepare, train, resynth, evaluate (SDM-VAE, VSC, ...).",
+)
+out = Console()
+err = Console(stderr=True)
+log = logging.getLogger("sdmvae")
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=None, leave=False, file=sys.stderr)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sdmvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+
+
+# -- prepare -------------------------------------------------------------------------------
+@app.command()
+def prepare(
+    layout: str = typer.Argument(..., help="Corpus layout: tcd-timit, librispeech, vctk or folder (<root>/**/<speaker>/<utt>.wav|flac)."),
+    corpus_dir: Path = typer.Argument(..., help="Root of the corpus."),
+    out_dir: Path = typer.Argument(..., help="Output directory (created)."),
+    val_speakers: str = typer.Option("0.1", help="Validation speakers: a count, a fraction in (0,1), or a comma-separated list."),
+    test_speakers: str = typer.Option("0.1", help="Test speakers: a count, a fraction in (0,1), or a comma-separated list."),
+    split_file: Optional[Path] = typer.Option(None, help='JSON {"train": [...], "validation": [...], "test": [...]} speaker lists (train optional: all others).'),
+    seed: int = typer.Option(0, help="Seed of the random speaker split."),
+    trim: bool = typer.Option(True, "--trim/--no-trim", help="Trim leading/trailing silence of the training frames (librosa, top_db)."),
+    top_db: float = typer.Option(30.0, help="Silence threshold for trimming, dB below the peak."),
+    include_lipspeakers: bool = typer.Option(False, help="tcd-timit: also use the 3 lipspeakers (in the train split)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes."),
+    force: bool = typer.Option(False, help="Recompute even if the outputs are up to date."),
+) -> None:
+    """Split a corpus by speaker and compute power spectrograms (1024-sample sine window, hop 256, 513 bins)."""
+    from sdmvae_cli.prepare import PrepareOptions, prepare as run
+
+    if layout not in ("tcd-timit", "librispeech", "vctk", "folder"):
+        raise SdmvaeError(f"unknown layout {layout!r}; expected tcd-timit, librispeech, vctk or folder")
+    opts = PrepareOptions(layout=layout, trim=trim, top_db=top_db, val_speakers=val_speakers, test_speakers=test_speakers,
+                          seed=seed, split_file=str(split_file) if split_file else None,
+                          include_lipspeakers=include_lipspeakers, jobs=jobs, force=force)
+    info = run(corpus_dir, out_dir, opts, progress_factory=lambda n: _bar(n, "prepare"))
+    t = Table(title=f"prepared {out_dir}" + ("  (up to date, nothing recomputed)" if info["up_to_date"] else ""))
+    for c in ("split", "speakers", "utterances", "frames", "hours", "skipped"):
+        t.add_column(c, justify="right" if c != "split" else "left")
+    hop = info["stft"]["hop_length"] / info["stft"]["sample_rate"]
+    for name, s in info["splits"].items():
+        t.add_row(name, str(s["speakers"]), str(s["utterances"]), str(s["frames"]), f"{s['frames'] * hop / 3600:.2f}", str(len(s["skipped"])))
+    out.print(t)
+    skipped = sum(len(s["skipped"]) for s in info["splits"].values())
+    if skipped:
+        err.print(f"[yellow]{skipped} file(s) skipped; reasons in {out_dir}/<split>/.done.json[/yellow]")
+
+
+FLAG = {"dictionary": "dict"}  # ModelConfig field -> CLI flag, where they differ
+
+
+def _show(v) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+# -- models --------------------------------------------------------------------------------
+@app.command("models")
+def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """List the registered models and the options each one uses."""
+    from sdmvae_cli.nets import REGISTRY, ModelConfig
+
+    defaults = ModelConfig().to_dict()
+    rows = [{"name": n, "description": c.DESCRIPTION, "options": {o: defaults[o] for o in c.OPTIONS}} for n, c in sorted(REGISTRY.items())]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table(title="sdmvae models")
+    t.add_column("model")
+    t.add_column("description")
+    t.add_column("options (default)")
+    for r in rows:
+        t.add_row(r["name"], r["description"], ", ".join(f"--{FLAG.get(k, k).replace('_', '-')} {_show(v)}" for k, v in r["options"].items()))
+    out.print(t)
+
+
+# -- train ---------------------------------------------------------------------------------
+@app.command()
+def train(
+    prepared_dir: Path = typer.Argument(..., help="Output of `sdmvae prepare`."),
+    model: str = typer.Option("sdm", help="Model name (see `sdmvae models`)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<model>-<config>)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    latent: int = typer.Option(64, help="Latent dimension m (paper: 32, 64)."),
+    hidden: str = typer.Option("128", help="Hidden layer sizes, comma-separated (encoder; the decoder mirrors it)."),
+    activation: str = typer.Option("tanh", help="tanh or relu."),
+    input_transform: str = typer.Option("log", help="Encoder input: log (log power) or power (raw, as the authors' code)."),
+    beta: float = typer.Option(1.0, help="KL weight (beta1 for threshold)."),
+    dict_: str = typer.Option("dct", "--dict", help="sdm: dct, identity or learned."),
+    k: int = typer.Option(64, help="sdm: number of atoms."),
+    dict_lr: float = typer.Option(1e-3, help="sdm --dict learned: the dictionary's learning rate."),
+    coherence: float = typer.Option(0.0, help="sdm --dict learned: mutual-coherence penalty weight."),
+    alpha: float = typer.Option(0.5, help="vsc: prior slab probability."),
+    c_start: float = typer.Option(50.0, help="vsc: initial sharpness c of the spike selection."),
+    c_end: float = typer.Option(200.0, help="vsc: final c."),
+    c_warmup: int = typer.Option(100, help="vsc: epochs of linear c warm-up."),
+    base: str = typer.Option("gaussian", help="threshold: gaussian or laplace base posterior."),
+    threshold: float = typer.Option(0.5, help="threshold: fixed threshold lambda."),
+    learn_threshold: bool = typer.Option(False, help="threshold: learn lambda with a Gamma posterior/prior."),
+    gamma_shape: float = typer.Option(2.0, help="threshold: Gamma prior shape for lambda."),
+    gamma_rate: float = typer.Option(4.0, help="threshold: Gamma prior rate for lambda."),
+    beta2: float = typer.Option(1.0, help="threshold: weight of the Gamma KL."),
+    samples: int = typer.Option(1, help="threshold: J samples per frame, max-ELBO selection."),
+    lr: float = typer.Option(1e-4, help="Adam learning rate."),
+    batch_size: int = typer.Option(128, help="Frames per batch."),
+    epochs: int = typer.Option(500, help="Maximum epochs."),
+    patience: int = typer.Option(20, help="Early stopping: epochs without validation improvement."),
+    seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
+    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
+) -> None:
+    """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, loss.png."""
+    from sdmvae_cli.nets import ModelConfig
+    from sdmvae_cli.train import TrainOptions, plot_history, train as run
+
+    try:
+        hidden_sizes = [int(h) for h in hidden.split(",") if h.strip()]
+    except ValueError:
+        raise SdmvaeError(f"--hidden: expected comma-separated integers, got {hidden!r}") from None
+    cfg = ModelConfig(model=model, latent=latent, hidden=hidden_sizes, activation=activation, input_transform=input_transform,
+                      beta=beta, dictionary=dict_, k=k, dict_lr=dict_lr, coherence=coherence, alpha=alpha, c_start=c_start,
+                      c_end=c_end, c_warmup=c_warmup, base=base, threshold=threshold, learn_threshold=learn_threshold,
+                      gamma_shape=gamma_shape, gamma_rate=gamma_rate, beta2=beta2, samples=samples)
+    opts = TrainOptions(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device, cuda_graph=cuda_graph)
+    if resume is not None:
+        run_dir = resume
+    elif out is not None:
+        run_dir = out
+    else:
+        run_dir = Path("runs") / default_run_name(cfg)
+    if resume is None:
+        from sdmvae_cli.nets import build_model
+
+        build_model(cfg)  # validate options before touching the run directory
+
+    def on_epoch(r) -> None:
+        mark = "[green]*[/green]" if r.best else " "
+        err.print(f"epoch {r.epoch:4d} {mark} train {r.train_total:10.3f} (IS {r.train_recon:10.3f} KL {r.train_kl:8.3f})  "
+                  f"val {r.val_total:10.3f} (IS {r.val_recon:10.3f} KL {r.val_kl:8.3f})  {r.seconds:6.2f}s {r.frames_per_s:,.0f} frames/s",
+                  highlight=False)
+
+    def progress(epoch: int, steps: int):
+        from tqdm import tqdm
+
+        return tqdm(total=steps, desc=f"epoch {epoch}", unit="step", disable=None, leave=False, file=sys.stderr)
+
+    result = run(prepared_dir, cfg if resume is None else None, opts, run_dir, resume=resume is not None,
+                 on_epoch=on_epoch, progress_factory=progress)
+    if plot:
+        plot_history(run_dir, result.history)
+    if result.interrupted:
+        err.print(f"interrupted: {run_dir}/last.pt holds the last completed epoch; continue with --resume {run_dir}")
+        raise typer.Exit(130)
+    why = "early stopping" if result.stopped_early else "epoch limit"
+    out.print(f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {run_dir}/best.pt")
+
+
+def default_run_name(cfg) -> str:
+    parts = [cfg.model, f"m{cfg.latent}"]
+    if cfg.model == "sdm":
+        parts += [cfg.dictionary, f"k{cfg.k}"]
+    elif cfg.model == "vsc":
+        parts.append(f"a{cfg.alpha:g}")
+    elif cfg.model == "threshold":
+        parts += [cfg.base, "learned" if cfg.learn_threshold else f"l{cfg.threshold:g}"]
+    return "-".join(parts)
+
+
+# -- resynth -------------------------------------------------------------------------------
+@app.command()
+def resynth(
+    inp: Path = typer.Argument(..., metavar="IN", help="An audio file, a directory (mirrored), or with --from-list a text file of paths."),
+    dst: Path = typer.Argument(..., metavar="OUT", help="Output file, or directory."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint (best.pt or its run directory); default: the released model."),
+    save_codes: bool = typer.Option(False, help="Also write <out>.codes.npz with the latent codes."),
+    from_list: bool = typer.Option(False, help="IN is a text file with one audio path per line."),
+) -> None:
+    """Resynthesise speech through a model: encode, decode the posterior mean, input phase, inverse STFT."""
+    from sdmvae_cli.resynth import load_for_resynth, plan_outputs, resynthesise_many
+
+    lm = load_for_resynth(model)
+    if not from_list and (inp.is_dir() and not dst.suffix):
+        dst.mkdir(parents=True, exist_ok=True)
+    pairs = plan_outputs(inp, dst, from_list=from_list)
+    bar = _bar(len(pairs), "resynth") if len(pairs) > 1 else None
+    failures = resynthesise_many(pairs, lm, save_codes=save_codes, progress=(bar.update if bar else None))
+    if bar:
+        bar.close()
+    for src, why in failures:
+        err.print(f"failed: {why}", highlight=False, markup=False)
+    if failures:
+        if len(pairs) == 1:
+            raise SdmvaeError(failures[0][1])
+        raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")
+    if len(pairs) > 1:
+        out.print(f"wrote {len(pairs)} file(s) under {dst}")
+
+
+# -- evaluate ------------------------------------------------------------------------------
+def _summary_table(summary: dict, title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("mean", justify="right")
+    t.add_column("std", justify="right")
+    t.add_column("n", justify="right")
+    for k, v in summary["metrics"].items():
+        if v["mean"] is None:
+            t.add_row(k, "-", "-", "0")
+        else:
+            t.add_row(k, f"{v['mean']:.3f}", f"{v['std']:.3f}", str(v["n"]))
+    sp = summary.get("sparsity")
+    if sp:
+        t.add_row("zero fraction", f"{sp['zero_fraction']:.3f}", "", str(sp["frames"]))
+        t.add_row("near-zero fraction", f"{sp['near_zero_fraction']:.3f}", "", str(sp["frames"]))
+        t.add_row("active units", f"{sp['active_units']} / {sp['code_dim']}", "", "")
+    return t
+
+
+@app.command()
+def evaluate(
+    checkpoint: Optional[Path] = typer.Argument(None, help="Checkpoint to evaluate (protocol of the paper)."),
+    prepared_dir: Optional[Path] = typer.Argument(None, help="Prepared directory whose split is scored."),
+    split: str = typer.Option("test", help="Split to score."),
+    ref: Optional[Path] = typer.Option(None, help="Folder mode: reference audio folder."),
+    est: Optional[Path] = typer.Option(None, help="Folder mode: estimated audio folder (paired by relative path)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Where per_file.csv and summary.json go (default <ckpt dir>/eval-<split>, or ./eval)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON summary on stdout (the table goes to stderr)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Worker processes (0 = all cores)."),
+    limit: Optional[int] = typer.Option(None, help="Score only the first N utterances."),
+) -> None:
+    """Score resynthesis quality (PESQ-WB, STOI, ESTOI, SI-SDR) and latent sparsity (Hoyer)."""
+    from sdmvae_cli.evaluate import default_jobs, evaluate_checkpoint, evaluate_folders
+
+    n_jobs = jobs if jobs > 0 else default_jobs()
+    if ref is not None or est is not None:
+        if ref is None or est is None or checkpoint is not None:
+            raise SdmvaeError("folder mode takes --ref and --est, and no checkpoint")
+        res = evaluate_folders(ref, est, out_dir or Path("eval"), jobs=n_jobs, progress_factory=lambda n: _bar(n, "evaluate"))
+        title = f"{est} vs {ref}"
+    else:
+        if checkpoint is None or prepared_dir is None:
+            raise SdmvaeError("give CHECKPOINT PREPARED_DIR, or --ref REF_DIR --est EST_DIR")
+        res = evaluate_checkpoint(checkpoint, prepared_dir, split, out_dir, jobs=n_jobs, limit=limit,
+                                  progress_factory=lambda n: _bar(n, "evaluate"))
+        title = f"{checkpoint} on {prepared_dir} [{split}]"
+    console = err if as_json else out
+    console.print(_summary_table(res.summary, title))
+    for f in res.failures:
+        err.print(f"failed: {f['id']}: {f['reason']}", highlight=False, markup=False)
+    console.print(f"{res.summary['scored']}/{res.summary['files']} scored; per-file CSV and summary in {res.out_dir}", highlight=False)
+    if as_json:
+        print(json.dumps(res.summary, indent=2))
+    if not res.ok:
+        raise typer.Exit(1)
+
+
+# -- table ---------------------------------------------------------------------------------
+@app.command()
+def table(
+    results: List[Path] = typer.Argument(..., help="summary.json files from `sdmvae evaluate`."),
+    fmt: str = typer.Option("rich", "--format", "-f", help="rich, markdown or csv."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """Render evaluation summaries as the paper's Table 1 (rows: model/config; columns: m x PESQ/STOI/Hoyer)."""
+    from sdmvae_cli.table import build_table, render
+
+    tbl = build_table(results)
+    if fmt == "rich":
+        out.print(render(tbl, "rich"))
+        return
+    text = render(tbl, fmt)
+    if out_file:
+        from sdmvae_cli.atomic import write_text
+
+        write_text(out_file, text)
+    else:
+        print(text, end="")
+
+
+def main() -> None:
+    """Console entry point: one-line errors and meaningful exit codes."""
+    try:
+        rv = app(standalone_mode=False)
+    except SdmvaeError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted", highlight=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

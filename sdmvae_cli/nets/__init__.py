@@ -1,0 +1,10 @@
+"""The model family: frame-wise VAEs on power spectrograms with sparse or dense latents.
+
+Importing this package registers every model; use :func:`build_model` / :data:`REGISTRY`.
+"""
+
+from sdmvae_cli.nets.base import LossTerms, ModelConfig, SpectrogramVAE
+from sdmvae_cli.nets.registry import REGISTRY, build_model, model_names, register
+from sdmvae_cli.nets import vae, sdm, vsc, threshold, heavy_tailed  # noqa: F401  (registration)
+
+__all__ = ["LossTerms", "ModelConfig", "SpectrogramVAE", "REGISTRY", "build_model", "model_names", "register"]

@@ -1,0 +1,200 @@
+"""Shared pieces: the model configuration, the MLP encoder/decoder and the Itakura-Saito loss.
+
+Architecture (Leglaive et al. 2018, the SDM-VAE paper's baseline, section 4.1): encoder
+513 -> 128 tanh -> latent parameters; decoder latent -> 128 tanh -> log-variance (513).
+The likelihood is a zero-mean complex Gaussian with variance y = exp(decoder output), whose
+negative log-likelihood per frame is, up to a constant, the Itakura-Saito term
+``sum_f s_f / y_f + log y_f`` (paper eq. 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from sdmvae_cli.errors import SdmvaeError
+
+#: floor added to power before the log input transform (power of a -160 dB bin)
+LOG_FLOOR = 1e-8
+
+
+@dataclass
+class ModelConfig:
+    """Every hyper-parameter of every model, flat and JSON-able (stored in checkpoints).
+
+    Each model class lists in ``OPTIONS`` the fields it reads; the others keep defaults.
+    """
+
+    model: str = "vae"
+    n_bins: int = 513
+    latent: int = 64  # m, dimension of z (paper: 32 and 64)
+    hidden: list[int] = field(default_factory=lambda: [128])
+    activation: str = "tanh"
+    input_transform: str = "log"  # encoder input: log(power + 1e-8), or "power" (raw, as the authors' code)
+    beta: float = 1.0  # KL weight
+    # SDM-VAE
+    dictionary: str = "dct"  # dct | identity | learned
+    k: int = 64  # number of atoms
+    dict_lr: float = 1e-3  # learned dictionary's own learning rate
+    coherence: float = 0.0  # weight of the mutual-coherence penalty (learned dictionary)
+    # VSC
+    alpha: float = 0.5  # prior slab probability
+    c_start: float = 50.0  # sharpness of the spike selection, warmed up from c_start ...
+    c_end: float = 200.0  # ... to c_end ...
+    c_warmup: int = 100  # ... linearly over this many epochs
+    # thresholded VSC
+    base: str = "gaussian"  # gaussian | laplace base posterior
+    threshold: float = 0.5  # fixed threshold lambda (when not learned)
+    learn_threshold: bool = False
+    gamma_shape: float = 2.0  # Gamma prior on lambda (shape, rate): mean 0.5
+    gamma_rate: float = 4.0
+    beta2: float = 1.0  # weight of the threshold's Gamma KL (beta1 is `beta`)
+    samples: int = 1  # J: samples per frame, max-ELBO selection
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise SdmvaeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+class LossTerms(NamedTuple):
+    """Per-frame loss terms, each of shape (batch,)."""
+
+    total: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+
+def mlp(sizes: list[int], activation: str) -> nn.Sequential:
+    acts = {"tanh": nn.Tanh, "relu": nn.ReLU}
+    if activation not in acts:
+        raise SdmvaeError(f"unknown activation {activation!r}; expected tanh or relu")
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), acts[activation]()]
+    return nn.Sequential(*layers)
+
+
+def itakura_saito(x: torch.Tensor, log_y: torch.Tensor) -> torch.Tensor:
+    """Per-frame NLL of the complex-Gaussian variance model (eq. 2): sum x / y + log y."""
+    return (x * torch.exp(-log_y) + log_y).sum(-1)
+
+
+def gaussian_kl_std(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per dimension (the standard VAE term)."""
+    return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+
+class SpectrogramVAE(nn.Module):
+    """Base class: encoder trunk, decoder, and the interface every model implements.
+
+    Interface:
+      ``encode(x)`` -> dict of posterior parameters;
+      ``sample(post)`` -> reparameterised decoder input z;
+      ``mean_code(post)`` -> the posterior-mean decoder input used for resynthesis;
+      ``interpretable_code(post)`` -> the code whose sparsity is measured (a for SDM-VAE, z else);
+      ``decode(z)`` -> log-variance (batch, bins);
+      ``loss(x)`` -> :class:`LossTerms` per frame.
+    """
+
+    name: ClassVar[str] = "base"
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    DESCRIPTION: ClassVar[str] = ""
+    #: size of the interpretable code (k for SDM-VAE)
+    code_dim: int
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        hidden = list(cfg.hidden)
+        self.encoder = mlp([cfg.n_bins, *hidden], cfg.activation)
+        self.decoder = mlp([cfg.latent, *reversed(hidden)], cfg.activation)
+        self.out = nn.Linear(hidden[0] if hidden else cfg.latent, cfg.n_bins)
+        self.enc_dim = hidden[-1] if hidden else cfg.n_bins
+        self.code_dim = cfg.latent
+
+    # -- configuration ---------------------------------------------------------------
+    @classmethod
+    def validate(cls, cfg: ModelConfig) -> None:
+        if cfg.latent < 1:
+            raise SdmvaeError("--latent must be >= 1")
+        if cfg.input_transform not in ("power", "log"):
+            raise SdmvaeError(f"unknown input transform {cfg.input_transform!r}; expected power or log")
+
+    # -- shared pieces ---------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.input_transform == "log":
+            x = torch.log(x + LOG_FLOOR)
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.decoder(z))
+
+    # -- to implement ----------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def sample(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mean_code(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def interpretable_code(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.mean_code(post)
+
+    def kl(self, post: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """Per-frame KL (or its estimate) between posterior and prior, shape (batch,)."""
+        raise NotImplementedError
+
+    # -- generic loss ----------------------------------------------------------------
+    def loss(self, x: torch.Tensor) -> LossTerms:
+        post = self.encode(x)
+        z = self.sample(post)
+        recon = itakura_saito(x, self.decode(z))
+        kl = self.kl(post, z)
+        return LossTerms(recon + self.cfg.beta * kl + self.penalty(), recon, kl)
+
+    def penalty(self) -> torch.Tensor | float:
+        """Extra regulariser added to every frame's total (e.g. dictionary coherence)."""
+        return 0.0
+
+    # -- training hooks (graph-safe: in-place updates only) ---------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch (schedules such as VSC's c warm-up)."""
+
+    def post_step(self) -> None:
+        """Called after each optimiser step (projections such as unit-norm atoms)."""
+
+    def param_groups(self, lr: float) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
+    # -- inference helpers -------------------------------------------------------------
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoded power of the posterior-mean code, and the interpretable code."""
+        post = self.encode(x)
+        return torch.exp(self.decode(self.mean_code(post))), self.interpretable_code(post)
+
+
+def log_laplace(z: torch.Tensor, loc: float | torch.Tensor = 0.0, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
+    scale_t = torch.as_tensor(scale, dtype=z.dtype, device=z.device)
+    return -torch.log(2 * scale_t) - (z - loc).abs() / scale_t
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu).square() * torch.exp(-logvar))

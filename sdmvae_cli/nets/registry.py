@@ -1,0 +1,34 @@
+"""One registry maps a model name to its class, so `train --model NAME` and checkpoints agree."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from sdmvae_cli.errors import SdmvaeError
+
+if TYPE_CHECKING:
+    from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE
+
+REGISTRY: dict[str, type["SpectrogramVAE"]] = {}
+T = TypeVar("T")
+
+
+def register(name: str) -> Callable[[T], T]:
+    def deco(cls):
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def model_names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def build_model(cfg: "ModelConfig") -> "SpectrogramVAE":
+    if cfg.model not in REGISTRY:
+        raise SdmvaeError(f"unknown model {cfg.model!r}; registered models: {', '.join(model_names())}")
+    cls = REGISTRY[cfg.model]
+    cls.validate(cfg)
+    return cls(cfg)

@@ -1,0 +1,264 @@
+"""`sdmvae prepare`: corpus -> speaker-disjoint splits of power-spectrogram frames.
+
+Output layout (OUT_DIR)::
+
+    prepare.json                 StftConfig, options, package version, counts (written last)
+    splits.json                  speaker lists per split
+    <split>/manifest.jsonl       one line per utterance (id, speaker, path, rates, frames)
+    <split>/frames.npy           float32 (frames x 513), opened as a memmap by training
+    <split>/speakers.txt
+    <split>/.done.json           the split's key: a re-run with the same inputs skips it
+
+float32 because full-scale power exceeds float16's range (65504): a peak-normalised tone
+reaches (sum of the window)^2 / 4 ~ 1e5 in its bin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from sdmvae_cli import __version__
+from sdmvae_cli.atomic import atomic_path, write_json, write_text
+from sdmvae_cli.corpus import (
+    SPLITS,
+    Utterance,
+    builtin_tcd_timit_split,
+    discover,
+    fixed_split,
+    load_split_file,
+    random_split,
+)
+from sdmvae_cli.errors import AudioError, SdmvaeError
+from sdmvae_cli.stft import StftConfig, min_samples
+
+log = logging.getLogger("sdmvae")
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PrepareOptions:
+    layout: str = "folder"
+    trim: bool = True
+    top_db: float = 30.0
+    val_speakers: str = "0.1"
+    test_speakers: str = "0.1"
+    seed: int = 0
+    split_file: str | None = None
+    include_lipspeakers: bool = False
+    jobs: int = 1
+    force: bool = False
+    stft: StftConfig = field(default_factory=StftConfig)
+
+    def key_dict(self) -> dict:
+        """The options that change the output (jobs/force do not)."""
+        d = asdict(self)
+        for k in ("jobs", "force"):
+            d.pop(k)
+        d["stft"] = self.stft.to_dict()
+        return d
+
+
+@dataclass
+class FileResult:
+    index: int
+    frames: np.ndarray | None
+    meta: dict
+    error: str | None
+
+
+def _process(args: tuple[int, str, str, str, dict, bool, float]) -> FileResult:
+    """Worker: one file -> power frames (module level so it pickles for processes)."""
+    import torch
+
+    from sdmvae_cli.audio import load_audio, trim_silence
+    from sdmvae_cli.stft import power_spectrogram
+
+    index, utt_id, speaker, path, cfg_d, trim, top_db = args
+    cfg = StftConfig.from_dict(cfg_d)
+    meta = {"id": utt_id, "speaker": speaker, "path": path}
+    try:
+        audio = load_audio(path, cfg, warn_stereo=False)
+    except AudioError as exc:
+        return FileResult(index, None, meta, str(exc))
+    x = audio.samples
+    start, stop = 0, x.size
+    if trim:
+        x, start, stop = trim_silence(x, top_db)
+        if x.size < min_samples(cfg):
+            return FileResult(index, None, meta, f"{path}: nothing left after silence trimming (top_db={top_db})")
+    power = power_spectrogram(torch.from_numpy(np.ascontiguousarray(x)), cfg).numpy().astype(np.float32)
+    meta.update(
+        source_rate=audio.source_rate,
+        channels=audio.source_channels,
+        seconds=round(audio.seconds, 4),
+        gain=audio.gain,
+        trim_start=start,
+        trim_stop=stop,
+        n_frames=int(power.shape[0]),
+    )
+    return FileResult(index, power, meta, None)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _results(tasks: list[tuple], jobs: int) -> Iterator[FileResult]:
+    if jobs <= 1 or len(tasks) <= 1:
+        for t in tasks:
+            yield _process(t)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as ex:
+        yield from ex.map(_process, tasks, chunksize=max(1, min(8, len(tasks) // (4 * jobs))))
+
+
+def _split_key(utts: Sequence[Utterance], opts: PrepareOptions) -> str:
+    h = hashlib.sha256(json.dumps(opts.key_dict(), sort_keys=True).encode())
+    for u in utts:
+        st = u.path.stat()
+        h.update(f"{u.utt_id}|{u.speaker}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _write_npy_from_raw(raw: Path, n_rows: int, n_cols: int, target: Path) -> None:
+    """Turn a raw float32 stream into a .npy (header + the same bytes), atomically."""
+    with atomic_path(target, suffix=".npy") as tmp:
+        with open(tmp, "wb") as out, open(raw, "rb") as src:
+            np.lib.format.write_array_header_1_0(
+                out, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (n_rows, n_cols)}
+            )
+            shutil.copyfileobj(src, out, length=16 << 20)
+
+
+def prepare_split(
+    name: str,
+    utts: Sequence[Utterance],
+    out_dir: Path,
+    opts: PrepareOptions,
+    progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Compute and write one split; returns its summary (counts, skipped files)."""
+    split_dir = out_dir / name
+    split_dir.mkdir(parents=True, exist_ok=True)
+    key = _split_key(utts, opts)
+    done_file = split_dir / ".done.json"
+    if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists():
+        done = json.loads(done_file.read_text())
+        if done.get("key") == key:
+            if progress:
+                progress(len(utts))
+            return done["summary"] | {"skipped_run": True}
+    done_file.unlink(missing_ok=True)
+    tasks = [(i, u.utt_id, u.speaker, str(u.path), opts.stft.to_dict(), opts.trim, opts.top_db) for i, u in enumerate(utts)]
+    manifest_lines: list[str] = []
+    skipped: list[dict] = []
+    n_rows = 0
+    n_bins = opts.stft.n_bins
+    with atomic_path(split_dir / "frames.raw") as raw:
+        with open(raw, "wb") as fh:
+            for res in _results(tasks, opts.jobs):
+                if progress:
+                    progress(1)
+                if res.error is not None:
+                    log.warning("skipped: %s", res.error)
+                    skipped.append({"id": res.meta["id"], "reason": res.error})
+                    continue
+                assert res.frames is not None and res.frames.shape[1] == n_bins
+                res.meta["frame_offset"] = n_rows
+                n_rows += res.frames.shape[0]
+                fh.write(np.ascontiguousarray(res.frames, dtype="<f4").tobytes())
+                manifest_lines.append(json.dumps(res.meta))
+        if n_rows == 0:
+            raise SdmvaeError(f"{name} split: no usable audio ({len(skipped)} file(s) skipped, e.g. {skipped[0]['reason'] if skipped else '-'})")
+        _write_npy_from_raw(raw, n_rows, n_bins, split_dir / "frames.npy")
+    (split_dir / "frames.raw").unlink(missing_ok=True)
+    write_text(split_dir / "manifest.jsonl", "\n".join(manifest_lines) + "\n")
+    speakers = sorted({u.speaker for u in utts})
+    write_text(split_dir / "speakers.txt", "\n".join(speakers) + "\n")
+    summary = {
+        "speakers": len(speakers),
+        "utterances": len(manifest_lines),
+        "frames": n_rows,
+        "skipped": skipped,
+    }
+    write_json(done_file, {"key": key, "summary": summary})
+    return summary
+
+
+def make_split(utts: Sequence[Utterance], opts: PrepareOptions) -> dict[str, list[str]]:
+    if opts.split_file:
+        return fixed_split(utts, load_split_file(opts.split_file), strict=True)
+    if opts.layout == "tcd-timit":
+        builtin = builtin_tcd_timit_split()
+        split = fixed_split(utts, {"validation": builtin["validation"], "test": builtin["test"], "train": None}, strict=True)
+        for s, n in builtin["expected_counts"].items():
+            if len(split[s]) != n:
+                log.warning("TCD-TIMIT %s split has %d speakers, the paper's protocol has %d", s, len(split[s]), n)
+        return split
+    return random_split(utts, opts.val_speakers, opts.test_speakers, opts.seed)
+
+
+def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, progress_factory=None) -> dict:
+    """Run the whole preparation; returns the content of ``prepare.json``.
+
+    ``progress_factory(total)`` may return a callable advanced by one per file (a tqdm bar).
+    """
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    utts = discover(corpus_dir, opts.layout, include_lipspeakers=opts.include_lipspeakers)
+    split = make_split(utts, opts)
+    by_speaker = {s: name for name, spk in split.items() for s in spk}
+    per_split = {name: [u for u in utts if by_speaker.get(u.speaker) == name] for name in SPLITS}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "splits.json", split)
+    bar = progress_factory(sum(len(v) for v in per_split.values())) if progress_factory else None
+    summaries = {}
+    try:
+        for name in SPLITS:
+            summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar)
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "corpus_dir": str(corpus_dir.resolve()),
+        "stft": opts.stft.to_dict(),
+        "options": opts.key_dict(),
+        "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
+        "fingerprint": hashlib.sha256(
+            "".join(json.loads((out_dir / s / ".done.json").read_text())["key"] for s in SPLITS).encode()
+        ).hexdigest()[:16],
+    }
+    info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())
+    write_json(out_dir / "prepare.json", {k: v for k, v in info.items() if k != "up_to_date"})
+    return info
+
+
+def load_prepare_info(prepared_dir: str | Path) -> dict:
+    """Read ``prepare.json``, with one-line errors when the directory is not a prepared set."""
+    p = Path(prepared_dir)
+    if not p.is_dir():
+        raise SdmvaeError(f"prepared directory {p} does not exist (run `sdmvae prepare` first)")
+    f = p / "prepare.json"
+    if not f.exists():
+        raise SdmvaeError(f"{p}: no prepare.json; not a prepared directory or preparation was interrupted (re-run `sdmvae prepare`)")
+    return json.loads(f.read_text())
+
+
+def read_manifest(prepared_dir: str | Path, split: str) -> list[dict]:
+    f = Path(prepared_dir) / split / "manifest.jsonl"
+    if not f.exists():
+        raise SdmvaeError(f"{prepared_dir}: split {split!r} has no manifest (expected one of {', '.join(SPLITS)})")
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]

@@ -1,0 +1,127 @@
+"""`sdmvae resynth`: analysis -> encode -> decode the posterior mean -> input phase -> iSTFT.
+
+Seed paper, section 3.3: the decoded variance is the estimated power spectrogram; its square
+root is used as magnitude with the phase of the input STFT, and the inverse STFT gives the
+waveform. The output has the input's length, sample rate and level (the front-end's peak
+normalisation and resampling are undone).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from sdmvae_cli.audio import AUDIO_SUFFIXES, Audio, load_audio, restore, write_audio
+from sdmvae_cli.checkpoint import LoadedModel, load_model
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.stft import StftConfig, istft, stft
+
+log = logging.getLogger("sdmvae")
+
+PowerFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class Resynthesis:
+    samples_16k: np.ndarray  # at the model rate, peak-normalised domain (what metrics compare)
+    output: np.ndarray  # at the source rate and level: what is written
+    codes: np.ndarray | None  # interpretable latent code per frame (frames, code_dim)
+    decoder_input: np.ndarray | None = None
+
+
+def default_model_path() -> Path:
+    """The released default checkpoint shipped inside the package (see models/README.md)."""
+    p = Path(str(resources.files("sdmvae_cli").joinpath("released/default.pt")))
+    if not p.exists():
+        raise SdmvaeError("no released model is bundled with this installation; pass --model CKPT (a best.pt from `sdmvae train`)")
+    return p
+
+
+def model_power_fn(lm: LoadedModel) -> PowerFn:
+    """Power -> (decoded power of the posterior-mean code, interpretable code)."""
+    model = lm.model
+
+    def fn(power: torch.Tensor):
+        return model.reconstruct(power)
+
+    return fn
+
+
+def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn) -> Resynthesis:
+    """Resynthesise one waveform with any power -> power mapping (a model, or an oracle)."""
+    x = torch.from_numpy(audio.samples)
+    with torch.no_grad():
+        spec = stft(x, cfg)  # (frames, bins)
+        mag = spec.abs()
+        power = mag.square()
+        est_power, codes = power_fn(power)
+        if not torch.isfinite(est_power).all():
+            raise SdmvaeError("the model produced NaN/inf power (corrupt or incompatible checkpoint)")
+        phase = torch.where(mag > 0, spec / mag.clamp_min(1e-30), torch.ones_like(spec))
+        est = istft(est_power.sqrt() * phase, cfg, length=x.numel()).numpy()
+    return Resynthesis(est, restore(est, audio, cfg), None if codes is None else codes.numpy())
+
+
+def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False) -> Resynthesis:
+    audio = load_audio(src, lm.stft)
+    res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
+    write_audio(dst, res.output, audio.source_rate)
+    if save_codes and res.codes is not None:
+        save_codes_npz(Path(dst).with_suffix(".codes.npz"), res.codes, lm)
+    return res
+
+
+def save_codes_npz(path: Path, codes: np.ndarray, lm: LoadedModel) -> None:
+    from sdmvae_cli.atomic import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, codes=codes.astype(np.float32), model=lm.model_config.model, hop_length=lm.stft.hop_length, sample_rate=lm.stft.sample_rate)
+
+
+def plan_outputs(inp: Path, out: Path, from_list: bool = False) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs for a file, a directory (mirrored) or a list file."""
+    if from_list:
+        if not inp.is_file():
+            raise SdmvaeError(f"file list {inp} does not exist")
+        srcs = [Path(line.strip()) for line in inp.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not srcs:
+            raise SdmvaeError(f"file list {inp} is empty")
+        root = Path(os.path.commonpath([str(s.resolve().parent) for s in srcs]))
+        return [(s, out / s.resolve().relative_to(root).with_suffix(".wav")) for s in srcs]
+    if inp.is_dir():
+        srcs = sorted(p for p in inp.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not srcs:
+            raise SdmvaeError(f"{inp}: no audio files found")
+        return [(s, out / s.relative_to(inp).with_suffix(".wav")) for s in srcs]
+    if not inp.exists():
+        raise SdmvaeError(f"{inp}: no such file or directory")
+    if out.is_dir():
+        return [(inp, out / (inp.stem + ".wav"))]
+    return [(inp, out)]
+
+
+def resynthesise_many(
+    pairs: Iterable[tuple[Path, Path]], lm: LoadedModel, save_codes: bool = False, progress: Callable[[], None] | None = None
+) -> list[tuple[Path, str]]:
+    """Resynthesise every pair; returns the failures (source, one-line reason)."""
+    failures = []
+    for src, dst in pairs:
+        try:
+            resynthesise_file(src, dst, lm, save_codes)
+        except SdmvaeError as exc:
+            failures.append((src, str(exc)))
+        if progress:
+            progress()
+    return failures
+
+
+def load_for_resynth(model: str | None, device: str = "cpu") -> LoadedModel:
+    return load_model(model if model else default_model_path(), device=device)
