@@ -173,6 +173,11 @@ class SpectrogramVAE(nn.Module):
         """Extra regulariser added to every frame's total (e.g. dictionary coherence)."""
         return 0.0
 
+    @property
+    def graph_safe(self) -> bool:
+        """Whether a training step can be captured in a CUDA graph (all RNG ops capturable)."""
+        return True
+
     # -- training hooks (graph-safe: in-place updates only) ---------------------------
     def set_epoch(self, epoch: int) -> None:
         """Called before each epoch (schedules such as VSC's c warm-up)."""

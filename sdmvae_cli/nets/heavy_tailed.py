@@ -14,11 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from sdmvae_cli.nets.base import SpectrogramVAE, log_laplace, log_normal, reparameterise
 from sdmvae_cli.nets.registry import register
-from sdmvae_cli.nets.vae import GaussianHeads
+from sdmvae_cli.nets.vae import GaussianHeads, Heads
 
 
 def cauchy_kl(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: float = 0.0, scale_p: float = 1.0) -> torch.Tensor:
@@ -54,12 +53,11 @@ class CauchyVAE(SpectrogramVAE):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.loc = nn.Linear(self.enc_dim, cfg.latent)
-        self.log_scale = nn.Linear(self.enc_dim, cfg.latent)
+        self.heads = Heads(self.enc_dim, cfg.latent, ("loc", "log_scale"))
 
     def encode(self, x):
-        h = self.features(x)
-        return {"loc": self.loc(h), "scale": self.log_scale(h).exp()}
+        p = self.heads(self.features(x))
+        return {"loc": p["loc"], "scale": p["log_scale"].exp()}
 
     def sample(self, post):
         u = torch.rand_like(post["loc"]).clamp(1e-6, 1 - 1e-6)

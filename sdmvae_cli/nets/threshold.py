@@ -28,11 +28,11 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.nets.base import LossTerms, ModelConfig, SpectrogramVAE, gaussian_kl_std, itakura_saito
 from sdmvae_cli.nets.registry import register
+from sdmvae_cli.nets.vae import Heads
 
 
 def shifted_soft_threshold(s: torch.Tensor, lam: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
@@ -74,11 +74,9 @@ class ThresholdVSC(SpectrogramVAE):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.mean = nn.Linear(self.enc_dim, cfg.latent)
-        self.log_scale = nn.Linear(self.enc_dim, cfg.latent)  # log sigma^2 (gaussian) or log b (laplace)
-        if cfg.learn_threshold:
-            self.lam_shape = nn.Linear(self.enc_dim, cfg.latent)
-            self.lam_rate = nn.Linear(self.enc_dim, cfg.latent)
+        # log_scale: log sigma^2 (gaussian base) or log b (laplace base)
+        names = ("mu", "log_scale") + (("lam_shape", "lam_rate") if cfg.learn_threshold else ())
+        self.heads = Heads(self.enc_dim, cfg.latent, names)
 
     @classmethod
     def validate(cls, cfg: ModelConfig) -> None:
@@ -92,12 +90,15 @@ class ThresholdVSC(SpectrogramVAE):
         if cfg.gamma_shape <= 0 or cfg.gamma_rate <= 0:
             raise SdmvaeError("--gamma-shape and --gamma-rate must be > 0")
 
+    @property
+    def graph_safe(self) -> bool:
+        return not self.cfg.learn_threshold  # Gamma rsample cannot be captured in a CUDA graph
+
     def encode(self, x):
-        h = self.features(x)
-        post = {"mu": self.mean(h), "log_scale": self.log_scale(h)}
+        post = self.heads(self.features(x))
         if self.cfg.learn_threshold:
-            post["lam_shape"] = F.softplus(self.lam_shape(h)) + 1e-3
-            post["lam_rate"] = F.softplus(self.lam_rate(h)) + 1e-3
+            post["lam_shape"] = F.softplus(post["lam_shape"]) + 1e-3
+            post["lam_rate"] = F.softplus(post["lam_rate"]) + 1e-3
         return post
 
     def _base_sample(self, post, n: int | None = None) -> torch.Tensor:

@@ -13,11 +13,10 @@ constant; c lives in a buffer so a captured CUDA graph sees its updates.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE, gaussian_kl_std
 from sdmvae_cli.nets.registry import register
+from sdmvae_cli.nets.vae import Heads
 
 GAMMA_EPS = 1e-6
 
@@ -44,9 +43,7 @@ class VSC(SpectrogramVAE):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        self.mean = nn.Linear(self.enc_dim, cfg.latent)
-        self.logvar = nn.Linear(self.enc_dim, cfg.latent)
-        self.spike_logit = nn.Linear(self.enc_dim, cfg.latent)
+        self.heads = Heads(self.enc_dim, cfg.latent, ("mu", "logvar", "spike_logit"))
         self.register_buffer("c", torch.tensor(float(cfg.c_start)))
 
     @classmethod
@@ -56,9 +53,9 @@ class VSC(SpectrogramVAE):
             raise SdmvaeError(f"--alpha must be in (0, 1), got {cfg.alpha}")
 
     def encode(self, x):
-        h = self.features(x)
-        gamma = torch.sigmoid(self.spike_logit(h)).clamp(GAMMA_EPS, 1 - GAMMA_EPS)
-        return {"mu": self.mean(h), "logvar": self.logvar(h), "gamma": gamma}
+        p = self.heads(self.features(x))
+        gamma = torch.sigmoid(p["spike_logit"]).clamp(GAMMA_EPS, 1 - GAMMA_EPS)
+        return {"mu": p["mu"], "logvar": p["logvar"], "gamma": gamma}
 
     def sample(self, post):
         mu, logvar, gamma = post["mu"], post["logvar"], post["gamma"]
