@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from synthetic import make_synthetic_prepared  # noqa: E402
+from sdmvae_cli.synthetic import make_synthetic_prepared  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
 from sdmvae_cli.train import TrainOptions, train  # noqa: E402
 
@@ -55,7 +54,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="sdmvae-bench-"))
     t = time.perf_counter()
-    prep = make_synthetic_prepared(tmp / "prep", a.frames, a.val_frames)
+    prep = make_synthetic_prepared(tmp / "prep", a.frames, a.val_frames, speechlike=False)
     print(f"# synthetic data: {time.perf_counter() - t:.1f}s", file=sys.stderr)
     results = []
     for name in a.models.split(","):

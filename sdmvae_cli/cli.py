@@ -28,7 +28,7 @@ app = typer.Typer(
     help="Sparse-latent VAEs for speech power spectrograms: prepare, train, resynth, evaluate (SDM-VAE, VSC, ...).",
 )
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("sdmvae")
 
 
@@ -230,7 +230,7 @@ def resynth(
     if bar:
         bar.close()
     for src, why in failures:
-        err.print(f"failed: {why}", highlight=False, markup=False)
+        print(f"failed: {why}", file=sys.stderr)
     if failures:
         if len(pairs) == 1:
             raise SdmvaeError(failures[0][1])
@@ -289,7 +289,7 @@ def evaluate(
     console = err if as_json else out
     console.print(_summary_table(res.summary, title))
     for f in res.failures:
-        err.print(f"failed: {f['id']}: {f['reason']}", highlight=False, markup=False)
+        print(f"failed: {f['id']}: {f['reason']}", file=sys.stderr)
     console.print(f"{res.summary['scored']}/{res.summary['files']} scored; per-file CSV and summary in {res.out_dir}", highlight=False)
     if as_json:
         print(json.dumps(res.summary, indent=2))
@@ -325,7 +325,7 @@ def main() -> None:
     try:
         rv = app(standalone_mode=False)
     except SdmvaeError as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         err.print("aborted", highlight=False)

@@ -98,8 +98,10 @@ def speakers_of(utts: Iterable[Utterance]) -> list[str]:
 
 
 def _resolve_count(spec: str, n_speakers: int, name: str) -> int | list[str]:
-    """'3' -> 3 speakers, '0.1' -> 10 % (at least 1), 'a,b' -> explicit list."""
+    """'3' -> 3 speakers, '0.1' -> 10 % (at least 1), 'a,b' -> explicit list, '' -> none."""
     spec = spec.strip()
+    if spec in ("", "0", "none"):
+        return 0
     if re.fullmatch(r"\d+", spec):
         return int(spec)
     if re.fullmatch(r"0?\.\d+", spec):
@@ -128,6 +130,8 @@ def random_split(utts: Sequence[Utterance], val: str, test: str, seed: int) -> d
     random.Random(seed).shuffle(remaining)
     for split, spec in (("validation", val_spec), ("test", test_spec)):
         if isinstance(spec, int):
+            if spec < 1 and split == "validation":
+                raise SdmvaeError("--val-speakers must select at least one speaker")
             if spec >= len(remaining):
                 raise SdmvaeError(
                     f"cannot take {spec} {split} speakers: only {len(remaining)} speakers left of {n} "
@@ -190,9 +194,10 @@ def fixed_split(utts: Sequence[Utterance], lists: dict[str, list[str] | None], *
 
 
 def check_split(split: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Every split non-empty and no speaker in two splits."""
+    """Train and validation non-empty (test may be empty: a training-only preparation), and
+    no speaker in two splits."""
     for a in SPLITS:
-        if not split[a]:
+        if not split[a] and a != "test":
             raise SdmvaeError(f"the {a} split has no speakers")
         for b in SPLITS:
             if a < b:

@@ -226,7 +226,10 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
     summaries = {}
     try:
         for name in SPLITS:
-            summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar)
+            if not per_split[name]:
+                log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
+                continue
+            summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar.update if bar else None)
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
@@ -238,7 +241,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         "options": opts.key_dict(),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
         "fingerprint": hashlib.sha256(
-            "".join(json.loads((out_dir / s / ".done.json").read_text())["key"] for s in SPLITS).encode()
+            "".join(json.loads((out_dir / s / ".done.json").read_text())["key"] for s in summaries).encode()
         ).hexdigest()[:16],
     }
     info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())

@@ -1,0 +1,171 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from sdmvae_cli.corpus import builtin_tcd_timit_split
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.prepare import PrepareOptions, prepare
+from sdmvae_cli.stft import StftConfig, power_spectrogram
+from sdmvae_cli.audio import load_audio, trim_silence
+from sdmvae_cli.synthetic import source_filter_speech
+
+from conftest import dev_files, needs_shared, write_wav
+
+CLI = [sys.executable, "-m", "sdmvae_cli"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def manifests(out):
+    return {s: [json.loads(l) for l in (out / s / "manifest.jsonl").read_text().splitlines()] for s in ("train", "validation", "test")}
+
+
+@needs_shared
+def test_prepare_folder_splits_frames_and_resume(small_corpus, tmp_path):
+    out = tmp_path / "prep"
+    opts = PrepareOptions(val_speakers="2", test_speakers="0.25", seed=3)
+    info = prepare(small_corpus, out, opts)
+    splits = json.loads((out / "splits.json").read_text())
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [4, 2, 2]
+    assert not set(splits["train"]) & set(splits["validation"]) and not set(splits["test"]) & (set(splits["train"]) | set(splits["validation"]))
+    m = manifests(out)
+    for s, entries in m.items():
+        frames = np.load(out / s / "frames.npy", mmap_mode="r")
+        assert frames.dtype == np.float32 and frames.shape[1] == 513
+        assert sum(e["n_frames"] for e in entries) == frames.shape[0] == info["splits"][s]["frames"]
+        assert {e["speaker"] for e in entries} == set(splits[s])
+    # the stored frames equal an independent computation for one utterance
+    e = m["train"][1]
+    a = load_audio(e["path"], StftConfig())
+    x, start, stop = trim_silence(a.samples, 30.0)
+    assert (start, stop) == (e["trim_start"], e["trim_stop"])
+    ref = power_spectrogram(torch.from_numpy(x), StftConfig()).numpy()
+    got = np.load(out / "train" / "frames.npy")[e["frame_offset"] : e["frame_offset"] + e["n_frames"]]
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.max())
+    p = json.loads((out / "prepare.json").read_text())
+    assert p["stft"] == StftConfig().to_dict() and p["options"]["seed"] == 3
+
+    # idempotent: same options -> nothing recomputed
+    mtime = (out / "train" / "frames.npy").stat().st_mtime_ns
+    again = prepare(small_corpus, out, opts)
+    assert again["up_to_date"] and (out / "train" / "frames.npy").stat().st_mtime_ns == mtime
+    # an interrupted run (one split not marked done) redoes that split only
+    (out / "test" / ".done.json").unlink()
+    test_mtime = (out / "test" / "frames.npy").stat().st_mtime_ns
+    again = prepare(small_corpus, out, opts)
+    assert not again["up_to_date"] and (out / "train" / "frames.npy").stat().st_mtime_ns == mtime
+    assert (out / "test" / "frames.npy").stat().st_mtime_ns != test_mtime
+    # --force redoes all; parallel workers give identical frames
+    prepare(small_corpus, out, PrepareOptions(val_speakers="2", test_speakers="0.25", seed=3, force=True, jobs=2))
+    assert (out / "train" / "frames.npy").stat().st_mtime_ns != mtime
+    np.testing.assert_array_equal(np.load(out / "train" / "frames.npy"), np.load(out / "train" / "frames.npy"))
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("frames.raw"))
+
+
+@needs_shared
+def test_prepare_parallel_matches_serial(small_corpus, tmp_path):
+    a = prepare(small_corpus, tmp_path / "a", PrepareOptions(jobs=1))
+    b = prepare(small_corpus, tmp_path / "b", PrepareOptions(jobs=2))
+    assert a["splits"] == b["splits"]
+    for s in ("train", "validation", "test"):
+        np.testing.assert_array_equal(np.load(tmp_path / "a" / s / "frames.npy"), np.load(tmp_path / "b" / s / "frames.npy"))
+
+
+@needs_shared
+def test_prepare_cli_on_shared_dev_layout(tmp_path):
+    """`sdmvae prepare folder ../shared/data/dev OUT` on a copy of its nested layout (2 sub-corpora)."""
+    root = tmp_path / "dev"
+    for f in dev_files(30, 1):
+        d = root / f.parent.parent.name / f.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f.name).symlink_to(f)
+    r = run_cli("prepare", "folder", root, tmp_path / "out", "--val-speakers", "3", "--test-speakers", "3", "-j", "2")
+    assert r.returncode == 0, r.stderr
+    splits = json.loads((tmp_path / "out" / "splits.json").read_text())
+    assert sum(len(v) for v in splits.values()) == 26
+    assert any(s.startswith("speechocean762/") for v in splits.values() for s in v)
+    assert "frames" in r.stdout
+
+
+@needs_shared
+def test_tcd_timit_layout_and_official_split(tmp_path):
+    """A fake TCD-TIMIT tree (volunteers/<ID>/straightcam/*.wav) built from shared audio."""
+    split = builtin_tcd_timit_split()
+    train_ids = ["01M", "02M", "03F"]
+    ids = split["test"] + split["validation"] + train_ids
+    files = dev_files(26, 3)
+    root = tmp_path / "tcd"
+    for i, spk in enumerate(ids):
+        for j in range(2):
+            x, r = sf.read(str(files[(2 * i + j) % len(files)]), frames=16000 * 2)
+            write_wav(root / "volunteers" / spk / "straightcam" / f"sx{j}.wav", x, r)
+    write_wav(root / "lipspeakers" / "Lipspkr1" / "straightcam" / "sa1.wav", x, r)
+    r = run_cli("prepare", "tcd-timit", root, tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "out" / "splits.json").read_text())
+    assert got["test"] == sorted(split["test"]) and got["validation"] == sorted(split["validation"])
+    assert got["train"] == train_ids  # lipspeakers excluded by default
+    assert "paper's protocol has 39" in r.stderr  # 3 train volunteers, not 39: warned
+    # a listed test volunteer missing -> clear error
+    import shutil
+
+    shutil.rmtree(root / "volunteers" / split["test"][0])
+    r = run_cli("prepare", "tcd-timit", root, tmp_path / "out2")
+    assert r.returncode == 1 and split["test"][0] in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _tiny_tree(root, n_spk=4):
+    for s in range(n_spk):
+        for u in range(2):
+            write_wav(root / f"spk{s}" / f"u{u}.wav", source_filter_speech(1.0, seed=10 * s + u))
+    return root
+
+
+def test_bad_files_are_skipped_and_summarised(tmp_path):
+    root = _tiny_tree(tmp_path / "c")
+    (root / "spk0" / "corrupt.wav").write_bytes(b"garbage")
+    sf.write(str(root / "spk1" / "silent.wav"), np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(str(root / "spk2" / "empty.wav"), np.zeros(0, dtype=np.float32), 16000)
+    info = prepare(root, tmp_path / "o", PrepareOptions(val_speakers="spk1", test_speakers="spk2"))
+    reasons = [s["reason"] for v in info["splits"].values() for s in v["skipped"]]
+    assert len(reasons) == 3
+    assert any("cannot read" in r for r in reasons) and any("silent" in r for r in reasons) and any("empty" in r for r in reasons)
+
+
+@pytest.mark.parametrize(
+    "setup,args,needle",
+    [
+        (lambda r: None, ["folder", "{root}/missing", "{out}"], "does not exist"),
+        (lambda r: r.mkdir(), ["folder", "{root}", "{out}"], "no audio files"),
+        (lambda r: _tiny_tree(r), ["folder", "{root}", "{out}", "--split-file", "{root}/split.json"], "in both"),
+        (lambda r: _tiny_tree(r), ["folder", "{root}", "{out}", "--val-speakers", "4"], "cannot take 4"),
+        (lambda r: _tiny_tree(r), ["nonsense", "{root}", "{out}"], "unknown layout"),
+        (lambda r: _tiny_tree(r), ["tcd-timit", "{root}", "{out}"], "no 'volunteers' directory"),
+    ],
+)
+def test_prepare_cli_errors_one_line(tmp_path, setup, args, needle):
+    root = tmp_path / "c"
+    setup(root)
+    if root.exists():
+        (root / "split.json").write_text(json.dumps({"train": ["spk0", "spk1"], "validation": ["spk1"], "test": ["spk2"]}))
+    r = run_cli("prepare", *[a.format(root=root, out=tmp_path / "o") for a in args])
+    assert r.returncode != 0
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_all_files_bad_fails_the_split(tmp_path):
+    root = tmp_path / "c"
+    for s in range(3):
+        sf.write(str(write_wav(root / f"s{s}" / "x.wav", np.zeros(10))), np.zeros(8000, dtype=np.float32), 16000)
+    with pytest.raises(SdmvaeError, match="no usable audio"):
+        prepare(root, tmp_path / "o", PrepareOptions(val_speakers="1", test_speakers="1"))
+    assert not (tmp_path / "o" / "prepare.json").exists()
+    assert not list((tmp_path / "o").rglob("frames.npy"))
