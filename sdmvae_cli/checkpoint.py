@@ -79,3 +79,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
     model.to(device).eval()
     stft = StftConfig.from_dict(data["config"]["stft"])
     return LoadedModel(model, cfg, stft, data, str(path))
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+    """A release copy: model, config, history and data fingerprint, without optimizer/RNG state.
+
+    About a third of the size of a training checkpoint; it still loads with :func:`load_model`
+    (but cannot be resumed).
+    """
+    data = read_checkpoint(src)
+    keep = {k: v for k, v in data.items() if k not in ("optimizer_state", "rng", "format", "format_version", "package_version")}
+    keep["exported_from"] = str(Path(src).name)
+    save_checkpoint(dst, keep)
+    return keep

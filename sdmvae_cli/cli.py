@@ -27,7 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Sparse-latent VAEs for speech power spectrograms: prepare, train, resynth, evaluate (SDM-VAE, VSC, ...).",
 )
-out = Console()
+term = Console()
 err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("sdmvae")
 
@@ -83,7 +83,7 @@ def prepare(
     hop = info["stft"]["hop_length"] / info["stft"]["sample_rate"]
     for name, s in info["splits"].items():
         t.add_row(name, str(s["speakers"]), str(s["utterances"]), str(s["frames"]), f"{s['frames'] * hop / 3600:.2f}", str(len(s["skipped"])))
-    out.print(t)
+    term.print(t)
     skipped = sum(len(s["skipped"]) for s in info["splits"].values())
     if skipped:
         err.print(f"[yellow]{skipped} file(s) skipped; reasons in {out_dir}/<split>/.done.json[/yellow]")
@@ -113,7 +113,7 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="Print as JSON
     t.add_column("options (default)")
     for r in rows:
         t.add_row(r["name"], r["description"], ", ".join(f"--{FLAG.get(k, k).replace('_', '-')} {_show(v)}" for k, v in r["options"].items()))
-    out.print(t)
+    term.print(t)
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def train(
         err.print(f"interrupted: {run_dir}/last.pt holds the last completed epoch; continue with --resume {run_dir}")
         raise typer.Exit(130)
     why = "early stopping" if result.stopped_early else "epoch limit"
-    out.print(f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {run_dir}/best.pt")
+    term.print(f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {run_dir}/best.pt")
 
 
 def default_run_name(cfg) -> str:
@@ -236,7 +236,7 @@ def resynth(
             raise SdmvaeError(failures[0][1])
         raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")
     if len(pairs) > 1:
-        out.print(f"wrote {len(pairs)} file(s) under {dst}")
+        term.print(f"wrote {len(pairs)} file(s) under {dst}")
 
 
 # -- evaluate ------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def evaluate(
         res = evaluate_checkpoint(checkpoint, prepared_dir, split, out_dir, jobs=n_jobs, limit=limit,
                                   progress_factory=lambda n: _bar(n, "evaluate"))
         title = f"{checkpoint} on {prepared_dir} [{split}]"
-    console = err if as_json else out
+    console = err if as_json else term
     console.print(_summary_table(res.summary, title))
     for f in res.failures:
         print(f"failed: {f['id']}: {f['reason']}", file=sys.stderr)
@@ -309,7 +309,7 @@ def table(
 
     tbl = build_table(results)
     if fmt == "rich":
-        out.print(render(tbl, "rich"))
+        term.print(render(tbl, "rich"))
         return
     text = render(tbl, fmt)
     if out_file:
@@ -318,6 +318,125 @@ def table(
         write_text(out_file, text)
     else:
         print(text, end="")
+
+
+plot_app = typer.Typer(no_args_is_help=True, help="PNG figures: spectrograms, latent codes, dictionary atoms, Hoyer histograms.")
+app.add_typer(plot_app, name="plot")
+
+
+def _analyse(checkpoint: Optional[str], audio: Path):
+    import torch
+
+    from sdmvae_cli.audio import load_audio
+    from sdmvae_cli.resynth import load_for_resynth, model_power_fn, resynthesise_audio
+    from sdmvae_cli.stft import power_spectrogram
+
+    lm = load_for_resynth(checkpoint)
+    a = load_audio(audio, lm.stft)
+    res = resynthesise_audio(a, lm.stft, model_power_fn(lm))
+    p_in = power_spectrogram(torch.from_numpy(a.samples), lm.stft).numpy()
+    p_out = power_spectrogram(torch.from_numpy(res.samples_16k), lm.stft).numpy()
+    return lm, res, p_in, p_out, lm.stft.hop_length / lm.stft.sample_rate
+
+
+@plot_app.command("spectrogram")
+def plot_spectrogram(
+    audio: Path = typer.Argument(..., help="Input audio file."),
+    png: Path = typer.Argument(..., help="Output PNG."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint (default: the released model)."),
+) -> None:
+    """Input vs resynthesised power spectrogram of one file."""
+    from sdmvae_cli.plots import plot_spectrograms
+
+    lm, res, p_in, p_out, hop_s = _analyse(model, audio)
+    plot_spectrograms(p_in, p_out, hop_s, lm.stft.sample_rate, png, f"{audio.name} through {Path(lm.path).name}")
+    term.print(f"wrote {png}")
+
+
+@plot_app.command("codes")
+def plot_codes_cmd(
+    audio: Path = typer.Argument(..., help="Input audio file."),
+    png: Path = typer.Argument(..., help="Output PNG."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint (default: the released model)."),
+) -> None:
+    """Latent code activations (interpretable code) over time for one utterance, with per-frame Hoyer."""
+    from sdmvae_cli.plots import plot_codes
+
+    lm, res, _, _, hop_s = _analyse(model, audio)
+    plot_codes(res.codes, hop_s, png)
+    term.print(f"wrote {png}")
+
+
+@plot_app.command("dictionary")
+def plot_dictionary_cmd(
+    checkpoint: Path = typer.Argument(..., help="An SDM-VAE checkpoint."),
+    png: Path = typer.Argument(..., help="Output PNG."),
+) -> None:
+    """The dictionary atoms D (m x k) of an SDM-VAE checkpoint."""
+    from sdmvae_cli.checkpoint import load_model
+    from sdmvae_cli.plots import plot_dictionary
+
+    lm = load_model(checkpoint, expect_model="sdm")
+    c = lm.model_config
+    plot_dictionary(lm.model.D.detach().numpy(), png, f"{c.dictionary} dictionary, m={c.latent}, k={c.k}")
+    term.print(f"wrote {png}")
+
+
+@plot_app.command("hoyer")
+def plot_hoyer_cmd(
+    eval_dirs: List[Path] = typer.Argument(..., help="Output directories of `sdmvae evaluate CKPT PREPARED_DIR`."),
+    png: Path = typer.Option(..., "--out", "-o", help="Output PNG."),
+) -> None:
+    """Histograms of per-frame Hoyer sparsity, one per evaluated model."""
+    from sdmvae_cli.plots import plot_hoyer_histograms
+
+    plot_hoyer_histograms(eval_dirs, png)
+    term.print(f"wrote {png}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("sdmvae-demo"), "--out", "-o", help="Where inputs, resynthesised files and plots go."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint (default: the released model)."),
+    source: str = typer.Option("auto", help="auto (espeak-ng if installed, else the built-in synthetic signal), espeak, synthetic."),
+    audio: Optional[Path] = typer.Option(None, help="Use real audio files from this folder instead (e.g. ../shared/data/dev)."),
+    limit: int = typer.Option(5, help="With --audio: at most this many files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Resynthesise and score speech with no corpus at hand (under a minute)."""
+    from sdmvae_cli.demo import run_demo
+
+    if source not in ("auto", "espeak", "synthetic"):
+        raise SdmvaeError(f"--source must be auto, espeak or synthetic, got {source!r}")
+    r = run_demo(out_dir, model, source, audio, limit)
+    if as_json:
+        print(json.dumps(r, indent=2))
+        return
+    t = Table(title=f"demo: {r['source']}\nmodel {r['model']}")
+    for col in ("file", "PESQ", "STOI", "ESTOI", "SI-SDR"):
+        t.add_column(col, justify="left" if col == "file" else "right")
+    for row in r["files"]:
+        name = Path(row["input"]).name
+        if "error" in row:
+            t.add_row(name, row["error"], "", "", "")
+        else:
+            t.add_row(name, f"{row['pesq']:.2f}", f"{row['stoi']:.3f}", f"{row['estoi']:.3f}", f"{row['si_sdr']:.1f}")
+    term.print(t)
+    sp = r["sparsity"]
+    term.print(f"latent Hoyer sparsity {sp['hoyer_mean']:.3f}, exact zeros {sp['zero_fraction']:.3f}, active units {sp['active_units']}/{sp['code_dim']}")
+    term.print(f"files and plots (spectrograms.png, codes.png) in {out_dir}")
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="A training checkpoint (best.pt)."),
+    dst: Path = typer.Argument(..., help="Release file to write."),
+) -> None:
+    """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable."""
+    from sdmvae_cli.checkpoint import export_checkpoint
+
+    export_checkpoint(checkpoint, dst)
+    term.print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ normalisation and resampling are undone).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -36,11 +37,20 @@ class Resynthesis:
     decoder_input: np.ndarray | None = None
 
 
+def released_dir() -> Path:
+    """The released checkpoints: ``models/`` of the repository, shipped in the wheel as
+    ``sdmvae_cli/released`` (a link to it in the source tree)."""
+    return Path(str(resources.files("sdmvae_cli").joinpath("released")))
+
+
 def default_model_path() -> Path:
-    """The released default checkpoint shipped inside the package (see models/README.md)."""
-    p = Path(str(resources.files("sdmvae_cli").joinpath("released/default.pt")))
-    if not p.exists():
+    """The default released checkpoint, named in ``models/default.json`` (see models/README.md)."""
+    index = released_dir() / "default.json"
+    if not index.exists():
         raise SdmvaeError("no released model is bundled with this installation; pass --model CKPT (a best.pt from `sdmvae train`)")
+    p = released_dir() / json.loads(index.read_text())["default"]
+    if not p.exists():
+        raise SdmvaeError(f"the default released model {p.name} is missing from this installation; pass --model CKPT")
     return p
 
 

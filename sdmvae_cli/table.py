@@ -39,6 +39,23 @@ def row_label(m: dict) -> str:
     return name
 
 
+MODEL_ORDER = ("vae", "vsc", "sdm", "threshold", "laplace", "cauchy")
+DICT_ORDER = ("identity", "dct", "learned")
+
+
+def row_key(m: dict) -> tuple:
+    """The paper's row order: VAE, VSC by alpha, SDM-VAE identity then DCT by k, then the others."""
+    name = m["model"]
+    rank = MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER)
+    if name == "vsc":
+        return (rank, m["alpha"])
+    if name == "sdm":
+        return (rank, DICT_ORDER.index(m["dictionary"]) if m["dictionary"] in DICT_ORDER else 9, m["k"])
+    if name == "threshold":
+        return (rank, m["learn_threshold"], m["base"], m["threshold"])
+    return (rank,)
+
+
 @dataclass
 class Table1:
     rows: list[str]
@@ -48,7 +65,7 @@ class Table1:
 
 def build_table(paths: list[Path]) -> Table1:
     cells: dict[tuple[str, int], dict[str, float | None]] = {}
-    rows: list[str] = []
+    keys: dict[str, tuple] = {}
     ms: set[int] = set()
     for p in paths:
         try:
@@ -60,14 +77,14 @@ def build_table(paths: list[Path]) -> Table1:
         if s.get("kind") != "checkpoint" or "model" not in s:
             raise SdmvaeError(f"{p}: not a checkpoint evaluation summary (run `sdmvae evaluate CKPT PREPARED_DIR`)")
         label, m = row_label(s["model"]), int(s["model"]["latent"])
-        if label not in rows:
-            rows.append(label)
+        keys.setdefault(label, row_key(s["model"]))
         ms.add(m)
         cells[(label, m)] = {
             "pesq": s["metrics"]["pesq"]["mean"],
             "stoi": s["metrics"]["stoi"]["mean"],
             "hoyer": s["sparsity"]["hoyer_mean"],
         }
+    rows = sorted(keys, key=lambda r: (keys[r], r))
     return Table1(rows, sorted(ms), cells)
 
 

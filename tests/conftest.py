@@ -75,7 +75,7 @@ def synthetic_prepared(tmp_path_factory) -> Path:
 
 def write_wav(path: Path, x: np.ndarray, rate: int = 16000) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), x, rate, subtype="FLOAT")
+    sf.write(str(path), x, rate, subtype="FLOAT" if path.suffix == ".wav" else "PCM_16")
     return path
 
 

@@ -1,0 +1,112 @@
+"""PNG figures: spectrograms in/out, latent activations over time, dictionary atoms, Hoyer histograms.
+
+All figures are written atomically and use the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sdmvae_cli.atomic import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    _plt().close(fig)
+    return path
+
+
+def _db(p: np.ndarray) -> np.ndarray:
+    return 10 * np.log10(np.maximum(p, 1e-10))
+
+
+def plot_spectrograms(inp: np.ndarray, out: np.ndarray, hop_s: float, rate: int, path: Path, title: str = "") -> Path:
+    """Input vs resynthesised power spectrograms (frames x bins), in dB, same colour scale."""
+    plt = _plt()
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5.5), dpi=110, sharex=True)
+    top = _db(inp).max()
+    ext = [0, inp.shape[0] * hop_s, 0, rate / 2000]
+    for ax, p, name in zip(axes, (inp, out), ("input", "resynthesised (posterior mean)")):
+        im = ax.imshow(_db(p).T, origin="lower", aspect="auto", extent=ext, vmin=top - 80, vmax=top, cmap="magma")
+        ax.set_ylabel("kHz")
+        ax.set_title(name, fontsize=9)
+    axes[-1].set_xlabel("time (s)")
+    fig.colorbar(im, ax=axes, label="dB")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_codes(codes: np.ndarray, hop_s: float, path: Path, title: str = "") -> Path:
+    """|code| per latent unit over time: sparse codes show as a few bright lines."""
+    from sdmvae_cli.metrics import hoyer
+
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    a = np.abs(codes)
+    im = ax.imshow(a.T, origin="lower", aspect="auto", extent=[0, codes.shape[0] * hop_s, 0, codes.shape[1]], cmap="viridis",
+                   vmax=np.percentile(a, 99.5) if a.size else 1)
+    ax.set_ylabel("latent unit")
+    fig.colorbar(im, ax=[ax, ax2], label="|code|")
+    h = hoyer(codes)
+    ax2.plot(np.arange(len(h)) * hop_s, h, lw=0.8)
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("Hoyer")
+    ax2.set_xlabel("time (s)")
+    ax.set_title(title or f"latent codes (mean Hoyer {h.mean():.2f})", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_dictionary(d: np.ndarray, path: Path, title: str = "dictionary atoms") -> Path:
+    """Atoms (columns of D, m x k) as an image, and the first few as curves."""
+    plt = _plt()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    lim = np.abs(d).max()
+    im = ax.imshow(d, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
+    ax.set_xlabel("atom")
+    ax.set_ylabel("latent dimension")
+    fig.colorbar(im, ax=ax)
+    for r in range(min(6, d.shape[1])):
+        ax2.plot(d[:, r], label=f"atom {r}")
+    ax2.legend(fontsize=7)
+    ax2.set_xlabel("latent dimension")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path) -> Path:
+    """Per-frame Hoyer sparsity, one histogram per evaluated model (from `sdmvae evaluate` outputs)."""
+    from sdmvae_cli.errors import SdmvaeError
+    from sdmvae_cli.table import row_label
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    bins = np.linspace(0, 1, 51)
+    for d in eval_dirs:
+        d = Path(d)
+        if not (d / "hoyer_frames.npy").exists():
+            raise SdmvaeError(f"{d}: no hoyer_frames.npy (an output directory of `sdmvae evaluate CKPT PREPARED_DIR`)")
+        s = json.loads((d / "summary.json").read_text())
+        ax.hist(np.load(d / "hoyer_frames.npy"), bins=bins, histtype="step", density=True,
+                label=f"{row_label(s['model'])}, m={s['model']['latent']}")
+    ax.set_xlabel("Hoyer sparsity of the interpretable code (per frame)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,192 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from pesq import pesq
+from pystoi import stoi
+
+from sdmvae_cli.audio import load_audio
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.evaluate import evaluate_checkpoint, evaluate_folders
+from sdmvae_cli.metrics import MetricError, audio_metrics, hoyer, si_sdr, sparsity_summary
+from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.resynth import resynthesise_audio
+from sdmvae_cli.stft import StftConfig
+from sdmvae_cli.synthetic import source_filter_speech
+from sdmvae_cli.train import TrainOptions, train
+
+from conftest import needs_shared, write_wav
+
+CLI = [sys.executable, "-m", "sdmvae_cli"]
+CFG = StftConfig()
+
+
+def oracle(power):
+    return power, None
+
+
+@needs_shared
+def test_oracle_resynthesis_reproduces_real_speech(real_utterance):
+    a = load_audio(real_utterance, CFG)
+    res = resynthesise_audio(a, CFG, oracle)
+    ref, _ = sf.read(str(real_utterance), dtype="float32")
+    assert res.output.shape == ref.shape
+    np.testing.assert_allclose(res.output, ref, atol=1e-4)  # same level, same length
+    assert pesq(16000, ref, res.output, "wb") > 4.4
+    assert stoi(ref, res.output, 16000) > 0.99
+
+
+def test_output_keeps_length_rate_and_level(tmp_path):
+    x = 0.25 * np.stack([source_filter_speech(1.3, rate=22050, seed=1)] * 2, axis=1)
+    src = write_wav(tmp_path / "in.wav", x, 22050)
+    a = load_audio(src, CFG)
+    res = resynthesise_audio(a, CFG, oracle)
+    assert res.output.shape == (x.shape[0],)
+    assert abs(np.max(np.abs(res.output)) - 0.25 * 0.9) < 0.01
+    assert np.corrcoef(res.output, x[:, 0])[0, 1] > 0.99
+
+
+def test_metrics_agree_with_the_packages():
+    ref = source_filter_speech(3.0, seed=2).astype(np.float64)
+    est = ref + 0.05 * np.random.default_rng(0).standard_normal(ref.size)
+    m = audio_metrics(ref, est)
+    assert m["pesq"] == pytest.approx(pesq(16000, ref, est, "wb"))
+    assert m["stoi"] == pytest.approx(stoi(ref, est, 16000))
+    assert m["estoi"] == pytest.approx(stoi(ref, est, 16000, extended=True))
+    assert si_sdr(ref, 3.0 * ref) > 100  # scale invariant
+    noise = 0.1 * np.random.default_rng(1).standard_normal(ref.size)
+    expected = 10 * np.log10(np.sum(ref**2) / np.sum(noise**2))
+    assert si_sdr(ref, ref + noise) == pytest.approx(expected, abs=0.05)
+
+
+def test_metric_failures_are_reasons_not_numbers():
+    x = source_filter_speech(1.0)
+    with pytest.raises(MetricError, match="length mismatch"):
+        audio_metrics(x, x[:-10])
+    with pytest.raises(MetricError, match="silent"):
+        audio_metrics(np.zeros(16000), x)
+    with pytest.raises(MetricError):
+        audio_metrics(x[:3200], x[:3200])  # 0.2 s: too short for PESQ/STOI
+
+
+def test_hoyer_of_known_vectors():
+    k = 16
+    one_hot = np.eye(k)[:3]
+    flat = np.ones((2, k))
+    h = hoyer(np.vstack([one_hot, flat, np.zeros((1, k))]))
+    np.testing.assert_allclose(h, [1, 1, 1, 0, 0, 1])
+    half = np.r_[np.ones(4), np.zeros(12)]
+    assert hoyer(half)[0] == pytest.approx((4 - 4 / 2) / (4 - 1))
+    s = sparsity_summary(np.vstack([one_hot, flat]))
+    assert s["zero_fraction"] == pytest.approx(3 * 15 / (5 * 16)) and not np.isnan(s["hoyer_mean"])
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from sdmvae_cli.synthetic import make_synthetic_prepared
+
+    d = tmp_path_factory.mktemp("ev")
+    prep = make_synthetic_prepared(d / "prep", 2000, 400, 200)
+    train(prep, ModelConfig(model="threshold", latent=16, threshold=0.3), TrainOptions(epochs=3, lr=2e-3, device="cpu"), d / "run")
+    return d / "run" / "best.pt"
+
+
+def test_cli_resynth_file_dir_list_and_codes(tiny_ckpt, tmp_path):
+    src = tmp_path / "in"
+    write_wav(src / "a" / "one.wav", source_filter_speech(1.0, seed=3))
+    write_wav(src / "b" / "two.flac", source_filter_speech(0.7, seed=4), 16000)
+    r = subprocess.run([*CLI, "resynth", str(src / "a" / "one.wav"), str(tmp_path / "o.wav"), "--model", str(tiny_ckpt), "--save-codes"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    y, rate = sf.read(str(tmp_path / "o.wav"))
+    assert rate == 16000 and y.shape == (16000,)
+    codes = np.load(tmp_path / "o.codes.npz")["codes"]
+    assert codes.shape == (63, 16) and (codes == 0).any()
+    r = subprocess.run([*CLI, "resynth", str(src), str(tmp_path / "outdir"), "--model", str(tiny_ckpt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.relative_to(tmp_path / "outdir").as_posix() for p in (tmp_path / "outdir").rglob("*.wav")) == ["a/one.wav", "b/two.wav"]
+    lst = tmp_path / "files.txt"
+    lst.write_text(f"{src / 'a' / 'one.wav'}\n{src / 'b' / 'two.flac'}\n")
+    r = subprocess.run([*CLI, "resynth", str(lst), str(tmp_path / "fromlist"), "--from-list", "--model", str(tiny_ckpt)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "fromlist").rglob("*.wav"))) == 2
+
+
+def test_cli_resynth_bad_inputs(tiny_ckpt, tmp_path):
+    silent = write_wav(tmp_path / "silent.wav", np.zeros(16000))
+    for args, needle in (
+        ([str(silent), str(tmp_path / "o.wav"), "--model", str(tiny_ckpt)], "silent"),
+        ([str(tmp_path / "nope.wav"), str(tmp_path / "o.wav"), "--model", str(tiny_ckpt)], "no such file"),
+        ([str(silent), str(tmp_path / "o.wav"), "--model", str(tmp_path / "nope.pt")], "does not exist"),
+    ):
+        r = subprocess.run([*CLI, "resynth", *args], capture_output=True, text=True)
+        assert r.returncode == 1 and needle in r.stderr, r.stderr
+    assert not (tmp_path / "o.wav").exists() and not list(tmp_path.glob(".o.wav*"))
+
+
+def test_evaluate_folders_cli_json_and_failures(tmp_path):
+    ref, est = tmp_path / "ref", tmp_path / "est"
+    x = source_filter_speech(3.0, seed=5)
+    write_wav(ref / "good.wav", x)
+    noisy = x + 0.001 * np.random.default_rng(0).standard_normal(x.size).astype(np.float32)
+    write_wav(est / "good.wav", noisy)
+    write_wav(ref / "short.wav", x[:3200])
+    write_wav(est / "short.wav", x[:3200])
+    write_wav(ref / "silent.wav", np.zeros(16000))
+    write_wav(est / "silent.wav", x[:16000])
+    r = subprocess.run([*CLI, "evaluate", "--ref", str(ref), "--est", str(est), "--json", "-j", "2", "--out", str(tmp_path / "ev")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1  # not every file could be scored
+    s = json.loads(r.stdout)
+    assert s["files"] == 3 and s["scored"] == 1 and s["failed"] == 2
+    assert {f["id"] for f in s["failures"]} == {"short", "silent"}
+    assert s["metrics"]["pesq"]["n"] == 1
+    assert s["metrics"]["pesq"]["mean"] == pytest.approx(pesq(16000, x.astype(np.float64), noisy.astype(np.float64), "wb"), abs=1e-4)
+    assert s["versions"]["pesq"] and s["settings"]["pesq_mode"] == "wb"
+    rows = (tmp_path / "ev" / "per_file.csv").read_text().splitlines()
+    assert len(rows) == 4 and "error" in rows[0]
+
+
+def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
+    from sdmvae_cli.prepare import PrepareOptions, prepare
+    from sdmvae_cli.table import build_table, render
+
+    corpus = tmp_path / "c"
+    for s in range(3):
+        write_wav(corpus / f"s{s}" / "u.wav", source_filter_speech(2.5, seed=20 + s))
+    prepare(corpus, tmp_path / "prep", PrepareOptions(val_speakers="1", test_speakers="1"))
+    res = evaluate_checkpoint(tiny_ckpt, tmp_path / "prep", "test", tmp_path / "ev", jobs=1)
+    s = res.summary
+    assert res.ok and s["scored"] == 1 and s["model"]["model"] == "threshold"
+    assert 0 <= s["sparsity"]["hoyer_mean"] <= 1 and s["sparsity"]["zero_fraction"] > 0
+    assert np.load(tmp_path / "ev" / "hoyer_frames.npy").shape == (s["sparsity"]["frames"],)
+    md = render(build_table([tmp_path / "ev" / "summary.json"]), "markdown")
+    assert "Thresholded (gaussian, lambda=0.3)" in md and "m=16 PESQ" in md
+    r = subprocess.run([*CLI, "table", str(tmp_path / "ev" / "summary.json"), "--format", "csv"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("model,m,pesq,stoi,hoyer")
+    with pytest.raises(SdmvaeError, match="another STFT"):
+        info = json.loads((tmp_path / "prep" / "prepare.json").read_text())
+        info["stft"]["hop_length"] = 512
+        (tmp_path / "prep" / "prepare.json").write_text(json.dumps(info))
+        evaluate_checkpoint(tiny_ckpt, tmp_path / "prep", "test", tmp_path / "ev2")
+
+
+def test_cli_demo_and_plots(tiny_ckpt, tmp_path):
+    r = subprocess.run([*CLI, "demo", "--source", "synthetic", "--model", str(tiny_ckpt), "--out", str(tmp_path / "demo"), "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert "NOT speech" in d["source"] and len(d["files"]) == 3
+    assert all("pesq" in f or "error" in f for f in d["files"])
+    assert (tmp_path / "demo" / "spectrograms.png").stat().st_size > 10_000 and (tmp_path / "demo" / "codes.png").exists()
+    wav = tmp_path / "demo" / "inputs" / "source_filter_0.wav"
+    for args in (["spectrogram", str(wav), str(tmp_path / "s.png")], ["codes", str(wav), str(tmp_path / "c.png")]):
+        r = subprocess.run([*CLI, "plot", *args, "--model", str(tiny_ckpt)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    r = subprocess.run([*CLI, "plot", "dictionary", str(tiny_ckpt), str(tmp_path / "d.png")], capture_output=True, text=True)
+    assert r.returncode == 1 and "expected 'sdm'" in r.stderr  # the tiny model is a thresholded one

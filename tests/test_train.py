@@ -1,0 +1,125 @@
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdmvae_cli.checkpoint import load_model, read_checkpoint
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.nets import LossTerms, ModelConfig
+from sdmvae_cli.nets.vae import VAE
+from sdmvae_cli.train import TrainingDiverged, TrainOptions, train
+
+CLI = [sys.executable, "-m", "sdmvae_cli"]
+SMALL = ModelConfig(model="sdm", latent=16, k=32)
+
+
+def opts(**kw):
+    base = dict(epochs=6, patience=50, lr=2e-3, batch_size=64, device="cpu")
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def test_tiny_run_learns_and_writes_a_loadable_checkpoint(synthetic_prepared, tmp_path):
+    r = train(synthetic_prepared, SMALL, opts(), tmp_path / "run")
+    val = [h["val_total"] for h in r.history]
+    assert len(val) == 6 and val[-1] < val[0] - 50  # nats per frame (the IS term has no constant: values can be < 0)
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # only tensors and JSON-able values
+    assert ck["config"]["model"]["model"] == "sdm" and ck["config"]["stft"]["n_fft"] == 1024
+    assert ck["config"]["train"]["lr"] == 2e-3 and ck["data_fingerprint"].startswith("synthetic")
+    assert "D" in ck["model_state"] and ck["epoch"] == r.best_epoch
+    lm = load_model(tmp_path / "run" / "best.pt")
+    assert lm.model_config.k == 32 and lm.model.D.shape == (16, 32)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
+    assert len(rows) == 6 and float(rows[-1]["val_total"]) == pytest.approx(val[-1])
+
+
+def test_early_stopping_triggers_at_the_patience(synthetic_prepared, tmp_path):
+    # lr = 0: the validation loss never improves after epoch 0 -> stop after `patience` more
+    r = train(synthetic_prepared, SMALL, opts(lr=0.0, patience=3, epochs=50), tmp_path / "run")
+    assert r.stopped_early and len(r.history) == 4 and r.best_epoch == 0
+
+
+def test_resume_equals_uninterrupted_run(synthetic_prepared, tmp_path):
+    full = train(synthetic_prepared, SMALL, opts(epochs=4), tmp_path / "full")
+    train(synthetic_prepared, SMALL, opts(epochs=2), tmp_path / "part")
+    resumed = train(synthetic_prepared, None, opts(epochs=4), tmp_path / "part", resume=True)
+    assert [h["val_total"] for h in resumed.history] == [h["val_total"] for h in full.history]
+    a = read_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
+    b = read_checkpoint(tmp_path / "part" / "last.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streaming_chunks_train_too(synthetic_prepared, tmp_path):
+    r = train(synthetic_prepared, SMALL, opts(epochs=3, max_device_bytes=700 * 513 * 4), tmp_path / "run")
+    assert r.history[-1]["val_total"] < r.history[0]["val_total"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic_prepared, tmp_path, monkeypatch):
+    cfg = ModelConfig(model="vae", latent=8)
+    train(synthetic_prepared, cfg, opts(epochs=2), tmp_path / "run")
+    good = read_checkpoint(tmp_path / "run" / "last.pt")
+    nan = torch.tensor(float("nan"))
+    monkeypatch.setattr(VAE, "loss", lambda self, x: LossTerms(*(self.heads.linear.weight.sum() * nan + torch.zeros(len(x)),) * 3))
+    with pytest.raises(TrainingDiverged, match="last good checkpoint"):
+        train(synthetic_prepared, None, opts(epochs=4), tmp_path / "run", resume=True)
+    after = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert after["epoch"] == good["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in after["model_state"].values())
+
+
+def test_ctrl_c_saves_and_reports_interrupted(synthetic_prepared, tmp_path):
+    def stop(rec):
+        if rec.epoch == 1:
+            raise KeyboardInterrupt
+
+    r = train(synthetic_prepared, SMALL, opts(epochs=5), tmp_path / "run", on_epoch=stop)
+    assert r.interrupted and read_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
+
+
+def test_bad_inputs(synthetic_prepared, tmp_path):
+    with pytest.raises(SdmvaeError, match="does not exist"):
+        train(tmp_path / "missing", SMALL, opts(), tmp_path / "r")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SdmvaeError, match="prepare.json"):
+        train(tmp_path / "empty", SMALL, opts(), tmp_path / "r")
+    with pytest.raises(SdmvaeError, match="--resume"):
+        train(synthetic_prepared, None, opts(), tmp_path / "nothing-here", resume=True)
+    with pytest.raises(SdmvaeError, match="no CUDA|cuda"):
+        if torch.cuda.is_available():
+            raise SdmvaeError("cuda present: nothing to test")
+        train(synthetic_prepared, SMALL, opts(device="cuda"), tmp_path / "r")
+
+
+def test_checkpoint_of_another_kind_is_rejected(synthetic_prepared, tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(SdmvaeError, match="not an sdmvae checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a zip")
+    with pytest.raises(SdmvaeError, match="not a readable"):
+        load_model(tmp_path / "junk.pt")
+    train(synthetic_prepared, ModelConfig(model="vae", latent=8), opts(epochs=1), tmp_path / "run")
+    with pytest.raises(SdmvaeError, match="expected 'sdm'"):
+        load_model(tmp_path / "run" / "best.pt", expect_model="sdm")
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    ck["config"]["model"]["latent"] = 12  # weights no longer fit the stored architecture
+    torch.save(ck, tmp_path / "mismatch.pt")
+    with pytest.raises(SdmvaeError, match="do not fit"):
+        load_model(tmp_path / "mismatch.pt")
+
+
+def test_cli_train_end_to_end(synthetic_prepared, tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "vsc", "--alpha", "0.5", "--latent", "8",
+                        "--epochs", "3", "--lr", "1e-3", "--device", "cpu", "--out", str(run)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {"best.pt", "last.pt", "history.csv", "loss.png", "config.json"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "config.json").read_text())["model"]["alpha"] == 0.5
+    assert "epoch    2" in r.stderr and "done" in r.stdout
+    bad = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "sdm", "--dict", "identity", "--k", "32",
+                          "--latent", "64", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "identity" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
