@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -440,19 +439,16 @@ def export(
 
 
 def main() -> None:
-    """Console entry point: one-line errors and meaningful exit codes."""
+    """Console entry point: one-line errors and meaningful exit codes.
+
+    Typer's standalone mode handles usage errors (exit 2), --help and typer.Exit; our own
+    errors (bad input) become one line on stderr and exit code 1; Ctrl-C exits with 130.
+    """
     try:
-        rv = app(standalone_mode=False)
+        app()
     except SdmvaeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        err.print("aborted", highlight=False)
-        sys.exit(130)
     except KeyboardInterrupt:
-        err.print("interrupted", highlight=False)
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
