@@ -1,0 +1,62 @@
+"""The released checkpoints (models/) and the CLI's listing of models."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdmvae_cli.checkpoint import load_model
+from sdmvae_cli.corpus import builtin_tcd_timit_split
+from sdmvae_cli.resynth import default_model_path, released_dir
+from sdmvae_cli.stft import StftConfig
+
+from conftest import REPO, needs_shared
+
+
+@pytest.mark.parametrize("name", ["vae-m64", "vsc-a0.5-m64", "sdm-identity-m64", "sdm-dct-k64-m64"])
+def test_released_models_load_alone_and_are_small(name):
+    path = REPO / "models" / f"{name}.pt"
+    assert path.stat().st_size < 1_000_000
+    ck = torch.load(path, weights_only=True)
+    assert "optimizer_state" not in ck and ck["config"]["stft"] == StftConfig().to_dict()
+    lm = load_model(path)
+    assert lm.model_config.latent == 64
+    with torch.no_grad():
+        y, code = lm.model.reconstruct(torch.rand(4, 513))
+    assert y.shape == (4, 513) and torch.isfinite(y).all()
+
+
+def test_default_model_is_shipped_in_the_package():
+    assert released_dir().resolve() == (REPO / "models").resolve()
+    assert default_model_path().name == json.loads((REPO / "models" / "default.json").read_text())["default"]
+
+
+@needs_shared
+def test_default_model_resynthesises_real_speech_well(real_utterance, tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "ref" / real_utterance.name).symlink_to(real_utterance)
+    out = tmp_path / "est" / (real_utterance.stem + ".wav")
+    out.parent.mkdir()
+    r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "resynth", str(real_utterance), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr  # no --model: the default released model
+    r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "evaluate", "--ref", str(tmp_path / "ref"), "--est", str(out.parent),
+                        "--json", "-j", "1", "--out", str(tmp_path / "ev")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["scored"] == 1
+    assert s["metrics"]["pesq"]["mean"] > 2.0 and s["metrics"]["stoi"]["mean"] > 0.85
+
+
+def test_models_command_lists_registry_as_json():
+    r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "models", "--json"], capture_output=True, text=True)
+    rows = json.loads(r.stdout)
+    assert {row["name"] for row in rows} == {"vae", "sdm", "vsc", "threshold", "laplace", "cauchy"}
+    assert "alpha" in next(row for row in rows if row["name"] == "vsc")["options"]
+
+
+def test_builtin_tcd_timit_split_is_well_formed():
+    s = builtin_tcd_timit_split()
+    assert len(s["test"]) == 9 and len(s["validation"]) == 8 and not set(s["test"]) & set(s["validation"])
+    assert s["expected_counts"] == {"train": 39, "validation": 8, "test": 9}
