@@ -99,6 +99,10 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
 
+#: the options every model reads (architecture and KL weight)
+COMMON_OPTIONS: tuple[str, ...] = ("latent", "hidden", "activation", "input_transform", "beta")
+
+
 class SpectrogramVAE(nn.Module):
     """Base class: encoder trunk, decoder, and the interface every model implements.
 

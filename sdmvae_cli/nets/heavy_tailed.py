@@ -15,9 +15,9 @@ import math
 
 import torch
 
-from sdmvae_cli.nets.base import SpectrogramVAE, log_laplace, log_normal, reparameterise
+from sdmvae_cli.nets.base import COMMON_OPTIONS, SpectrogramVAE, log_laplace, log_normal
 from sdmvae_cli.nets.registry import register
-from sdmvae_cli.nets.vae import GaussianHeads, Heads
+from sdmvae_cli.nets.vae import VAE, Heads
 
 
 def cauchy_kl(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: float = 0.0, scale_p: float = 1.0) -> torch.Tensor:
@@ -25,22 +25,10 @@ def cauchy_kl(loc_q: torch.Tensor, scale_q: torch.Tensor, loc_p: float = 0.0, sc
 
 
 @register("laplace")
-class LaplaceVAE(SpectrogramVAE):
+class LaplaceVAE(VAE):
+    """The plain VAE's encoder and sampling; only the prior (and so the KL) differs."""
+
     DESCRIPTION = "Gaussian posterior, Laplace(0, 1) prior, one-sample Monte Carlo KL."
-    OPTIONS = ("latent", "hidden", "activation", "input_transform", "beta")
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.heads = GaussianHeads(self.enc_dim, cfg.latent)
-
-    def encode(self, x):
-        return self.heads(self.features(x))
-
-    def sample(self, post):
-        return reparameterise(post["mu"], post["logvar"])
-
-    def mean_code(self, post):
-        return post["mu"]
 
     def kl(self, post, z):
         return (log_normal(z, post["mu"], post["logvar"]) - log_laplace(z)).sum(-1)
@@ -49,7 +37,7 @@ class LaplaceVAE(SpectrogramVAE):
 @register("cauchy")
 class CauchyVAE(SpectrogramVAE):
     DESCRIPTION = "Cauchy posterior, Cauchy(0, 1) prior, closed-form KL."
-    OPTIONS = ("latent", "hidden", "activation", "input_transform", "beta")
+    OPTIONS = COMMON_OPTIONS
 
     def __init__(self, cfg):
         super().__init__(cfg)

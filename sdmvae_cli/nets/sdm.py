@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE, reparameterise
+from sdmvae_cli.nets.base import COMMON_OPTIONS, ModelConfig, SpectrogramVAE, reparameterise
 from sdmvae_cli.nets.dictionary import make_dictionary, mutual_coherence_penalty
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import GaussianHeads
@@ -31,7 +31,7 @@ def sdm_kl(mu: torch.Tensor, logvar: torch.Tensor, gamma: torch.Tensor) -> torch
 @register("sdm")
 class SDMVAE(SpectrogramVAE):
     DESCRIPTION = "SDM-VAE: z = D a, prior N(0, diag(gamma)) with closed-form gamma (Sadeghi & Magron 2022)."
-    OPTIONS = ("latent", "hidden", "activation", "input_transform", "beta", "dictionary", "k", "dict_lr", "coherence")
+    OPTIONS = COMMON_OPTIONS + ("dictionary", "k", "dict_lr", "coherence")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -42,7 +42,7 @@ class SDMVAE(SpectrogramVAE):
             self.D = nn.Parameter(d)
         else:
             self.register_buffer("D", d)
-        #: when set (a tensor or float), replaces the gamma update; used to check that SDM-VAE
+        #: when set, a constant gamma replaces the update (eq. 9); used to check that SDM-VAE
         #: with D = I and gamma = 1 is exactly the plain VAE
         self.fixed_gamma: float | None = None
 

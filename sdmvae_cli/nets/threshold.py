@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.nets.base import LossTerms, ModelConfig, SpectrogramVAE, gaussian_kl_std, itakura_saito
+from sdmvae_cli.nets.base import COMMON_OPTIONS, LossTerms, ModelConfig, SpectrogramVAE, gaussian_kl_std, itakura_saito
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import Heads
 
@@ -67,10 +67,7 @@ def gamma_kl(shape_q: torch.Tensor, rate_q: torch.Tensor, shape_p: float, rate_p
 @register("threshold")
 class ThresholdVSC(SpectrogramVAE):
     DESCRIPTION = "Shifted soft-threshold of a Gaussian/Laplacian posterior, straight-through (Fallah & Rozell 2022)."
-    OPTIONS = (
-        "latent", "hidden", "activation", "input_transform", "beta", "base", "threshold",
-        "learn_threshold", "gamma_shape", "gamma_rate", "beta2", "samples",
-    )
+    OPTIONS = COMMON_OPTIONS + ("base", "threshold", "learn_threshold", "gamma_shape", "gamma_rate", "beta2", "samples")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -133,6 +130,8 @@ class ThresholdVSC(SpectrogramVAE):
         return laplace_kl_std(post["mu"], post["log_scale"]).sum(-1)
 
     def kl(self, post, z):
+        """beta1 * base KL + beta2 * Gamma KL: unlike the other models, already weighted (two
+        weights), so :meth:`loss` adds it as is."""
         kl = self.cfg.beta * self.base_kl(post)
         if self.cfg.learn_threshold:
             kl = kl + self.cfg.beta2 * gamma_kl(post["lam_shape"], post["lam_rate"], self.cfg.gamma_shape, self.cfg.gamma_rate).sum(-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE, gaussian_kl_std, reparameterise
+from sdmvae_cli.nets.base import COMMON_OPTIONS, ModelConfig, SpectrogramVAE, gaussian_kl_std, reparameterise
 from sdmvae_cli.nets.registry import register
 
 
@@ -35,7 +35,7 @@ class GaussianHeads(Heads):
 @register("vae")
 class VAE(SpectrogramVAE):
     DESCRIPTION = "Gaussian posterior, N(0, I) prior (Leglaive et al. 2018)."
-    OPTIONS = ("latent", "hidden", "activation", "input_transform", "beta")
+    OPTIONS = COMMON_OPTIONS
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE, gaussian_kl_std
+from sdmvae_cli.nets.base import COMMON_OPTIONS, ModelConfig, SpectrogramVAE, gaussian_kl_std
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import Heads
 
@@ -39,7 +39,7 @@ def c_schedule(epoch: int, start: float, end: float, warmup: int) -> float:
 @register("vsc")
 class VSC(SpectrogramVAE):
     DESCRIPTION = "Spike-and-slab prior and posterior (Tonolini et al. 2020)."
-    OPTIONS = ("latent", "hidden", "activation", "input_transform", "beta", "alpha", "c_start", "c_end", "c_warmup")
+    OPTIONS = COMMON_OPTIONS + ("alpha", "c_start", "c_end", "c_warmup")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
