@@ -228,6 +228,8 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         for name in SPLITS:
             if not per_split[name]:
                 log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
+                if (out_dir / name).is_dir():
+                    shutil.rmtree(out_dir / name)  # a stale split from an earlier run must not be scored
                 continue
             summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar.update if bar else None)
     finally:

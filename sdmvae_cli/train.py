@@ -143,7 +143,7 @@ class Stepper:
     def eager(self, idx: torch.Tensor) -> None:
         self._step(idx)
 
-    def capture(self, k: int, warmup_idx: torch.Tensor) -> bool:
+    def capture(self, k: int, warmup_idx: torch.Tensor) -> None:
         """Capture ``k`` steps; ``warmup_idx`` (3, batch) are real steps run on a side stream."""
         self.idx_buf = torch.zeros((k, self.batch), dtype=torch.long, device=self.device)
         s = torch.cuda.Stream()
@@ -157,12 +157,10 @@ class Stepper:
             with torch.cuda.graph(g):
                 for j in range(k):
                     self._step(self.idx_buf[j])
-        except Exception as exc:  # some ops (e.g. Gamma sampling) may not be capturable
-            log.warning("CUDA graph capture failed (%s); training eagerly", str(exc).splitlines()[0][:120])
-            torch.cuda.synchronize()
-            return False
+        except Exception as exc:  # an op that cannot be captured leaves the CUDA RNG unusable: stop cleanly
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise SdmvaeError(f"CUDA graph capture failed ({first}); re-run with --no-cuda-graph") from None
         self.graph, self.graph_steps = g, k
-        return True
 
     def replay(self, idx: torch.Tensor) -> None:
         assert self.graph is not None and self.idx_buf is not None
@@ -309,8 +307,7 @@ def train(
                 idx = perm[: nb * opts.batch_size].view(nb, opts.batch_size)
                 i = 0
                 if use_graph and stepper.graph is None and nb >= opts.graph_steps + 3:
-                    if not stepper.capture(opts.graph_steps, idx[:3]):
-                        use_graph = False
+                    stepper.capture(opts.graph_steps, idx[:3])
                     i = 3
                     if bar:
                         bar.update(3)
