@@ -149,6 +149,7 @@ def train(
     seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
     device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
+    compile_: str = typer.Option("auto", "--compile", help="torch.compile: auto (on with CUDA), on (loss and Adam), loss, off."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
 ) -> None:
     """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, loss.png."""
@@ -163,7 +164,8 @@ def train(
                       beta=beta, dictionary=dict_, k=k, dict_lr=dict_lr, coherence=coherence, alpha=alpha, c_start=c_start,
                       c_end=c_end, c_warmup=c_warmup, base=base, threshold=threshold, learn_threshold=learn_threshold,
                       gamma_shape=gamma_shape, gamma_rate=gamma_rate, beta2=beta2, samples=samples)
-    opts = TrainOptions(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device, cuda_graph=cuda_graph)
+    opts = TrainOptions(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, seed=seed, device=device,
+                        cuda_graph=cuda_graph, compile=compile_)
     if resume is not None:
         run_dir = resume
     elif out is not None:
