@@ -32,6 +32,7 @@ from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.audio import AUDIO_SUFFIXES, load_audio
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.metrics import PESQ_MODE, MetricError, audio_metrics, hoyer, sparsity_summary
+from sdmvae_cli.workers import single_threaded_worker
 
 AUDIO_KEYS = ("pesq", "stoi", "estoi", "si_sdr")
 
@@ -64,7 +65,6 @@ def settings() -> dict[str, Any]:
 def _init_model_worker(ckpt: str) -> None:
     from sdmvae_cli.checkpoint import load_model
 
-    torch.set_num_threads(1)
     _WORKER["model"] = load_model(ckpt)
 
 
@@ -97,17 +97,26 @@ def _score_pair(pair: tuple[str, str, str]) -> dict:
     return row
 
 
+def _pool_init(init, initargs) -> None:
+    single_threaded_worker()
+    if init:
+        init(*initargs)
+
+
 def _run_pool(fn: Callable, items: list, jobs: int, init=None, initargs=(), progress: Callable[[], None] | None = None) -> list[dict]:
     rows: list[dict] = []
     if jobs <= 1 or len(items) <= 1:
         if init:
-            init(*initargs)
+            init(*initargs)  # in this process: keep its thread pools
         for it in items:
             rows.append(fn(it))
             if progress:
                 progress()
         return rows
-    with ProcessPoolExecutor(max_workers=jobs, initializer=init, initargs=initargs) as ex:
+    import pesq  # noqa: F401  (imported once here: forked workers inherit the modules)
+    import pystoi  # noqa: F401
+
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_pool_init, initargs=(init, initargs)) as ex:
         for row in ex.map(fn, items, chunksize=1):
             rows.append(row)
             if progress:

@@ -110,9 +110,9 @@ def _process(args: tuple[int, str, str, str, dict, bool, float]) -> FileResult:
 
 
 def _worker_init() -> None:
-    import torch
+    from sdmvae_cli.workers import single_threaded_worker
 
-    torch.set_num_threads(1)
+    single_threaded_worker()
 
 
 def _results(tasks: list[tuple], jobs: int) -> Iterator[FileResult]:
@@ -120,6 +120,11 @@ def _results(tasks: list[tuple], jobs: int) -> Iterator[FileResult]:
         for t in tasks:
             yield _process(t)
         return
+    # warm up librosa (import + its numba-compiled kernels) once in the parent: forked workers
+    # inherit it instead of each paying ~2 s of start-up
+    from sdmvae_cli.audio import trim_silence
+
+    trim_silence(np.random.default_rng(0).standard_normal(4096).astype(np.float32), 30.0)
     with ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init) as ex:
         yield from ex.map(_process, tasks, chunksize=max(1, min(8, len(tasks) // (4 * jobs))))
 
