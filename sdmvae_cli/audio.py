@@ -57,8 +57,12 @@ def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return data, int(rate)
 
 
-def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = True) -> Audio:
-    """Read, mix down, resample to ``cfg.sample_rate`` and peak-normalise one file."""
+def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = True, allow_silent: bool = False) -> Audio:
+    """Read, mix down, resample to ``cfg.sample_rate`` and peak-normalise one file.
+
+    ``allow_silent`` (for estimates being scored: a model that outputs silence must get its bad
+    score, not be left out) returns digital silence unnormalised instead of raising.
+    """
     data, rate = read_raw(path)
     n_src, channels = data.shape
     if n_src == 0:
@@ -77,7 +81,9 @@ def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=cfg.sample_rate, res_type="soxr_hq").astype(np.float32)
     peak = float(np.max(np.abs(mono))) if mono.size else 0.0
     if peak < SILENCE_PEAK:
-        raise AudioError(f"{path}: audio is silent (peak {peak:.2g})")
+        if not allow_silent:
+            raise AudioError(f"{path}: audio is silent (peak {peak:.2g})")
+        peak = 1.0
     if mono.size < min_samples(cfg):
         raise AudioError(
             f"{path}: too short ({n_src / rate:.3f} s); need at least {min_samples(cfg) / cfg.sample_rate:.3f} s"

@@ -138,17 +138,21 @@ def test_evaluate_folders_cli_json_and_failures(tmp_path):
     write_wav(est / "short.wav", x[:3200])
     write_wav(ref / "silent.wav", np.zeros(16000))
     write_wav(est / "silent.wav", x[:16000])
+    write_wav(ref / "muted.wav", x)  # a silent ESTIMATE reaches the metrics (PESQ cannot score it)
+    write_wav(est / "muted.wav", np.zeros(x.size))
     r = subprocess.run([*CLI, "evaluate", "--ref", str(ref), "--est", str(est), "--json", "-j", "2", "--out", str(tmp_path / "ev")],
                        capture_output=True, text=True)
     assert r.returncode == 1  # not every file could be scored
     s = json.loads(r.stdout)
-    assert s["files"] == 3 and s["scored"] == 1 and s["failed"] == 2
-    assert {f["id"] for f in s["failures"]} == {"short", "silent"}
+    assert s["files"] == 4 and s["scored"] == 1 and s["failed"] == 3
+    reasons = {f["id"]: f["reason"] for f in s["failures"]}
+    assert set(reasons) == {"short", "silent", "muted"}
+    assert "silent" in reasons["silent"] and "PESQ failed" in reasons["muted"]
     assert s["metrics"]["pesq"]["n"] == 1
     assert s["metrics"]["pesq"]["mean"] == pytest.approx(pesq(16000, x.astype(np.float64), noisy.astype(np.float64), "wb"), abs=1e-4)
     assert s["versions"]["pesq"] and s["settings"]["pesq_mode"] == "wb"
-    rows = (tmp_path / "ev" / "per_file.csv").read_text().splitlines()
-    assert len(rows) == 4 and "error" in rows[0]
+    lines = (tmp_path / "ev" / "per_file.csv").read_text().splitlines()
+    assert len(lines) == 5 and "error" in lines[0]
 
 
 def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
