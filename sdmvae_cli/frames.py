@@ -8,6 +8,7 @@ device buffer (so a captured CUDA graph keeps reading the same memory).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -73,8 +74,6 @@ def device_budget(device: torch.device, fraction: float = 0.5) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * fraction)
     try:
-        import os
-
         pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return int(pages * fraction)
     except (ValueError, OSError, AttributeError):
