@@ -326,17 +326,13 @@ app.add_typer(plot_app, name="plot")
 
 
 def _analyse(checkpoint: Optional[str], audio: Path):
-    import torch
-
     from sdmvae_cli.audio import load_audio
-    from sdmvae_cli.resynth import load_for_resynth, model_power_fn, resynthesise_audio
-    from sdmvae_cli.stft import power_spectrogram
+    from sdmvae_cli.resynth import load_for_resynth, model_power_fn, power_in_out, resynthesise_audio
 
     lm = load_for_resynth(checkpoint)
     a = load_audio(audio, lm.stft)
     res = resynthesise_audio(a, lm.stft, model_power_fn(lm))
-    p_in = power_spectrogram(torch.from_numpy(a.samples), lm.stft).numpy()
-    p_out = power_spectrogram(torch.from_numpy(res.samples_16k), lm.stft).numpy()
+    p_in, p_out = power_in_out(a, res, lm.stft)
     return lm, res, p_in, p_out, lm.stft.hop_length / lm.stft.sample_rate
 
 

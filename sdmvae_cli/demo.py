@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from sdmvae_cli.audio import AUDIO_SUFFIXES, load_audio, write_audio
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.metrics import MetricError, audio_metrics, sparsity_summary
-from sdmvae_cli.resynth import load_for_resynth, model_power_fn, resynthesise_audio
-from sdmvae_cli.stft import power_spectrogram
+from sdmvae_cli.resynth import load_for_resynth, model_power_fn, power_in_out, resynthesise_audio
 
 SENTENCES = [
     "The birch canoe slid on the smooth planks.",
@@ -79,9 +76,7 @@ def run_demo(out_dir: Path, model: str | None = None, source: str = "auto", audi
             from sdmvae_cli.plots import plot_codes, plot_spectrograms
 
             hop_s = lm.stft.hop_length / lm.stft.sample_rate
-            x = torch.from_numpy(a.samples)
-            p_in = power_spectrogram(x, lm.stft).numpy()
-            p_out = power_spectrogram(torch.from_numpy(res.samples_16k), lm.stft).numpy()
+            p_in, p_out = power_in_out(a, res, lm.stft)
             plot_spectrograms(p_in, p_out, hop_s, lm.stft.sample_rate, out_dir / "spectrograms.png", f"{f.name} through {Path(lm.path).name}")
             plot_codes(res.codes, hop_s, out_dir / "codes.png")
     sp = sparsity_summary(np.concatenate(all_codes)) if all_codes else {}

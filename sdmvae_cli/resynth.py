@@ -34,7 +34,6 @@ class Resynthesis:
     samples_16k: np.ndarray  # at the model rate, peak-normalised domain (what metrics compare)
     output: np.ndarray  # at the source rate and level: what is written
     codes: np.ndarray | None  # interpretable latent code per frame (frames, code_dim)
-    decoder_input: np.ndarray | None = None
 
 
 def released_dir() -> Path:
@@ -77,6 +76,16 @@ def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn) -> Resy
         phase = torch.where(mag > 0, spec / mag.clamp_min(1e-30), torch.ones_like(spec))
         est = istft(est_power.sqrt() * phase, cfg, length=x.numel()).numpy()
     return Resynthesis(est, restore(est, audio, cfg), None if codes is None else codes.numpy())
+
+
+def power_in_out(audio: Audio, res: Resynthesis, cfg: StftConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectrograms (frames x bins) of the input and of its resynthesis, for plots."""
+    from sdmvae_cli.stft import power_spectrogram
+
+    with torch.no_grad():
+        p_in = power_spectrogram(torch.from_numpy(audio.samples), cfg).numpy()
+        p_out = power_spectrogram(torch.from_numpy(res.samples_16k), cfg).numpy()
+    return p_in, p_out
 
 
 def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False) -> Resynthesis:

@@ -129,7 +129,8 @@ class Stepper:
         t = self.model.loss(x)
         return t.total.mean(), torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
 
-    def _step(self, idx: torch.Tensor) -> None:
+    def step(self, idx: torch.Tensor) -> None:
+        """One eager optimisation step on the frames at ``idx`` (also what a graph captures)."""
         x = self.data.index_select(0, idx)
         # CUDA graphs: grads allocated inside the capture (the documented pattern); CPU: keep
         # the buffers and zero them, which avoids an allocation per parameter per step (~20 %)
@@ -140,9 +141,6 @@ class Stepper:
         self.model.post_step()
         self.acc += sums.detach()
 
-    def eager(self, idx: torch.Tensor) -> None:
-        self._step(idx)
-
     def capture(self, k: int, warmup_idx: torch.Tensor) -> None:
         """Capture ``k`` steps; ``warmup_idx`` (3, batch) are real steps run on a side stream."""
         self.idx_buf = torch.zeros((k, self.batch), dtype=torch.long, device=self.device)
@@ -150,13 +148,13 @@ class Stepper:
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
             for i in range(warmup_idx.shape[0]):
-                self._step(warmup_idx[i])
+                self.step(warmup_idx[i])
         torch.cuda.current_stream().wait_stream(s)
         g = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g):
                 for j in range(k):
-                    self._step(self.idx_buf[j])
+                    self.step(self.idx_buf[j])
         except Exception as exc:  # an op that cannot be captured leaves the CUDA RNG unusable: stop cleanly
             first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise SdmvaeError(f"CUDA graph capture failed ({first}); re-run with --no-cuda-graph") from None
@@ -319,7 +317,7 @@ def train(
                         if bar:
                             bar.update(k)
                 while i < nb:
-                    stepper.eager(idx[i])
+                    stepper.step(idx[i])
                     i += 1
                     if bar:
                         bar.update(1)
