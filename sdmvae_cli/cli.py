@@ -7,6 +7,7 @@ and progress bars are for people and go to the terminal.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -149,7 +150,7 @@ def train(
     seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
     device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
-    compile_: str = typer.Option("auto", "--compile", help="torch.compile: auto (on with CUDA), on (loss and Adam), loss, off."),
+    compile_: str = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA), on, off."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
 ) -> None:
     """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, loss.png."""
@@ -301,25 +302,42 @@ def evaluate(
 # -- table ---------------------------------------------------------------------------------
 @app.command()
 def table(
-    results: List[Path] = typer.Argument(..., help="summary.json files from `sdmvae evaluate`."),
+    results: List[Path] = typer.Argument(..., help="summary.json files from `sdmvae evaluate` (checkpoint or folder mode)."),
     fmt: str = typer.Option("rich", "--format", "-f", help="rich, markdown or csv."),
-    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    layout: str = typer.Option("runs", "--layout", "-l", help="runs (one row per summary) or table1 (the paper's layout, mean ± std over seeds)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (any --format) instead of stdout."),
 ) -> None:
-    """Render evaluation summaries as the paper's Table 1 (rows: model/config; columns: m x PESQ/STOI/Hoyer)."""
-    from sdmvae_cli.table import build_table, render
+    """Render evaluation summaries: one row per run, or the paper's Table 1 aggregated over seeds."""
+    from sdmvae_cli.table import render
 
-    tbl = build_table(results)
+    if fmt not in ("rich", "markdown", "csv"):
+        raise typer.BadParameter(f"--format must be rich, markdown or csv, got {fmt!r}")
+    if layout not in ("runs", "table1"):
+        raise typer.BadParameter(f"--layout must be runs or table1, got {layout!r}")
+    out = render(results, fmt, layout)
     if fmt == "rich":
-        term.print(render(tbl, "rich"))
+        if out_file:
+            from rich.console import Console
+
+            from sdmvae_cli.atomic import write_text
+
+            rec = Console(record=True, width=200, file=io.StringIO())
+            rec.print(out)
+            write_text(out_file, rec.export_text())
+        else:
+            term.print(out)
         return
-    text = render(tbl, fmt)
     if out_file:
         from sdmvae_cli.atomic import write_text
 
-        write_text(out_file, text)
+        write_text(out_file, out)
     else:
-        print(text, end="")
+        print(out, end="")
 
+
+from sdmvae_cli.cli_sweep import sweep as _sweep  # noqa: E402  (one module per command)
+
+app.command("sweep")(_sweep)
 
 plot_app = typer.Typer(no_args_is_help=True, help="PNG figures: spectrograms, latent codes, dictionary atoms, Hoyer histograms.")
 app.add_typer(plot_app, name="plot")
@@ -410,17 +428,20 @@ def demo(
         print(json.dumps(r, indent=2))
         return
     t = Table(title=f"demo: {r['source']}\nmodel {r['model']}")
-    for col in ("file", "PESQ", "STOI", "ESTOI", "SI-SDR"):
+    cols = ("file", "PESQ raw P.862\n(paper)", "ESTOI\n(paper's STOI)", "Hoyer", "PESQ-WB", "STOI", "SI-SDR dB")
+    for col in cols:
         t.add_column(col, justify="left" if col == "file" else "right")
     for row in r["files"]:
         name = Path(row["input"]).name
         if "error" in row:
-            t.add_row(name, row["error"], "", "", "")
+            t.add_row(name, row["error"], "", f"{row['hoyer']:.3f}", "", "", "")
         else:
-            t.add_row(name, f"{row['pesq']:.2f}", f"{row['stoi']:.3f}", f"{row['estoi']:.3f}", f"{row['si_sdr']:.1f}")
+            t.add_row(name, f"{row['pesq_nb']:.2f}", f"{row['estoi']:.3f}", f"{row['hoyer']:.3f}", f"{row['pesq_wb']:.2f}",
+                      f"{row['stoi']:.3f}", f"{row['si_sdr']:.1f}")
     term.print(t)
     sp = r["sparsity"]
-    term.print(f"latent Hoyer sparsity {sp['hoyer_mean']:.3f}, exact zeros {sp['zero_fraction']:.3f}, active units {sp['active_units']}/{sp['code_dim']}")
+    term.print(f"latent Hoyer sparsity {sp['hoyer']:.3f} (per file over all frames; pooled {sp['hoyer_mean']:.3f}), "
+               f"exact zeros {sp['zero_fraction']:.3f}, active units {sp['active_units']}/{sp['code_dim']}")
     term.print(f"files and plots (spectrograms.png, codes.png) in {out_dir}")
 
 

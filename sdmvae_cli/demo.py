@@ -15,7 +15,7 @@ import numpy as np
 
 from sdmvae_cli.audio import AUDIO_SUFFIXES, load_audio, write_audio
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.metrics import MetricError, audio_metrics, sparsity_summary
+from sdmvae_cli.metrics import MetricError, audio_metrics, hoyer, sparsity_summary
 from sdmvae_cli.resynth import load_for_resynth, model_power_fn, power_in_out, resynthesise_audio
 
 SENTENCES = [
@@ -65,7 +65,7 @@ def run_demo(out_dir: Path, model: str | None = None, source: str = "auto", audi
         res = resynthesise_audio(a, lm.stft, model_power_fn(lm))
         dst = out_dir / f"{f.stem}.resynth.wav"
         write_audio(dst, res.output, a.source_rate)
-        row = {"input": str(f), "output": str(dst)}
+        row = {"input": str(f), "output": str(dst), "hoyer": float(hoyer(res.codes).mean())}
         try:
             row.update(audio_metrics(a.samples, res.samples_16k, lm.stft.sample_rate))
         except MetricError as exc:
@@ -80,4 +80,6 @@ def run_demo(out_dir: Path, model: str | None = None, source: str = "auto", audi
             plot_spectrograms(p_in, p_out, hop_s, lm.stft.sample_rate, out_dir / "spectrograms.png", f"{f.name} through {Path(lm.path).name}")
             plot_codes(res.codes, hop_s, out_dir / "codes.png")
     sp = sparsity_summary(np.concatenate(all_codes)) if all_codes else {}
+    if rows:  # the paper's protocol: every frame of each untrimmed file, mean per file, then over files
+        sp["hoyer"] = float(np.mean([r["hoyer"] for r in rows]))
     return {"model": lm.path, "source": label, "files": rows, "sparsity": sp, "out_dir": str(out_dir)}

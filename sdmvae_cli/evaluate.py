@@ -1,10 +1,16 @@
 """`sdmvae evaluate`: the paper's protocol, and scoring of any two folders.
 
 Checkpoint mode: every utterance of a prepared split is resynthesised from its ORIGINAL
-waveform (untrimmed, as in the paper) and scored against that waveform at 16 kHz: PESQ
-(wide-band), STOI, ESTOI, SI-SDR. Sparsity is measured on the interpretable code of the
-split's prepared frames (frames.npy: the speech frames, leading/trailing silence trimmed),
-per frame then averaged; the per-file Hoyer column averages that file's frames.
+waveform (untrimmed, as in the paper) and scored against that waveform at 16 kHz: the paper's
+metrics (``pesq_nb``, the raw P.862 narrow-band score; ``estoi``, which the paper calls STOI)
+and the modern ones (``pesq_wb``, ``stoi``, ``si_sdr``).
+
+Sparsity, two protocols:
+- ``hoyer`` (headline, the paper's, eq. 12): Hoyer's measure of the interpretable code of
+  every STFT frame of the untrimmed utterance, averaged per file, then over files;
+- ``hoyer_pooled`` (secondary): over the pooled frames of the split's prepared frames.npy
+  (leading/trailing silence trimmed), per frame then averaged; with the fractions of (near-)zero
+  entries and the active units. An all-zero code counts as Hoyer 1 in both.
 
 Files that cannot be scored (silent, too short for PESQ/STOI, length mismatch) are listed
 with their reason, counted, and left out of the means: never averaged in as -7 or NaN.
@@ -31,10 +37,8 @@ from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.audio import AUDIO_SUFFIXES, load_audio
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.metrics import PESQ_MODE, MetricError, audio_metrics, hoyer, sparsity_summary
+from sdmvae_cli.metrics import AUDIO_KEYS, PESQ_MODE, MetricError, audio_metrics, hoyer, sparsity_summary
 from sdmvae_cli.workers import single_threaded_worker
-
-AUDIO_KEYS = ("pesq", "stoi", "estoi", "si_sdr")
 
 _WORKER: dict[str, Any] = {}
 
@@ -58,7 +62,15 @@ def environment() -> dict[str, str]:
 
 
 def settings() -> dict[str, Any]:
-    return {"pesq_mode": PESQ_MODE, "sample_rate": 16000, "stoi": "pystoi stoi(extended=False)", "estoi": "pystoi stoi(extended=True)"}
+    return {
+        "pesq_wb": f"pesq package, mode {PESQ_MODE!r} (P.862.2 MOS-LQO)",
+        "pesq_nb": "pesq package, mode 'nb', P.862.1 mapping inverted: raw P.862 (as pypesq, the paper's PESQ)",
+        "sample_rate": 16000,
+        "stoi": "pystoi stoi(extended=False)",
+        "estoi": "pystoi stoi(extended=True) (the paper's STOI column)",
+        "hoyer": "eq. 12 per frame over every frame of the untrimmed utterance, mean per file, then over files; all-zero frame = 1",
+        "hoyer_pooled": "eq. 12 per frame over the split's pooled, silence-trimmed prepared frames; all-zero frame = 1",
+    }
 
 
 # -- workers -------------------------------------------------------------------------------
@@ -76,6 +88,7 @@ def _score_utterance(entry: dict) -> dict:
     try:
         audio = load_audio(entry["path"], lm.stft, warn_stereo=False)
         res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
+        row["hoyer"] = float(hoyer(res.codes).mean())  # the paper's protocol: every untrimmed frame
         row.update(audio_metrics(audio.samples, res.samples_16k, lm.stft.sample_rate))
     except (SdmvaeError, MetricError) as exc:
         row["error"] = str(exc)
@@ -194,7 +207,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
     if limit:
         entries = entries[:limit]
     codes = split_codes(lm, prepared_dir, split)
-    h = hoyer(codes)
+    h = hoyer(codes)  # pooled, trimmed frames: the secondary protocol
     bar = progress_factory(len(entries)) if progress_factory else None
     rows = _run_pool(_score_utterance, entries, jobs, _init_model_worker, (str(lm.path),), progress=(bar.update if bar else None))
     if bar:
@@ -202,10 +215,14 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
     by_id = {e["id"]: e for e in entries}
     for r in rows:
         e = by_id[r["id"]]
-        r["hoyer"] = float(h[e["frame_offset"] : e["frame_offset"] + e["n_frames"]].mean())
+        if e["n_frames"]:
+            r["hoyer_pooled"] = float(h[e["frame_offset"] : e["frame_offset"] + e["n_frames"]].mean())
     failures = [{"id": r["id"], "path": r["path"], "reason": r["error"]} for r in rows if "error" in r]
     out = Path(out_dir) if out_dir else Path(lm.path).parent / f"eval-{split}"
-    keys = [*AUDIO_KEYS, "hoyer"]
+    keys = [*AUDIO_KEYS, "hoyer", "hoyer_pooled"]
+    sparsity = sparsity_summary(codes)
+    sparsity["hoyer_pooled"] = sparsity.pop("hoyer_mean")
+    sparsity["hoyer_pooled_std"] = sparsity.pop("hoyer_std")
     summary = {
         "kind": "checkpoint",
         "checkpoint": str(Path(lm.path).resolve()),
@@ -220,7 +237,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
         "failed": len(failures),
         "failures": failures,
         "metrics": mean_std(rows, keys),
-        "sparsity": sparsity_summary(codes),
+        "sparsity": sparsity,
         "versions": environment(),
         "settings": settings(),
     }

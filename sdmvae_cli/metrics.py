@@ -1,6 +1,9 @@
 """Quality and sparsity metrics.
 
-Audio: PESQ wide-band (ITU-T P.862.2, the `pesq` package), STOI and ESTOI (`pystoi`), SI-SDR.
+Audio: PESQ-WB (ITU-T P.862.2 MOS-LQO, the `pesq` package, mode 'wb'), ``pesq_nb`` (the raw
+P.862 narrow-band score, which is what the SDM-VAE paper reports: pypesq returns it, the `pesq`
+package returns its P.862.1 MOS-LQO mapping, which we invert), STOI and ESTOI (`pystoi`; the
+paper's "STOI" column is ESTOI: the authors call ``stoi(..., extended=True)``), SI-SDR.
 Each raises :class:`MetricError` with a one-line reason when a pair cannot be scored (silence,
 too short), so callers can list failures instead of averaging in -7 or NaN.
 
@@ -18,6 +21,10 @@ import warnings
 import numpy as np
 
 PESQ_MODE = "wb"
+#: the audio metrics, paper-comparable first (pesq_nb, estoi), then the modern ones
+AUDIO_KEYS = ("pesq_nb", "estoi", "pesq_wb", "stoi", "si_sdr")
+#: P.862.1 mapping from raw P.862 to MOS-LQO: 0.999 + 4 / (1 + exp(-1.4945 x + 4.6607))
+P862_1_A, P862_1_B = 1.4945, 4.6607
 #: |a| below this counts as "near zero" in the sparsity summary
 NEAR_ZERO = 1e-2
 #: a latent unit is "active" when the variance of its posterior-mean code over frames exceeds
@@ -29,17 +36,50 @@ class MetricError(Exception):
     pass
 
 
-def pesq_wb(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> float:
+def _pesq(ref: np.ndarray, est: np.ndarray, rate: int, mode: str) -> float:
     from pesq import pesq
 
-    if rate != 16000:
-        raise MetricError(f"wide-band PESQ needs 16 kHz audio, got {rate} Hz")
+    if np.max(np.abs(est)) == 0:
+        raise MetricError("PESQ undefined: the estimate is silent")
     try:
-        return float(pesq(rate, ref.astype(np.float64), est.astype(np.float64), PESQ_MODE))
+        return float(pesq(rate, ref.astype(np.float64), est.astype(np.float64), mode))
     except Exception as exc:  # NoUtterancesError, BufferTooShortError, ...
         name = type(exc).__name__
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise MetricError(f"PESQ failed: {name}{': ' + text if text else ''}") from None
+
+
+def pesq_wb(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> float:
+    """PESQ-WB: P.862.2 MOS-LQO (the `pesq` package, mode 'wb'); needs 16 kHz."""
+    if rate != 16000:
+        raise MetricError(f"wide-band PESQ needs 16 kHz audio, got {rate} Hz")
+    return _pesq(ref, est, rate, PESQ_MODE)
+
+
+def mos_lqo_to_raw(mos: float | np.ndarray) -> float | np.ndarray:
+    """Invert the P.862.1 mapping: MOS-LQO -> raw P.862 score (defined for 0.999 < mos < 4.999).
+
+    The `pesq` package's 'nb' mode returns ``0.999 + 4 / (1 + exp(-1.4945 x + 4.6607))`` of the
+    raw score x (its C source, pesqmain.c); pypesq, which the SDM-VAE authors used, returns x.
+    """
+    y = np.asarray(mos, dtype=np.float64)
+    if np.any((y <= 0.999) | (y >= 4.999)):
+        raise MetricError(f"MOS-LQO {mos} is outside the P.862.1 mapping's range (0.999, 4.999)")
+    x = (P862_1_B - np.log(4.0 / (y - 0.999) - 1.0)) / P862_1_A
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def raw_to_mos_lqo(raw: float | np.ndarray) -> float | np.ndarray:
+    """The P.862.1 mapping itself (raw P.862 -> MOS-LQO), the inverse of :func:`mos_lqo_to_raw`."""
+    y = 0.999 + 4.0 / (1.0 + np.exp(-P862_1_A * np.asarray(raw, dtype=np.float64) + P862_1_B))
+    return float(y) if np.ndim(y) == 0 else y
+
+
+def pesq_nb(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> float:
+    """The paper's PESQ: raw P.862 narrow-band score (as pypesq returns it), in [-0.5, 4.5]."""
+    if rate not in (8000, 16000):
+        raise MetricError(f"narrow-band PESQ needs 8 or 16 kHz audio, got {rate} Hz")
+    return mos_lqo_to_raw(_pesq(ref, est, rate, "nb"))
 
 
 def stoi(ref: np.ndarray, est: np.ndarray, rate: int = 16000, extended: bool = False) -> float:
@@ -74,8 +114,13 @@ def audio_metrics(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> dict[s
         raise MetricError(f"length mismatch: reference {ref.shape[0]} samples, estimate {est.shape[0]}")
     if np.max(np.abs(ref)) == 0:
         raise MetricError("reference is silent")
+    if not (np.all(np.isfinite(ref)) and np.all(np.isfinite(est))):
+        raise MetricError("reference or estimate contains NaN or inf")
+    if np.max(np.abs(est)) == 0:
+        raise MetricError("the estimate is silent (all zeros)")
     return {
-        "pesq": pesq_wb(ref, est, rate),
+        "pesq_nb": pesq_nb(ref, est, rate),
+        "pesq_wb": pesq_wb(ref, est, rate),
         "stoi": stoi(ref, est, rate),
         "estoi": stoi(ref, est, rate, extended=True),
         "si_sdr": si_sdr(ref, est),

@@ -1,8 +1,17 @@
-"""`sdmvae table`: evaluation summaries rendered as the paper's Table 1.
+"""`sdmvae table`: evaluation summaries as a per-run table, or as the paper's Table 1.
 
-Rows are model configurations (VAE; VSC with its alpha; SDM-VAE with its dictionary and k;
-...), columns are the latent size m, each with PESQ, STOI and Hoyer (mean over files /
-frames). A configuration missing at some m shows '-'.
+Two layouts:
+- ``runs`` (default): one row per summary (a run is never merged with another because two runs
+  share a configuration), every metric as mean ± std over files. Folder-mode summaries (a
+  baseline codec, an oracle) sit in the same table.
+- ``table1``: the paper's layout. Rows are model configurations (VAE; VSC with its alpha;
+  SDM-VAE with its dictionary and k; ...), columns the latent size m, each with the paper's
+  metrics; runs of one configuration that differ only in their seed are aggregated as
+  mean ± std over seeds (n = number of seeds).
+
+Column headers say which numbers are comparable with the paper: ``pesq_nb`` (raw P.862
+narrow-band, the paper's PESQ), ``estoi`` (the paper's "STOI" column) and ``hoyer`` (eq. 12,
+the paper's protocol). PESQ-WB, STOI, SI-SDR and the pooled-trimmed Hoyer are modern extras.
 """
 
 from __future__ import annotations
@@ -10,33 +19,57 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdmvae_cli.errors import SdmvaeError
 
-METRICS = ("pesq", "stoi", "hoyer")
+#: (key, header, decimals); paper-comparable first
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("pesq_nb", "PESQ P.862 raw (paper)", 2),
+    ("estoi", "ESTOI (paper's STOI)", 3),
+    ("hoyer", "Hoyer (paper protocol)", 3),
+    ("pesq_wb", "PESQ-WB", 2),
+    ("stoi", "STOI", 3),
+    ("si_sdr", "SI-SDR dB", 1),
+    ("hoyer_pooled", "Hoyer pooled-trimmed", 3),
+)
+PAPER_KEYS = ("pesq_nb", "estoi", "hoyer")
+HEADERS = {k: h for k, h, _ in COLUMNS}
+DECIMALS = {k: d for k, _, d in COLUMNS}
 
 
 def row_label(m: dict) -> str:
     name = m["model"]
     if name == "vae":
-        return "VAE"
-    if name == "vsc":
-        return f"VSC (alpha={m['alpha']:g})"
-    if name == "sdm":
+        label = "VAE"
+    elif name == "vsc":
+        label = f"VSC (alpha={m['alpha']:g})"
+    elif name == "sdm":
         if m["dictionary"] == "identity":
-            return "SDM-VAE (identity)"
-        return f"SDM-VAE ({m['dictionary']}, k={m['k']})" if m["dictionary"] == "learned" else f"SDM-VAE (DCT, k={m['k']})"
-    if name == "threshold":
+            label = "SDM-VAE (identity)"
+        elif m["dictionary"] == "learned":
+            label = f"SDM-VAE (learned, k={m['k']})"
+        else:
+            label = f"SDM-VAE (DCT, k={m['k']})"
+    elif name == "threshold":
         lam = "learned lambda" if m["learn_threshold"] else f"lambda={m['threshold']:g}"
         extra = f", J={m['samples']}" if m.get("samples", 1) > 1 else ""
-        return f"Thresholded ({m['base']}, {lam}{extra})"
-    if name == "laplace":
-        return "Laplace-prior VAE"
-    if name == "cauchy":
-        return "Cauchy VAE"
-    return name
+        label = f"Thresholded ({m['base']}, {lam}{extra})"
+    elif name == "laplace":
+        label = "Laplace-prior VAE"
+    elif name == "cauchy":
+        label = "Cauchy VAE"
+    else:
+        label = name
+    notes = []
+    if m.get("beta", 1.0) != 1.0:
+        notes.append(f"beta={m['beta']:g}")
+    if m.get("input_transform", "log") != "log":
+        notes.append(f"{m['input_transform']} input")
+    return label + (f" [{', '.join(notes)}]" if notes else "")
 
 
 MODEL_ORDER = ("vae", "vsc", "sdm", "threshold", "laplace", "cauchy")
@@ -57,69 +90,197 @@ def row_key(m: dict) -> tuple:
 
 
 @dataclass
-class Table1:
-    rows: list[str]
-    ms: list[int]
-    cells: dict[tuple[str, int], dict[str, float | None]]
+class Stat:
+    mean: float | None
+    std: float | None = None
+    n: int = 0
 
 
-def build_table(paths: list[Path]) -> Table1:
-    cells: dict[tuple[str, int], dict[str, float | None]] = {}
-    keys: dict[str, tuple] = {}
-    ms: set[int] = set()
-    for p in paths:
-        try:
-            s = json.loads(Path(p).read_text())
-        except FileNotFoundError:
-            raise SdmvaeError(f"{p}: no such file") from None
-        except json.JSONDecodeError:
-            raise SdmvaeError(f"{p}: not a JSON summary from `sdmvae evaluate`") from None
-        if s.get("kind") != "checkpoint" or "model" not in s:
-            raise SdmvaeError(f"{p}: not a checkpoint evaluation summary (run `sdmvae evaluate CKPT PREPARED_DIR`)")
-        label, m = row_label(s["model"]), int(s["model"]["latent"])
-        keys.setdefault(label, row_key(s["model"]))
-        ms.add(m)
-        cells[(label, m)] = {
-            "pesq": s["metrics"]["pesq"]["mean"],
-            "stoi": s["metrics"]["stoi"]["mean"],
-            "hoyer": s["sparsity"]["hoyer_mean"],
-        }
-    rows = sorted(keys, key=lambda r: (keys[r], r))
-    return Table1(rows, sorted(ms), cells)
+@dataclass
+class RunRow:
+    """One evaluation summary, flattened."""
+
+    run: str
+    path: str
+    label: str
+    m: int | None
+    seed: int | None
+    group: str  # configuration identity without the seed (for aggregation over seeds)
+    order: tuple
+    values: dict[str, Stat] = field(default_factory=dict)
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+def _metric(s: dict, key: str) -> Stat:
+    """A metric's mean/std over files, reading old summaries too (``pesq`` = PESQ-WB there)."""
+    metrics, sp = s.get("metrics", {}), s.get("sparsity") or {}
+    if key == "hoyer_pooled":
+        v = sp.get("hoyer_pooled", sp.get("hoyer_mean"))
+        return Stat(v, sp.get("hoyer_pooled_std", sp.get("hoyer_std")), sp.get("frames", 0))
+    if key == "hoyer" and "hoyer" not in s.get("settings", {}):
+        return Stat(None)  # an old summary's per-file Hoyer was over trimmed frames: not the paper's
+    d = metrics.get(key) or (metrics.get("pesq") if key == "pesq_wb" else None)
+    if not d:
+        return Stat(None)
+    return Stat(d.get("mean"), d.get("std"), d.get("n", 0))
 
 
-def render(t: Table1, fmt: str):
-    if fmt == "markdown":
-        head = "| model | " + " | ".join(f"m={m} {k.upper() if k != 'hoyer' else 'Hoyer'}" for m in t.ms for k in METRICS) + " |"
-        sep = "|---|" + "---:|" * (len(t.ms) * len(METRICS))
-        lines = [head, sep]
-        for r in t.rows:
-            vals = [_fmt(t.cells.get((r, m), {}).get(k)) for m in t.ms for k in METRICS]
-            lines.append(f"| {r} | " + " | ".join(vals) + " |")
-        return "\n".join(lines) + "\n"
+def _run_name(p: Path) -> str:
+    parent = p.parent
+    if parent.name.startswith("eval-") and parent.parent.name:
+        return parent.parent.name
+    return parent.name or str(p)
+
+
+def read_summary(p: Path) -> RunRow:
+    p = Path(p)
+    try:
+        s = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SdmvaeError(f"{p}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SdmvaeError(f"{p}: not a JSON summary from `sdmvae evaluate`") from None
+    if not isinstance(s, dict) or s.get("kind") not in ("checkpoint", "folders") or "metrics" not in s:
+        raise SdmvaeError(f"{p}: not a summary.json written by `sdmvae evaluate`")
+    if s["kind"] == "folders":
+        label = f"folders: {Path(s.get('est_dir', '?')).name}"
+        row = RunRow(_run_name(p), str(p), label, None, None, f"folders:{s.get('est_dir')}", (len(MODEL_ORDER) + 1,))
+    else:
+        m = s["model"]
+        train = s.get("train") or {}
+        ident = {"model": m, "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
+                 "data": s.get("data_fingerprint")}
+        row = RunRow(_run_name(p), str(p), row_label(m), int(m["latent"]), train.get("seed"),
+                     json.dumps(ident, sort_keys=True), row_key(m))
+    row.values = {k: _metric(s, k) for k, _, _ in COLUMNS}
+    return row
+
+
+def read_summaries(paths: list[Path]) -> list[RunRow]:
+    if not paths:
+        raise SdmvaeError("no summary.json given")
+    return [read_summary(Path(p)) for p in paths]
+
+
+@dataclass
+class Group:
+    """Runs of one configuration (all seeds) at one m: mean ± std over seeds."""
+
+    label: str
+    m: int | None
+    order: tuple
+    runs: list[RunRow]
+    values: dict[str, Stat]
+
+
+def aggregate(rows: list[RunRow]) -> list[Group]:
+    by: dict[str, list[RunRow]] = {}
+    for r in rows:
+        by.setdefault(r.group, []).append(r)
+    groups = []
+    for runs in by.values():
+        vals = {}
+        for k, _, _ in COLUMNS:
+            xs = [r.values[k].mean for r in runs if r.values[k].mean is not None]
+            if xs:
+                mu = sum(xs) / len(xs)
+                sd = math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+                vals[k] = Stat(mu, sd, len(xs))
+            else:
+                vals[k] = Stat(None)
+        groups.append(Group(runs[0].label, runs[0].m, runs[0].order, runs, vals))
+    # two configurations with one label (e.g. another lr): make the labels distinct
+    seen: dict[tuple, int] = {}
+    for g in sorted(groups, key=lambda g: (g.order, g.label)):
+        key = (g.label, g.m)
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] > 1:
+            g.label = f"{g.label} #{seen[key]}"
+    return sorted(groups, key=lambda g: (g.order, g.label, g.m or 0))
+
+
+def fmt_stat(st: Stat, key: str, with_std: bool = True) -> str:
+    if st.mean is None:
+        return "-"
+    d = DECIMALS[key]
+    if with_std and st.std is not None:
+        return f"{st.mean:.{d}f} ± {st.std:.{d}f}"
+    return f"{st.mean:.{d}f}"
+
+
+# -- per-run layout ---------------------------------------------------------------------------
+def render_runs(rows: list[RunRow], fmt: str):
+    keys = [k for k, _, _ in COLUMNS if any(r.values[k].mean is not None for r in rows)]
+    rows = sorted(rows, key=lambda r: (r.order, r.label, r.m or 0, r.seed if r.seed is not None else -1, r.run))
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["model", "m", *METRICS])
-        for r in t.rows:
-            for m in t.ms:
-                c = t.cells.get((r, m))
-                if c:
-                    w.writerow([r, m, *(("" if c[k] is None else f"{c[k]:.4f}") for k in METRICS)])
+        w.writerow(["run", "path", "model", "m", "seed", *[f"{k}{s}" for k in keys for s in ("", "_std", "_n")]])
+        for r in rows:
+            cells = []
+            for k in keys:
+                st = r.values[k]
+                cells += [_num(st.mean), _num(st.std), st.n]
+            w.writerow([r.run, r.path, r.label, r.m if r.m is not None else "", r.seed if r.seed is not None else "", *cells])
         return buf.getvalue()
+    head = ["run", "model", "m", "seed", *[HEADERS[k] for k in keys]]
+    body = [[r.run, r.label, str(r.m) if r.m is not None else "-", str(r.seed) if r.seed is not None else "-",
+             *[fmt_stat(r.values[k], k) for k in keys]] for r in rows]
+    return _render_grid(head, body, fmt, "Evaluation summaries (mean ± std over files)", n_left=2)
+
+
+# -- the paper's Table 1 layout ----------------------------------------------------------------
+def render_table1(rows: list[RunRow], fmt: str, keys: tuple[str, ...] = PAPER_KEYS):
+    groups = [g for g in aggregate(rows) if g.m is not None]
+    if not groups:
+        raise SdmvaeError("the table1 layout needs checkpoint summaries (`sdmvae evaluate CKPT PREPARED_DIR`)")
+    ms = sorted({g.m for g in groups if g.m is not None})
+    labels: list[str] = []
+    for g in groups:
+        if g.label not in labels:
+            labels.append(g.label)
+    cell = {(g.label, g.m): g for g in groups}
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["model", "m", "seeds", *[f"{k}{s}" for k in keys for s in ("", "_std")]])
+        for g in groups:
+            w.writerow([g.label, g.m, len(g.runs), *[x for k in keys for x in (_num(g.values[k].mean), _num(g.values[k].std))]])
+        return buf.getvalue()
+    head = ["model", *[f"m={m} {HEADERS[k]}" for m in ms for k in keys], "seeds"]
+    body = []
+    for lab in labels:
+        vals = [fmt_stat(cell[(lab, m)].values[k], k) if (lab, m) in cell else "-" for m in ms for k in keys]
+        seeds = "/".join(str(len(cell[(lab, m)].runs)) if (lab, m) in cell else "-" for m in ms)
+        body.append([lab, *vals, seeds])
+    return _render_grid(head, body, fmt, "Table 1: mean ± std over seeds (seeds per m in the last column)", n_left=1)
+
+
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.6g}"
+
+
+def _render_grid(head: list[str], body: list[list[str]], fmt: str, title: str, n_left: int):
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < n_left else "---:" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines) + "\n"
     if fmt == "rich":
         from rich.table import Table
 
-        rt = Table(title="Table 1: resynthesis quality and latent sparsity")
-        rt.add_column("model")
-        for m in t.ms:
-            for k in METRICS:
-                rt.add_column(f"m={m}\n{'Hoyer' if k == 'hoyer' else k.upper()}", justify="right")
-        for r in t.rows:
-            rt.add_row(r, *[_fmt(t.cells.get((r, m), {}).get(k)) for m in t.ms for k in METRICS])
+        rt = Table(title=title)
+        for i, h in enumerate(head):
+            rt.add_column(h.replace(" (", "\n("), justify="left" if i < n_left else "right")
+        for row in body:
+            rt.add_row(*row)
         return rt
     raise SdmvaeError(f"unknown table format {fmt!r}; expected rich, markdown or csv")
+
+
+def render(paths: list[Path], fmt: str = "rich", layout: str = "runs") -> Any:
+    """Read summaries and render them (a str for markdown/csv, a rich Table for rich)."""
+    rows = read_summaries(paths)
+    if layout == "runs":
+        return render_runs(rows, fmt)
+    if layout == "table1":
+        return render_table1(rows, fmt)
+    raise SdmvaeError(f"unknown layout {layout!r}; expected runs or table1")

@@ -63,7 +63,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synthetic_prepared, tmp_p
     train(synthetic_prepared, cfg, opts(epochs=2), tmp_path / "run")
     good = read_checkpoint(tmp_path / "run" / "last.pt")
     nan = torch.tensor(float("nan"))
-    monkeypatch.setattr(VAE, "loss", lambda self, x: LossTerms(*(self.heads.linear.weight.sum() * nan + torch.zeros(len(x)),) * 3))
+    monkeypatch.setattr(VAE, "loss", lambda self, x, noise=None: LossTerms(*(self.heads.linear.weight.sum() * nan + torch.zeros(len(x)),) * 3))
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         train(synthetic_prepared, None, opts(epochs=4), tmp_path / "run", resume=True)
     after = read_checkpoint(tmp_path / "run" / "last.pt")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -67,6 +67,36 @@ class ModelConfig:
         return cls(**d)
 
 
+#: the float fields of ModelConfig: hyper-parameters that may differ between members of one
+#: stacked training run (``sdmvae sweep``); models read them through :meth:`SpectrogramVAE.hp`
+SCALAR_HPARAMS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.type in ("float", float))
+
+#: standard noise one training step consumes: name -> ("normal" | "uniform", shape)
+NoiseSpec = dict[str, tuple[str, tuple[int, ...]]]
+Noise = Mapping[str, torch.Tensor]
+
+
+def draw_noise(spec: NoiseSpec, lead: tuple[int, ...] = (), generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Standard normal / uniform tensors for ``spec``, with extra leading dims ``lead``.
+
+    Training draws all sampling noise through here, from the run's own generator, in a fixed
+    order (sorted names): that is what makes a member of a stacked sweep see exactly the noise
+    of the same run trained alone, and lets a CUDA graph read noise from static buffers.
+    """
+    out = {}
+    for name in sorted(spec):
+        kind, shape = spec[name]
+        fn = torch.randn if kind == "normal" else torch.rand
+        out[name] = fn((*lead, *shape), generator=generator, device=device)
+    return out
+
+
+def open_uniform(u: torch.Tensor) -> torch.Tensor:
+    """Uniform noise kept off 0 and 1 (for logs and inverse CDFs)."""
+    return u.clamp(1e-6, 1 - 1e-6)
+
+
 class LossTerms(NamedTuple):
     """Per-frame loss terms, each of shape (batch,)."""
 
@@ -95,8 +125,8 @@ def gaussian_kl_std(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.square() + logvar.exp() - logvar - 1.0)
 
 
-def reparameterise(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    return mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps)
 
 
 #: the options every model reads (architecture and KL weight)
@@ -108,11 +138,15 @@ class SpectrogramVAE(nn.Module):
 
     Interface:
       ``encode(x)`` -> dict of posterior parameters;
-      ``sample(post)`` -> reparameterised decoder input z;
+      ``noise_spec(batch)`` -> the standard noise one training step of ``batch`` frames uses;
+      ``sample(post, noise=None)`` -> reparameterised decoder input z (noise drawn if None);
       ``mean_code(post)`` -> the posterior-mean decoder input used for resynthesis;
       ``interpretable_code(post)`` -> the code whose sparsity is measured (a for SDM-VAE, z else);
       ``decode(z)`` -> log-variance (batch, bins);
-      ``loss(x)`` -> :class:`LossTerms` per frame.
+      ``loss(x, noise=None)`` -> :class:`LossTerms` per frame.
+
+    Scalar hyper-parameters (``SCALAR_HPARAMS``) are read with :meth:`hp`, so a stacked sweep
+    can give each member its own value as a tensor (under ``torch.func.vmap``).
     """
 
     name: ClassVar[str] = "base"
@@ -120,6 +154,8 @@ class SpectrogramVAE(nn.Module):
     DESCRIPTION: ClassVar[str] = ""
     #: size of the interpretable code (k for SDM-VAE)
     code_dim: int
+    #: per-member scalar hyper-parameters, set by the stacked trainer inside vmap
+    _hp: Mapping[str, torch.Tensor] | None = None
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -130,6 +166,8 @@ class SpectrogramVAE(nn.Module):
         self.out = nn.Linear(hidden[0] if hidden else cfg.latent, cfg.n_bins)
         self.enc_dim = hidden[-1] if hidden else cfg.n_bins
         self.code_dim = cfg.latent
+        # the epoch, for schedules (VSC's c); a buffer so captured CUDA graphs see its updates
+        self.register_buffer("epoch", torch.zeros(()), persistent=False)
 
     # -- configuration ---------------------------------------------------------------
     @classmethod
@@ -140,6 +178,12 @@ class SpectrogramVAE(nn.Module):
             raise SdmvaeError(f"unknown input transform {cfg.input_transform!r}; expected power or log")
 
     # -- shared pieces ---------------------------------------------------------------
+    def hp(self, name: str) -> Any:
+        """A scalar hyper-parameter: this member's tensor inside a stacked sweep, else the config's."""
+        if self._hp is not None and name in self._hp:
+            return self._hp[name]
+        return getattr(self.cfg, name)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.input_transform == "log":
             x = torch.log(x + LOG_FLOOR)
@@ -152,8 +196,18 @@ class SpectrogramVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def sample(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
+    def noise_spec(self, batch: int) -> NoiseSpec:
+        return {"eps": ("normal", (batch, self.cfg.latent))}
+
+    def sample(self, post: dict[str, torch.Tensor], noise: Noise | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def _noise(self, post: dict[str, torch.Tensor], noise: Noise | None) -> Noise:
+        """The given noise, or a fresh draw from the global RNG (inference, tests)."""
+        if noise is not None:
+            return noise
+        ref = next(iter(post.values()))
+        return draw_noise(self.noise_spec(ref.shape[0]), device=ref.device)
 
     def mean_code(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -166,31 +220,49 @@ class SpectrogramVAE(nn.Module):
         raise NotImplementedError
 
     # -- generic loss ----------------------------------------------------------------
-    def loss(self, x: torch.Tensor) -> LossTerms:
+    def loss(self, x: torch.Tensor, noise: Noise | None = None) -> LossTerms:
         post = self.encode(x)
-        z = self.sample(post)
+        z = self.sample(post, noise)
         recon = itakura_saito(x, self.decode(z))
         kl = self.kl(post, z)
-        return LossTerms(recon + self.cfg.beta * kl + self.penalty(), recon, kl)
+        return LossTerms(recon + self.hp("beta") * kl + self.penalty(), recon, kl)
+
+    def forward(self, x: torch.Tensor, noise: Noise | None = None) -> LossTerms:
+        """The training objective (what ``torch.func.functional_call`` calls in a stack)."""
+        return self.loss(x, noise)
 
     def penalty(self) -> torch.Tensor | float:
         """Extra regulariser added to every frame's total (e.g. dictionary coherence)."""
         return 0.0
 
-    @property
-    def graph_safe(self) -> bool:
-        """Whether a training step can be captured in a CUDA graph (all RNG ops capturable)."""
-        return True
-
     # -- training hooks (graph-safe: in-place updates only) ---------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Called before each epoch (schedules such as VSC's c warm-up)."""
+        """Called before each epoch (schedules such as VSC's c warm-up read ``self.epoch``)."""
+        self.epoch.fill_(float(epoch))
+
+    @torch.no_grad()
+    def project_(self, params: Mapping[str, torch.Tensor]) -> None:
+        """In-place projection of (possibly stacked, leading member dim) parameters after a
+        step, e.g. unit-norm dictionary atoms. Must use negative dims only."""
 
     def post_step(self) -> None:
-        """Called after each optimiser step (projections such as unit-norm atoms)."""
+        """Called after each optimiser step of a single (unstacked) model."""
+        self.project_(dict(self.named_parameters()))
+
+    def lr_scale(self, name: str) -> str | None:
+        """The ModelConfig field holding this parameter's own learning rate (None: the run's lr)."""
+        return None
 
     def param_groups(self, lr: float) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+        """torch.optim param groups: the run's lr, then one group per own-lr parameter."""
+        groups: list[dict] = [{"params": [], "lr": lr}]
+        for name, p in self.named_parameters():
+            field_name = self.lr_scale(name)
+            if field_name is None:
+                groups[0]["params"].append(p)
+            else:
+                groups.append({"params": [p], "lr": float(getattr(self.cfg, field_name))})
+        return groups
 
     # -- inference helpers -------------------------------------------------------------
     @torch.no_grad()

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from sdmvae_cli.nets.base import COMMON_OPTIONS, SpectrogramVAE, log_laplace, log_normal
+from sdmvae_cli.nets.base import COMMON_OPTIONS, SpectrogramVAE, log_laplace, log_normal, open_uniform
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import VAE, Heads
 
@@ -47,8 +47,11 @@ class CauchyVAE(SpectrogramVAE):
         p = self.heads(self.features(x))
         return {"loc": p["loc"], "scale": p["log_scale"].exp()}
 
-    def sample(self, post):
-        u = torch.rand_like(post["loc"]).clamp(1e-6, 1 - 1e-6)
+    def noise_spec(self, batch: int):
+        return {"u": ("uniform", (batch, self.cfg.latent))}
+
+    def sample(self, post, noise=None):
+        u = open_uniform(self._noise(post, noise)["u"])
         return post["loc"] + post["scale"] * torch.tan(math.pi * (u - 0.5))
 
     def mean_code(self, post):

@@ -59,8 +59,11 @@ class SDMVAE(SpectrogramVAE):
     def encode(self, x):
         return self.heads(self.features(x))
 
-    def sample(self, post):
-        return reparameterise(post["mu"], post["logvar"]) @ self.D.t()
+    def noise_spec(self, batch: int):
+        return {"eps": ("normal", (batch, self.cfg.k))}
+
+    def sample(self, post, noise=None):
+        return reparameterise(post["mu"], post["logvar"], self._noise(post, noise)["eps"]) @ self.D.t()
 
     def mean_code(self, post):
         return post["mu"] @ self.D.t()
@@ -78,16 +81,15 @@ class SDMVAE(SpectrogramVAE):
 
     def penalty(self):
         if self.cfg.dictionary == "learned" and self.cfg.coherence > 0:
-            return self.cfg.coherence * mutual_coherence_penalty(self.D)
+            return self.hp("coherence") * mutual_coherence_penalty(self.D)
         return 0.0
 
     @torch.no_grad()
-    def post_step(self) -> None:
+    def project_(self, params) -> None:
+        """Unit-norm atoms (columns of D; dim -2 also works on a stack of dictionaries)."""
         if self.cfg.dictionary == "learned":
-            self.D.div_(self.D.norm(dim=0, keepdim=True).clamp_min(1e-8))
+            d = params["D"]
+            d.div_(d.norm(dim=-2, keepdim=True).clamp_min(1e-8))
 
-    def param_groups(self, lr: float) -> list[dict]:
-        if self.cfg.dictionary != "learned":
-            return super().param_groups(lr)
-        rest = [p for n, p in self.named_parameters() if n != "D"]
-        return [{"params": rest, "lr": lr}, {"params": [self.D], "lr": self.cfg.dict_lr}]
+    def lr_scale(self, name: str) -> str | None:
+        return "dict_lr" if name == "D" else None

@@ -44,8 +44,8 @@ class VAE(SpectrogramVAE):
     def encode(self, x):
         return self.heads(self.features(x))
 
-    def sample(self, post):
-        return reparameterise(post["mu"], post["logvar"])
+    def sample(self, post, noise=None):
+        return reparameterise(post["mu"], post["logvar"], self._noise(post, noise)["eps"])
 
     def mean_code(self, post):
         return post["mu"]

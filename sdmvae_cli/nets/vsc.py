@@ -7,7 +7,8 @@ eq. 7): sum_j gamma_j KL(N(mu_j, sigma_j^2) || N(0, 1)) + KL(Bern(gamma_j) || Be
 Sampling (Tonolini eq. 9): z = sigmoid(c (eta - 1 + gamma)) * (mu + sigma eps), eta ~ U(0, 1):
 a smooth relaxation of the spike selection 1[eta > 1 - gamma]. Our warm-up schedule for c:
 linear from ``c_start`` (50) at epoch 0 to ``c_end`` (200) at epoch ``c_warmup`` (100), then
-constant; c lives in a buffer so a captured CUDA graph sees its updates.
+constant; c is computed from the ``epoch`` buffer so a captured CUDA graph sees its updates
+and each member of a stacked sweep can have its own c_start/c_end.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def spike_slab_kl(mu: torch.Tensor, logvar: torch.Tensor, gamma: torch.Tensor, a
     return (gamma * gaussian_kl_std(mu, logvar) + bernoulli_kl(gamma, alpha)).sum(-1)
 
 
-def c_schedule(epoch: int, start: float, end: float, warmup: int) -> float:
+def c_schedule(epoch, start, end, warmup: int):
+    """Linear warm-up of c; works on floats and on tensors (epoch a 0-d buffer)."""
     if warmup <= 0:
         return end
-    return start + (end - start) * min(1.0, epoch / warmup)
+    frac = torch.clamp(epoch / warmup, max=1.0) if isinstance(epoch, torch.Tensor) else min(1.0, epoch / warmup)
+    return start + (end - start) * frac
 
 
 @register("vsc")
@@ -44,7 +47,6 @@ class VSC(SpectrogramVAE):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.heads = Heads(self.enc_dim, cfg.latent, ("mu", "logvar", "spike_logit"))
-        self.register_buffer("c", torch.tensor(float(cfg.c_start)))
 
     @classmethod
     def validate(cls, cfg: ModelConfig) -> None:
@@ -57,17 +59,21 @@ class VSC(SpectrogramVAE):
         gamma = torch.sigmoid(p["spike_logit"]).clamp(GAMMA_EPS, 1 - GAMMA_EPS)
         return {"mu": p["mu"], "logvar": p["logvar"], "gamma": gamma}
 
-    def sample(self, post):
+    @property
+    def c(self):
+        return c_schedule(self.epoch, self.hp("c_start"), self.hp("c_end"), self.cfg.c_warmup)
+
+    def noise_spec(self, batch: int):
+        return {"eps": ("normal", (batch, self.cfg.latent)), "eta": ("uniform", (batch, self.cfg.latent))}
+
+    def sample(self, post, noise=None):
         mu, logvar, gamma = post["mu"], post["logvar"], post["gamma"]
-        slab = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        eta = torch.rand_like(mu)
-        return torch.sigmoid(self.c * (eta - 1 + gamma)) * slab
+        n = self._noise(post, noise)
+        slab = mu + torch.exp(0.5 * logvar) * n["eps"]
+        return torch.sigmoid(self.c * (n["eta"] - 1 + gamma)) * slab
 
     def mean_code(self, post):
         return post["gamma"] * post["mu"]
 
     def kl(self, post, z):
-        return spike_slab_kl(post["mu"], post["logvar"], post["gamma"], self.cfg.alpha)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.c.fill_(c_schedule(epoch, self.cfg.c_start, self.cfg.c_end, self.cfg.c_warmup))
+        return spike_slab_kl(post["mu"], post["logvar"], post["gamma"], self.hp("alpha"))

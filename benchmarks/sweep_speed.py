@@ -1,0 +1,85 @@
+"""Stacked training throughput: aggregate member-frames/s against the number of members.
+
+    python benchmarks/sweep_speed.py --device cuda --members 1 4 16 64 --frames 270000
+    python benchmarks/sweep_speed.py --device cpu --members 1 4 8 --frames 60000 --sequential
+
+Each point trains a stack of N members (vae or --model, m=64, batch 128) on random frames for
+--epochs timed epochs after one warm-up epoch (CUDA graph capture, compilation). With
+--sequential it also times the same members trained one after another (N stacks of one), in the
+same run, and prints the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sdmvae_cli.frames import FrameSource  # noqa: E402
+from sdmvae_cli.nets import ModelConfig  # noqa: E402
+from sdmvae_cli.stack import Member, Stack, init_state  # noqa: E402
+from sdmvae_cli.trainopts import TrainOptions  # noqa: E402
+
+
+def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool) -> Stack:
+    members = []
+    for i in range(n):
+        m = Member(f"m{i}", cfg, TrainOptions(seed=i), Path("."))
+        m.perm_gen = torch.Generator().manual_seed(i)
+        m.noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
+        members.append(m)
+    return Stack(members, [init_state(cfg, i) for i in range(n)], [None] * n, src, val, device,
+                 use_graph=device.type == "cuda", compile_loss=compile_loss)
+
+
+def time_epochs(stack: Stack, epochs: int) -> float:
+    stack.run_epoch(0)
+    if stack.device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for e in range(epochs):
+        stack.run_epoch(e + 1)
+    if stack.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / epochs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--members", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--frames", type=int, default=270000)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--model", default="vae")
+    ap.add_argument("--compile", choices=["on", "off"], default="off")
+    ap.add_argument("--sequential", action="store_true")
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    rng = np.random.default_rng(0)
+    frames = (rng.gamma(0.5, 1.0, (a.frames, 513)) * 1e-3).astype(np.float32)
+    src = FrameSource.create(frames, device, 1 << 40)
+    val = src.buffer[:4096]
+    kw = {"dictionary": "dct", "k": 64} if a.model == "sdm" else {}
+    cfg = ModelConfig(model=a.model, latent=64, **kw)
+    print(f"device {device} {torch.cuda.get_device_name() if device.type == 'cuda' else ''} torch {torch.__version__} "
+          f"model {a.model} frames {a.frames} compile {a.compile}")
+    for n in a.members:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        secs = time_epochs(make_stack(n, cfg, src, val, device, a.compile == "on"), a.epochs)
+        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+        line = f"members {n:3d}: {secs:7.3f} s/epoch, aggregate {n * a.frames / secs / 1e6:7.2f} M frames/s, peak {peak:8.0f} MiB"
+        if a.sequential:
+            seq = sum(time_epochs(make_stack(1, cfg, src, val, device, a.compile == "on"), a.epochs) for _ in range(n))
+            line += f"; one after another {seq:7.3f} s -> stacked is {seq / secs:4.2f}x faster"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""Stacked training: N members (seeds, hyper-parameters) of one architecture trained at once.
+
+Why: a step of these 513-128-m networks is launch-bound on a GPU and under-fills a CPU core.
+The members' parameters are stacked along a leading dimension and the step runs under
+``torch.func.vmap``, so every matrix product becomes one batched product: one step does the
+work of N runs at about the cost of one. ``sdmvae train`` is this engine with N = 1, so a
+member of a sweep is, by construction, the computation of the same run trained alone:
+
+- its own permutation generator (seeded with its seed) draws its batches;
+- its own noise generator draws all of its sampling noise, a block of ``graph_steps`` steps
+  at a time, through :func:`sdmvae_cli.nets.base.draw_noise` (fixed order and shapes);
+- its own Adam state and learning rate (Adam is elementwise: a stacked Adam is N Adams);
+- its own scalar hyper-parameters (``SCALAR_HPARAMS``: beta, alpha, threshold, ...), passed
+  to the model as 0-d tensors under vmap;
+- its own validation noise, fixed for the whole run (drawn once from seed + 1);
+- its own early stopping. A stopped or diverged member is masked out at once (its gradient is
+  zero) and dropped from the stack when a quarter of the stack is idle.
+
+On CUDA, ``graph_steps`` consecutive steps (forward, backward, Adam, projections) are captured
+in one CUDA graph and replayed; the host only fills the static index and noise buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.func import functional_call, vmap
+
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.frames import FrameSource
+from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
+from sdmvae_cli.nets.base import SCALAR_HPARAMS, draw_noise
+from sdmvae_cli.trainopts import EpochRecord, TrainOptions
+
+log = logging.getLogger("sdmvae")
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+OPTIMIZER_KIND = "stacked-adam"
+
+
+@dataclass
+class Member:
+    """One run inside a stack: its identity, options and progress."""
+
+    name: str
+    cfg: ModelConfig
+    opts: TrainOptions
+    run_dir: Path
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0  # the next epoch to run
+    best_val: float = math.inf
+    best_epoch: int = -1
+    since_best: int = 0
+    status: str = "running"  # running | stopped (early) | finished (epoch cap) | diverged | interrupted
+    message: str = ""
+    wrote_checkpoint: bool = False
+    perm_gen: torch.Generator | None = None
+    noise_gen: torch.Generator | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status != "running"
+
+
+class StackedAdam:
+    """Adam (Kingma & Ba 2015, torch.optim.Adam's update) over stacked parameters, with a
+    learning rate and a step count per member. Everything is a tensor op: CUDA-graph safe."""
+
+    def __init__(self, params: dict[str, torch.Tensor], lrs: dict[str, torch.Tensor], steps: torch.Tensor):
+        self.params, self.lrs, self.steps = params, lrs, steps  # steps: (N,) float
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    @torch.no_grad()
+    def step(self) -> None:
+        b1, b2 = ADAM_BETAS
+        self.steps += 1
+        for n, p in self.params.items():
+            g = p.grad
+            if g is None:  # a parameter the loss does not use (as torch.optim.Adam: skipped)
+                continue
+            view = (-1,) + (1,) * (p.dim() - 1)
+            m, v = self.exp_avg[n], self.exp_avg_sq[n]
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            bc1 = (1 - b1 ** self.steps).view(view)
+            bc2 = (1 - b2 ** self.steps).view(view)
+            denom = (v.sqrt() / bc2.sqrt()).add_(ADAM_EPS)
+            p.sub_(self.lrs[n].view(view) / bc1 * m / denom)
+
+
+def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
+    """Members can share a stack when only scalar hyper-parameters and per-member options differ."""
+    import json
+
+    structural = {k: v for k, v in cfg.to_dict().items() if k not in SCALAR_HPARAMS}
+    shared_opts = {k: v for k, v in opts.to_dict().items() if k not in ("lr", "seed", "patience", "epochs")}
+    return json.dumps([structural, shared_opts], sort_keys=True)
+
+
+def init_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """The initial weights of a run: the same as a fresh ``build_model`` after manual_seed(seed)."""
+    torch.manual_seed(seed)
+    return {k: v.detach().clone() for k, v in build_model(cfg).state_dict().items()}
+
+
+class Stack:
+    """N members of one architecture on one device, trained in lock-step epochs."""
+
+    def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
+                 val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
+        self.device = device
+        self.members = members
+        self.template: SpectrogramVAE = build_model(members[0].cfg).to(device)
+        self.template.train()
+        self.param_names = [n for n, _ in self.template.named_parameters()]
+        self.buffers = dict(self.template.named_buffers())  # shared by every member (D of a fixed dictionary, epoch)
+        self.opts = members[0].opts
+        if not src.resident and len(members) > 1:
+            raise SdmvaeError("a stack of several members needs the train split resident in memory (raise --max-device-fraction)")
+        self.src, self.data, self.val = src, src.buffer, val
+        self.use_graph, self.compile_loss = use_graph, compile_loss
+        self._build(states, optim_states)
+
+    # -- construction and compaction ---------------------------------------------------------
+    def _build(self, states: list[dict], optim_states: list[dict | None]) -> None:
+        dev = self.device
+        self.params = {n: torch.stack([s[n] for s in states]).to(dev).requires_grad_(True) for n in self.param_names}
+        self.hp = {h: torch.tensor([float(getattr(m.cfg, h)) for m in self.members], device=dev) for h in SCALAR_HPARAMS}
+        lrs = {}
+        for n in self.param_names:
+            field_name = self.template.lr_scale(n)
+            vals = [float(getattr(m.cfg, field_name)) if field_name else float(m.opts.lr) for m in self.members]
+            lrs[n] = torch.tensor(vals, device=dev)
+        steps = torch.tensor([float(o["step"]) if o else 0.0 for o in optim_states], device=dev)
+        self.opt = StackedAdam(self.params, lrs, steps)
+        for i, o in enumerate(optim_states):
+            if o:
+                for n in self.param_names:
+                    self.opt.exp_avg[n][i].copy_(o["exp_avg"][n])
+                    self.opt.exp_avg_sq[n][i].copy_(o["exp_avg_sq"][n])
+        self.active = torch.tensor([0.0 if m.done else 1.0 for m in self.members], device=dev)
+        self.acc = torch.zeros((len(self.members), 3), device=dev)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.idx_buf: torch.Tensor | None = None
+        self.noise_buf: dict[str, torch.Tensor] | None = None
+        self._val_noise: dict[str, torch.Tensor] | None = None
+        self._make_loss_fns()
+
+    def compact(self) -> None:
+        """Drop finished members from the stack (they cost no compute afterwards)."""
+        keep = [i for i, m in enumerate(self.members) if not m.done]
+        if len(keep) == len(self.members):
+            return
+        states = [self.member_state(i) for i in keep]
+        optim = [self.optimizer_state(i) for i in keep]
+        self.members = [self.members[i] for i in keep]
+        if self.members:
+            self._build(states, optim)
+
+    # -- the stacked loss ----------------------------------------------------------------------
+    def _make_loss_fns(self) -> None:
+        template = self.template
+
+        def member_loss(params, hp, x, noise):
+            template._hp = hp
+            try:
+                t = functional_call(template, (params, self.buffers), (x, noise))
+            finally:
+                template._hp = None
+            return t.total.mean(), torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
+
+        train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
+        self.val_fn = vmap(member_loss, in_dims=(0, 0, None, 0))
+        self.loss_fn = torch.compile(train_fn, dynamic=False) if self.compile_loss else train_fn
+
+    def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
+        """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
+        x = self.data[idx]
+        for p in self.params.values():
+            p.grad = None
+        means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        (means * self.active).sum().backward()
+        self.opt.step()
+        self.template.project_(self.params)
+        self.acc += sums.detach() * self.active[:, None]
+
+    # -- one epoch -------------------------------------------------------------------------------
+    def _draw_block(self, steps: int) -> dict[str, torch.Tensor]:
+        """Each member's noise for ``steps`` steps from its own generator: (N, steps, ...)."""
+        spec = self.template.noise_spec(self.opts.batch_size)
+        per = [draw_noise(spec, (steps,), m.noise_gen, self.device) for m in self.members]
+        return {k: torch.stack([p[k] for p in per]) for k in spec}
+
+    def _capture(self) -> None:
+        k, n, b = self.opts.graph_steps, len(self.members), self.opts.batch_size
+        self.idx_buf = torch.zeros((k, n, b), dtype=torch.long, device=self.device)
+        self.noise_buf = {name: torch.zeros_like(t) for name, t in self._draw_block_shapes(k).items()}
+        g = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(g):
+                for j in range(k):
+                    self.step(self.idx_buf[j], {name: t[:, j] for name, t in self.noise_buf.items()})
+        except Exception as exc:
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise SdmvaeError(f"CUDA graph capture failed ({first}); re-run with --no-cuda-graph") from None
+        self.graph = g
+
+    def _draw_block_shapes(self, steps: int) -> dict[str, torch.Tensor]:
+        spec = self.template.noise_spec(self.opts.batch_size)
+        return {k: torch.empty((len(self.members), steps, *shape), device=self.device) for k, (_, shape) in spec.items()}
+
+    def run_epoch(self, epoch: int) -> int:
+        """Train every member for one epoch; returns the frames each member saw.
+
+        Batches: a fresh random permutation per member per epoch (per chunk when a single run
+        streams a split too large for the device); partial batches are dropped."""
+        self.template.set_epoch(epoch)
+        self.acc.zero_()
+        seen = 0
+        for rows in self.src.chunks(self.members[0].perm_gen):
+            seen += self._run_chunk(rows)
+        return seen
+
+    def _run_chunk(self, rows: int) -> int:
+        b, gsteps = self.opts.batch_size, self.opts.graph_steps
+        nb = rows // b
+        idx = torch.stack([torch.randperm(rows, generator=m.perm_gen)[: nb * b].view(nb, b) for m in self.members], 1)
+        idx = idx.to(self.device)  # (nb, N, B)
+        done_eager = 0
+        for s in range(0, nb, gsteps):
+            k = min(gsteps, nb - s)
+            noise = self._draw_block(k)
+            if self.use_graph and k == gsteps and self.graph is None and done_eager >= 2:
+                self._capture()
+            if self.graph is not None and k == gsteps:
+                self.idx_buf.copy_(idx[s : s + k])
+                for name, t in self.noise_buf.items():
+                    t.copy_(noise[name])
+                self.graph.replay()
+            else:
+                for j in range(k):
+                    self.step(idx[s + j], {name: t[:, j] for name, t in noise.items()})
+                done_eager += 1
+        return nb * b
+
+    @torch.no_grad()
+    def validate(self) -> torch.Tensor:
+        """Per-member mean (total, recon, kl) per validation frame, with fixed noise: (N, 3)."""
+        self.template.eval()
+        n_val = self.val.shape[0]
+        if self._val_noise is None:
+            spec = self.template.noise_spec(n_val)
+            per = [draw_noise(spec, (), torch.Generator(device=self.device).manual_seed(m.opts.seed + 1), self.device)
+                   for m in self.members]
+            self._val_noise = {k: torch.stack([p[k] for p in per]) for k in spec}
+        vb = max(256, self.opts.val_batch // max(1, len(self.members)))
+        sums = torch.zeros((len(self.members), 3), dtype=torch.float64, device=self.device)
+        for s in range(0, n_val, vb):
+            e = min(n_val, s + vb)
+            noise = {k: _slice_frames(v, s, e) for k, v in self._val_noise.items()}
+            _, part = self.val_fn(self.params, self.hp, self.val[s:e], noise)
+            sums += part.double()
+        self.template.train()
+        return sums / n_val
+
+    # -- per-member state ------------------------------------------------------------------------
+    def member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's state_dict in the single-model layout (loads with ``load_model``)."""
+        out = {}
+        for k, v in self.template.state_dict().items():
+            out[k] = (self.params[k][i] if k in self.params else v).detach().cpu().clone()
+        return out
+
+    def optimizer_state(self, i: int) -> dict[str, Any]:
+        return {
+            "kind": OPTIMIZER_KIND,
+            "step": float(self.opt.steps[i]),
+            "exp_avg": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg.items()},
+            "exp_avg_sq": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg_sq.items()},
+        }
+
+
+def _slice_frames(v: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Frames s:e of stacked noise: (N, frames, m), or (N, J, frames, m) with J samples."""
+    return v.narrow(2 if v.dim() == 4 else 1, s, e - s)
+
+
+# -- the training loop over a stack ------------------------------------------------------------
+@dataclass
+class StackCallbacks:
+    on_epoch: Callable[[Member, EpochRecord], None] | None = None
+    save: Callable[[Stack, int, Member, bool], None] | None = None  # (stack, index, member, improved)
+    on_done: Callable[[Member], None] | None = None
+
+
+def train_stack(stack: Stack, cb: StackCallbacks) -> None:
+    """Lock-step epochs until every member has stopped; Ctrl-C marks the running ones interrupted
+    (their last.pt holds the last completed epoch) and re-raises."""
+    try:
+        while stack.members and any(not m.done for m in stack.members):
+            epoch = min(m.epoch for m in stack.members if not m.done)
+            t0 = time.perf_counter()
+            n_seen = stack.run_epoch(epoch)
+            train_means = (stack.acc / max(1, n_seen)).tolist()
+            val = stack.validate().tolist()
+            if stack.device.type == "cuda":
+                torch.cuda.synchronize()
+            secs = time.perf_counter() - t0
+            for i, m in enumerate(stack.members):
+                if m.done:
+                    continue
+                _finish_epoch(stack, i, m, epoch, train_means[i], val[i], secs, n_seen, cb)
+            if sum(m.done for m in stack.members) * 4 >= len(stack.members) and any(not m.done for m in stack.members):
+                stack.compact()
+    except KeyboardInterrupt:
+        for m in stack.members:
+            if not m.done:
+                m.status, m.message = "interrupted", f"interrupted; {m.run_dir / 'last.pt'} holds the last completed epoch"
+        raise
+
+
+def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], va: list[float], secs: float, n_seen: int,
+                  cb: StackCallbacks) -> None:
+    if not all(math.isfinite(v) for v in (*tr, *va)):
+        kept = f"the last good checkpoint is kept in {m.run_dir}" if m.wrote_checkpoint else "no checkpoint was written"
+        what = "training" if not all(math.isfinite(v) for v in tr) else "validation"
+        m.status = "diverged"
+        m.message = (f"{m.name}: {what} loss became {tr[0] if what == 'training' else va[0]} at epoch {epoch}; stopped, {kept} "
+                     "(check the prepared frames for NaN/inf, or try a lower --lr)")
+        stack.active[i] = 0.0
+        if cb.on_done:
+            cb.on_done(m)
+        return
+    improved = va[0] < m.best_val
+    if improved:
+        m.best_val, m.best_epoch, m.since_best = va[0], epoch, 0
+    else:
+        m.since_best += 1
+    rec = EpochRecord(epoch, *tr, *va, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved)
+    m.history.append(asdict(rec))
+    m.epoch = epoch + 1
+    if m.since_best >= m.opts.patience:
+        m.status, m.message = "stopped", f"early stopping: no improvement for {m.opts.patience} epochs"
+    elif m.epoch >= m.opts.epochs:
+        m.status, m.message = "finished", f"reached the epoch cap ({m.opts.epochs})"
+    if cb.save:
+        cb.save(stack, i, m, improved)
+    m.wrote_checkpoint = True
+    if cb.on_epoch:
+        cb.on_epoch(m, rec)
+    if m.done:
+        stack.active[i] = 0.0
+        if cb.on_done:
+            cb.on_done(m)

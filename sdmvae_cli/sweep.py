@@ -1,0 +1,163 @@
+"""`sdmvae sweep`: many configurations and seeds trained at once, in one process.
+
+A spec (JSON, or TOML by suffix) names runs by any ModelConfig / TrainOptions field::
+
+    {"common": {"latent": 64, "epochs": 500},
+     "runs": [{"name": "vae-s0", "model": "vae", "seed": 0},
+              {"name": "sdm-s0", "model": "sdm", "dictionary": "dct", "k": 64, "seed": 0}],
+     "grid": {"name": "vsc-a{alpha}-s{seed}", "model": "vsc", "alpha": [0.05, 0.5], "seed": [0, 1, 2]}}
+
+``grid`` (one dict or a list of dicts) is the cartesian product of its list values (``hidden``,
+itself a list, is given as a list of lists there); ``name`` is a format string over the run's
+options. Runs that differ only in seed, lr, patience, epochs or scalar hyper-parameters share
+one stack (:mod:`sdmvae_cli.stack`); each writes ``OUT/<name>/`` exactly as `sdmvae train`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+from sdmvae_cli.atomic import write_json
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.stack import Member
+from sdmvae_cli.trainopts import EpochRecord, TrainOptions
+
+MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
+TRAIN_FIELDS = {f.name for f in fields(TrainOptions)} - {"device"}
+
+
+def read_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SdmvaeError(f"sweep spec {path} does not exist")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(path.read_text())
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SdmvaeError(f"{path}: not a valid sweep spec ({str(exc).splitlines()[0][:120]})") from None
+
+
+def _expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
+    keys = [k for k, v in grid.items() if isinstance(v, list) and k != "name"]
+    fixed = {k: v for k, v in grid.items() if k not in keys}
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        run = dict(fixed, **dict(zip(keys, combo)))
+        out.append(run)
+    return out
+
+
+def _default_name(run: dict[str, Any]) -> str:
+    return "-".join(f"{k}{v}" if k != "model" else str(v) for k, v in run.items() if k != "name")
+
+
+def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptions]]:
+    """The runs of a spec as (name, model config, training options), names unique."""
+    if not isinstance(spec, dict) or not ({"runs", "grid"} & set(spec)):
+        raise SdmvaeError("a sweep spec needs 'runs' (a list) and/or 'grid' (a dict or list of dicts)")
+    unknown_top = set(spec) - {"common", "runs", "grid", "_comment"}
+    if unknown_top:
+        raise SdmvaeError(f"unknown sweep spec key(s): {', '.join(sorted(unknown_top))}")
+    common = spec.get("common", {})
+    grids = spec.get("grid", [])
+    runs = list(spec.get("runs", []))
+    for g in grids if isinstance(grids, list) else [grids]:
+        runs += _expand_grid(g)
+    out, seen = [], set()
+    for raw in runs:
+        run = {**common, **raw}
+        template = run.pop("name", None)
+        fmt = {k: v for k, v in run.items()}
+        name = template.format(**fmt) if template else _default_name(run)
+        bad = set(run) - MODEL_FIELDS - TRAIN_FIELDS
+        if bad:
+            raise SdmvaeError(f"run {name!r}: unknown option(s) {', '.join(sorted(bad))}")
+        if name in seen or not name or "/" in name or name.startswith("."):
+            raise SdmvaeError(f"run name {name!r} is empty, repeated or not a plain folder name")
+        seen.add(name)
+        try:
+            cfg = ModelConfig(**{k: v for k, v in run.items() if k in MODEL_FIELDS})
+            opts = TrainOptions(**{k: v for k, v in run.items() if k in TRAIN_FIELDS})
+        except TypeError as exc:
+            raise SdmvaeError(f"run {name!r}: {exc}") from None
+        out.append((name, cfg, opts))
+    if not out:
+        raise SdmvaeError("the sweep spec lists no run")
+    return out
+
+
+def run_sweep(
+    prepared_dir: str | Path,
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str = "auto",
+    epochs: int | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[Member, EpochRecord], None] | None = None,
+    on_done: Callable[[Member], None] | None = None,
+) -> dict[str, Any]:
+    """Train every run of the spec; returns (and writes) the sweep summary ``OUT/sweep.json``.
+
+    Without ``resume`` an existing run folder is an error (nothing is overwritten); with it,
+    runs that have a last.pt continue and the others start. KeyboardInterrupt propagates after
+    sweep.json is written (every member keeps its last completed epoch)."""
+    from sdmvae_cli.train import RunSpec, train_runs
+
+    out_dir = Path(out_dir)
+    runs = expand_spec(read_spec(spec_path))
+    specs = []
+    for name, cfg, opts in runs:
+        opts.device = device
+        if epochs is not None:
+            opts.epochs = epochs
+        run_dir = out_dir / name
+        has_last = (run_dir / "last.pt").exists()
+        if run_dir.exists() and any(run_dir.iterdir()) and not (resume and has_last):
+            raise SdmvaeError(f"{run_dir} already exists; use --resume to continue the sweep, or another --out")
+        specs.append(RunSpec(name, run_dir, cfg, opts, resume=resume and has_last))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    members: list[Member] = []
+    groups: list[int] = []
+
+    def on_group(ms: list[Member]) -> None:
+        groups.append(len(ms))
+
+    interrupted = False
+    try:
+        members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        summary = _summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)
+        write_json(out_dir / "sweep.json", summary)
+    return summary
+
+
+def _summary(members: list[Member], specs, wall: float, groups: list[int], interrupted: bool, prepared_dir, spec_path) -> dict:
+    by_name = {m.name: m for m in members}
+    rows = []
+    frames = 0.0
+    for s in specs:
+        m = by_name.get(s.name)
+        if m is None:
+            rows.append({"name": s.name, "run_dir": str(s.run_dir), "status": "interrupted" if interrupted else "not run"})
+            continue
+        frames += sum(h["frames_per_s"] * h["seconds"] for h in m.history)
+        rows.append({"name": m.name, "run_dir": str(m.run_dir), "status": m.status, "message": m.message,
+                     "epochs": len(m.history), "best_epoch": m.best_epoch, "best_val": m.best_val,
+                     "checkpoint": str(m.run_dir / "best.pt") if m.best_epoch >= 0 else None})
+    return {"prepared_dir": str(Path(prepared_dir).resolve()), "spec": str(Path(spec_path).resolve()), "members": rows,
+            "stacks": groups, "wall_seconds": round(wall, 2), "interrupted": interrupted,
+            "member_frames_per_s": round(frames / wall, 1) if wall > 0 else None}

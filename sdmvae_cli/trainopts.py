@@ -1,0 +1,76 @@
+"""Training options and per-epoch records: the plain data shared by `train` and `sweep`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from sdmvae_cli.errors import SdmvaeError
+
+
+@dataclass
+class TrainOptions:
+    lr: float = 1e-4
+    batch_size: int = 128
+    epochs: int = 500  # maximum number of epochs; epochs are numbered from 0 everywhere
+    patience: int = 20
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    cuda_graph: bool = True
+    compile: str = "auto"  # auto (= on with CUDA) | on | off: torch.compile of the stacked loss
+    graph_steps: int = 32  # steps per CUDA graph replay, and per block of pre-drawn noise
+    val_batch: int = 16384
+    max_device_fraction: float = 0.5  # of free device memory (or host RAM) for resident frames
+    max_device_bytes: int | None = None  # explicit cap, mostly for tests of the streaming path
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainOptions":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise SdmvaeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if not self.lr >= 0:  # 0 freezes the weights (useful in tests); the CLI asks for > 0
+            raise SdmvaeError(f"--lr must be >= 0, got {self.lr}")
+        for name in ("batch_size", "epochs", "graph_steps", "val_batch"):
+            if getattr(self, name) < 1:
+                raise SdmvaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.patience < 1:
+            raise SdmvaeError(f"--patience must be >= 1, got {self.patience}")
+        if self.compile not in ("auto", "on", "off"):
+            raise SdmvaeError(f"--compile must be auto, on or off, got {self.compile!r}")
+
+
+#: options that may differ between members of one stack (the rest must be equal)
+PER_MEMBER_OPTIONS = ("lr", "seed", "patience", "epochs")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_total: float
+    train_recon: float
+    train_kl: float
+    val_total: float
+    val_recon: float
+    val_kl: float
+    seconds: float
+    frames_per_s: float
+    best: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SdmvaeError("--device cuda asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise SdmvaeError(f"unknown device {name!r}; expected auto, cpu or cuda")
+    return torch.device(name)

@@ -1,0 +1,86 @@
+"""`sdmvae sweep`: stacked members are the same computation as separate `train` runs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sdmvae_cli.checkpoint import load_model, read_checkpoint
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.sweep import expand_spec, run_sweep
+from sdmvae_cli.train import TrainOptions, train
+
+CLI = [sys.executable, "-m", "sdmvae_cli"]
+COMMON = {"lr": 2e-3, "batch_size": 64, "epochs": 3, "patience": 50}
+
+
+def _spec(tmp_path, runs):
+    p = tmp_path / "spec.json"
+    p.write_text(json.dumps({"common": COMMON, "runs": runs}))
+    return p
+
+
+@pytest.mark.parametrize("family", [
+    {"model": "vsc", "latent": 8},
+    {"model": "sdm", "latent": 8, "k": 12, "dictionary": "learned", "coherence": 0.1},
+    {"model": "threshold", "latent": 8, "learn_threshold": True, "samples": 2},
+])
+def test_members_equal_separate_runs(synthetic_prepared, tmp_path, family):
+    """Two seeds and two values of a scalar hyper-parameter in one stack; each member's validation
+    losses equal those of the same run trained alone."""
+    scalar = {"vsc": "alpha", "sdm": "coherence", "threshold": "beta2"}[family["model"]]
+    runs = [dict(family, name="a", seed=0), dict(family, name="b", seed=1, **{scalar: 0.3}, lr=1e-3)]
+    summary = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu")
+    assert summary["stacks"] == [2] and [m["status"] for m in summary["members"]] == ["finished", "finished"]
+    for run in runs:
+        kw = {k: v for k, v in run.items() if k not in ("name", "seed", "lr")}
+        alone = train(synthetic_prepared, ModelConfig(**kw), TrainOptions(**{**COMMON, "seed": run["seed"], "lr": run.get("lr", COMMON["lr"]),
+                                                                             "device": "cpu"}), tmp_path / f"alone-{run['name']}")
+        stacked = json.loads(json.dumps(read_checkpoint(tmp_path / "sw" / run["name"] / "last.pt")["history"]))
+        assert [h["val_total"] for h in stacked] == pytest.approx([h["val_total"] for h in alone.history], rel=1e-5, abs=1e-3)
+        a = read_checkpoint(tmp_path / f"alone-{run['name']}" / "last.pt")["model_state"]
+        b = load_model(tmp_path / "sw" / run["name"] / "best.pt").model.state_dict()
+        assert set(a) == set(b)
+
+
+def test_early_stopping_per_member_and_resume(synthetic_prepared, tmp_path):
+    runs = [{"name": "frozen", "model": "vae", "latent": 8, "lr": 0.0, "patience": 2, "epochs": 6},
+            {"name": "learns", "model": "vae", "latent": 8, "seed": 1, "epochs": 2}]
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu")
+    by = {m["name"]: m for m in s["members"]}
+    assert by["frozen"]["status"] == "stopped" and by["frozen"]["epochs"] == 3  # epoch 0 best, then 2 without improvement
+    assert by["learns"]["status"] == "finished" and by["learns"]["epochs"] == 2
+    with pytest.raises(SdmvaeError, match="already exists"):
+        run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu")
+    s2 = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", epochs=4, resume=True)
+    by2 = {m["name"]: m for m in s2["members"]}
+    assert by2["learns"]["epochs"] == 4 and by2["frozen"]["epochs"] == 3
+    full = train(synthetic_prepared, ModelConfig(model="vae", latent=8), TrainOptions(**{**COMMON, "seed": 1, "epochs": 4, "device": "cpu"}),
+                 tmp_path / "alone")
+    resumed = read_checkpoint(tmp_path / "sw" / "learns" / "last.pt")["history"]
+    assert [h["val_total"] for h in resumed] == pytest.approx([h["val_total"] for h in full.history], rel=1e-5, abs=1e-3)
+
+
+def test_spec_grid_and_errors(tmp_path):
+    runs = expand_spec({"common": {"latent": 16}, "grid": {"name": "vsc-a{alpha}-s{seed}", "model": "vsc", "alpha": [0.1, 0.5],
+                                                            "seed": [0, 1, 2]}})
+    assert [r[0] for r in runs][:2] == ["vsc-a0.1-s0", "vsc-a0.1-s1"] and len(runs) == 6
+    assert all(r[1].latent == 16 for r in runs) and runs[5][2].seed == 2
+    with pytest.raises(SdmvaeError, match="unknown option"):
+        expand_spec({"runs": [{"name": "x", "model": "vae", "lattent": 3}]})
+    with pytest.raises(SdmvaeError, match="repeated"):
+        expand_spec({"runs": [{"name": "x"}, {"name": "x"}]})
+
+
+def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
+    spec = _spec(tmp_path, [{"name": "v0", "model": "vae", "latent": 8}, {"name": "v1", "model": "vae", "latent": 8, "seed": 1}])
+    r = subprocess.run([*CLI, "sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "sw"), "--device", "cpu",
+                        "--epochs", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1].endswith("sweep.json") and all(l.endswith("best.pt") for l in lines[:-1]) and len(lines) == 3
+    sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert sw["member_frames_per_s"] > 0 and {p.name for p in (tmp_path / "sw" / "v1").iterdir()} >= {"best.pt", "last.pt", "history.csv", "config.json"}
