@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from sdmvae_cli.atomic import write_json, write_text
@@ -184,6 +185,56 @@ def evaluate_loss(model: SpectrogramVAE, src: FrameSource, batch: int, seed: int
     return vals[0], vals[1], vals[2]
 
 
+#: a folder holding any of these holds an earlier run (never replaced silently); config.json
+#: and loss.png alone are what a run stopped before its first epoch leaves: nothing to lose
+RUN_FILES = ("best.pt", "last.pt", "history.csv")
+RUN_EXTRAS = ("config.json", "loss.png")
+
+
+def check_options(opts: TrainOptions) -> None:
+    """Library-side ranges (the CLI checks the same where it parses, as usage errors)."""
+    # 0 is allowed here (a frozen model: a diagnostic, used by the tests); the CLI asks for > 0
+    if not (isinstance(opts.lr, (int, float)) and opts.lr >= 0 and math.isfinite(opts.lr)):
+        raise SdmvaeError(f"the learning rate must be a non-negative number, got {opts.lr}")
+    for name in ("batch_size", "epochs", "patience"):
+        if getattr(opts, name) < 1:
+            raise SdmvaeError(f"{name} must be at least 1, got {getattr(opts, name)}")
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to train into a folder holding an earlier run, unless ``overwrite``."""
+    from sdmvae_cli.outputs import check_dir_destination
+
+    check_dir_destination(run_dir)
+    old = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if old and not overwrite:
+        raise SdmvaeError(f"{run_dir} already holds a run ({', '.join(old)}); continue it with --resume {run_dir}, "
+                          "replace it with --overwrite, or choose another --out")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's files (``--overwrite``, once every check has passed) so the new
+    run's files are never mixed with the old ones."""
+    from sdmvae_cli.outputs import remove_stale_temporaries
+
+    for n in RUN_FILES + RUN_EXTRAS:
+        (run_dir / n).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
+
+
+def check_frames(frames, where: str, chunk: int = 65536) -> None:
+    """Power frames must be finite and non-negative: a NaN in the data would surface epochs
+    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
+    for s in range(0, frames.shape[0], chunk):
+        block = np.asarray(frames[s : s + chunk])
+        ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)
+        if not ok.all():
+            bad = s + int(np.argmin(ok))
+            kind = "NaN or inf" if not np.isfinite(block[bad - s]).all() else "negative power"
+            raise SdmvaeError(f"{where}: the prepared frames hold {kind} (frame {bad}); the data is corrupt, "
+                              "not the training: re-run `sdmvae prepare --force`")
+
+
 def check_prepared(prepared_dir: Path) -> tuple[dict, StftConfig]:
     info = load_prepare_info(prepared_dir)
     stft = StftConfig.from_dict(info["stft"])
@@ -209,15 +260,20 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress_factory: Callable[[int, int], Any] | None = None,
 ) -> TrainResult:
     """Train (or resume) a model on a prepared directory; checkpoints go to ``run_dir``.
 
     ``progress_factory(epoch, steps)`` may return an object with ``update(n)`` and ``close()``.
+    A fresh run refuses a ``run_dir`` that holds an earlier run unless ``overwrite``.
     """
     prepared_dir, run_dir = Path(prepared_dir), Path(run_dir)
+    check_options(opts)
     info, stft = check_prepared(prepared_dir)
+    if not resume:
+        check_run_dir(run_dir, overwrite)
     state: dict[str, Any] | None = None
     if resume:
         last = run_dir / "last.pt"
@@ -246,8 +302,13 @@ def train(
     perm_gen = torch.Generator().manual_seed(opts.seed)
 
     budget = opts.max_device_bytes if opts.max_device_bytes is not None else device_budget(device, opts.max_device_fraction)
-    train_src = FrameSource.create(open_frames(prepared_dir, "train"), device, budget)
-    val_src = FrameSource.create(open_frames(prepared_dir, "validation"), device, budget)
+    frames = {s: open_frames(prepared_dir, s) for s in ("train", "validation")}
+    for s, arr in frames.items():
+        if arr.shape[1] != stft.n_bins:
+            raise SdmvaeError(f"{prepared_dir}/{s}/frames.npy has {arr.shape[1]} bins; its prepare.json says {stft.n_bins}")
+        check_frames(arr, f"{prepared_dir}/{s}/frames.npy")
+    train_src = FrameSource.create(frames["train"], device, budget)
+    val_src = FrameSource.create(frames["validation"], device, budget)
     if len(train_src) < opts.batch_size:
         raise SdmvaeError(f"the train split has {len(train_src)} frames, fewer than one batch ({opts.batch_size})")
 
@@ -263,6 +324,8 @@ def train(
         perm_gen.set_state(state["rng"]["perm"])
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
+    if not resume:
+        clear_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"model": model_cfg.to_dict(), "stft": stft.to_dict(), "train": opts.to_dict(), "seed": opts.seed}
     write_json(run_dir / "config.json", config | {"prepared_dir": str(prepared_dir), "data_fingerprint": info.get("fingerprint")})
@@ -288,6 +351,11 @@ def train(
             "prepared_dir": str(prepared_dir),
             "rng": rng,
         }
+
+    def kept() -> str:
+        if (run_dir / "last.pt").exists():
+            return f"the last completed epoch is kept in {run_dir}/last.pt"
+        return "no epoch had completed, so no checkpoint was written"
 
     stopped_early = since_best >= opts.patience  # a resumed run that had already stopped
     try:
@@ -327,13 +395,13 @@ def train(
             tr = (stepper.acc / max(1, n_seen)).tolist()
             if not all(math.isfinite(v) for v in tr):
                 raise TrainingDiverged(
-                    f"training loss became {tr[0]} at epoch {epoch}; stopped, the last good checkpoint is kept in {run_dir} "
-                    "(try a lower --lr or --input-transform log)"
+                    f"training loss became {tr[0]} at epoch {epoch} (the data was checked finite: the optimisation diverged); "
+                    f"stopped, {kept()} (try a lower --lr or --input-transform log)"
                 )
             model.eval()
             va = evaluate_loss(model, val_src, opts.val_batch, seed=opts.seed + 1)
             if not math.isfinite(va[0]):
-                raise TrainingDiverged(f"validation loss became {va[0]} at epoch {epoch}; stopped, the last good checkpoint is kept in {run_dir}")
+                raise TrainingDiverged(f"validation loss became {va[0]} at epoch {epoch}; stopped, {kept()}")
             if device.type == "cuda":
                 torch.cuda.synchronize()
             secs = time.perf_counter() - t0
