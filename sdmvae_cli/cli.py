@@ -85,7 +85,8 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="warning: %(message)s", stream=sys.stderr,
+                        force=True)  # force: each in-process run() logs to the current stderr
 
 
 # -- prepare -------------------------------------------------------------------------------

@@ -85,8 +85,10 @@ def check_files_destinations(dsts: Iterable[Path], *, inputs: Iterable[str | os.
         seen[d] = dst
         if dst.exists() and not overwrite:
             exist.append(dst)
+    if len(clash) == 1:
+        raise SdmvaeError(f"{clash[0]} is an input of this command; choose another output (inputs are never overwritten)")
     if clash:
-        raise SdmvaeError(f"{len(clash)} output(s) would overwrite an input (e.g. {clash[0]}); choose another output location")
+        raise SdmvaeError(f"{len(clash)} outputs would overwrite an input (e.g. {clash[0]}); choose another output location")
     if exist:
         raise SdmvaeError(f"{len(exist)} output file(s) already exist (e.g. {exist[0]}); pass --overwrite to replace them")
     for parent in sorted({dst.parent for dst in dsts}):
