@@ -50,7 +50,7 @@ for stage in $STAGES; do
       configs | P=$P xargs -P "$P" -d '\n' -I{} bash -c '
         name=${1%%|*}; args=${1#*|}
         start=$(date +%s)
-        '"$SDMVAE"' train "'"$OUT"'/prep" $args --epochs '"$EPOCHS"' --device '"$DEVICE"' --seed 0 --out "'"$OUT"'/runs/$name" \
+        '"$SDMVAE"' train "'"$OUT"'/prep" $args --epochs '"$EPOCHS"' --device '"$DEVICE"' --seed 0 --overwrite --out "'"$OUT"'/runs/$name" \
           > "'"$OUT"'/logs/$name.train.log" 2>&1 && status=ok || status=FAILED
         echo "$name,$status,$(( $(date +%s) - start ))" | tee -a "'"$OUT"'/logs/train_seconds.csv"
       ' _ {} ;;
@@ -58,12 +58,12 @@ for stage in $STAGES; do
       jobs=$(( $(nproc) / P )); [ "$jobs" -ge 1 ] || jobs=1
       configs | cut -d'|' -f1 | xargs -P "$P" -I{} bash -c '
         [ -f "'"$OUT"'/runs/$1/best.pt" ] || { echo "skip $1: no checkpoint"; exit 0; }
-        '"$SDMVAE"' evaluate "'"$OUT"'/runs/$1/best.pt" "'"$OUT"'/prep" --split test --out "'"$OUT"'/eval/$1" -j '"$jobs"' '"$LIMIT"' \
+        '"$SDMVAE"' evaluate "'"$OUT"'/runs/$1/best.pt" "'"$OUT"'/prep" --split test --overwrite --out "'"$OUT"'/eval/$1" -j '"$jobs"' '"$LIMIT"' \
           > "'"$OUT"'/logs/$1.eval.log" 2>&1 || echo "evaluate $1: not every file scored (see logs/$1.eval.log)"
       ' _ {} ;;
     table)
-      $SDMVAE table "$OUT"/eval/*/summary.json --format markdown --out "$OUT/table1.md"
-      $SDMVAE table "$OUT"/eval/*/summary.json --format csv --out "$OUT/table1.csv"
+      $SDMVAE table "$OUT"/eval/*/summary.json --format markdown --overwrite --out "$OUT/table1.md"
+      $SDMVAE table "$OUT"/eval/*/summary.json --format csv --overwrite --out "$OUT/table1.csv"
       $SDMVAE table "$OUT"/eval/*/summary.json ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;
   esac

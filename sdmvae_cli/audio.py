@@ -23,6 +23,9 @@ log = logging.getLogger("sdmvae")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
 #: Peak below this (about -120 dBFS) is treated as digital silence.
 SILENCE_PEAK = 1e-6
+#: Source rates outside this range are refused: speech below 4 kHz has no usable band, and a
+#: bogus header rate (1 Hz) would make resampling to 16 kHz allocate gigabytes.
+MIN_RATE, MAX_RATE = 4000, 768000
 
 
 @dataclass
@@ -64,6 +67,8 @@ def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = 
     score, not be left out) returns digital silence unnormalised instead of raising.
     """
     data, rate = read_raw(path)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{path}: unsupported sample rate {rate} Hz (expected {MIN_RATE} to {MAX_RATE} Hz)")
     n_src, channels = data.shape
     if n_src == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")

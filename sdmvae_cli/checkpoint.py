@@ -4,11 +4,16 @@ Contents (only JSON-able values and tensors, so ``torch.load(weights_only=True)`
 format version, package version, the full config (model hyper-parameters, StftConfig,
 training options, seed), the model state (dictionary included), optimizer state, epoch,
 best validation loss, per-epoch history, RNG states, and the prepared data's fingerprint.
+
+Safety: files are read with ``weights_only=True``, so a pickle that would run code is refused,
+not executed; anything that is not a complete sdmvae checkpoint (truncated, another program's
+dict, a config that does not rebuild the stored weights) is one :class:`SdmvaeError` line.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,26 +38,44 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
         torch.save(data, tmp)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The file a checkpoint argument names: the file itself, or a run directory's best.pt
+    (else last.pt)."""
     path = Path(path)
     if not path.exists():
         raise SdmvaeError(f"checkpoint {path} does not exist")
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise SdmvaeError(f"{path}: a directory with no best.pt or last.pt")
+            if (path / name).is_file():
+                return path / name
+        raise SdmvaeError(f"{path}: a directory with no best.pt or last.pt")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    path = checkpoint_file(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol warnings: the error says it all
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        if "GLOBAL" in text or "Unsupported global" in text:
+            raise SdmvaeError(f"{path}: refused: the file holds Python objects that could run code when loaded "
+                              "(an sdmvae checkpoint holds only tensors and plain values)") from None
+        if "Weights only load failed" in text:
+            raise SdmvaeError(f"{path}: not a readable sdmvae checkpoint (not a PyTorch tensor file, or damaged)") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise SdmvaeError(f"{path}: not a readable sdmvae checkpoint ({first[:160]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or any(k not in data for k in REQUIRED):
         raise SdmvaeError(f"{path}: not an sdmvae checkpoint (missing format markers or model state)")
-    if data["format_version"] > FORMAT_VERSION:
-        raise SdmvaeError(f"{path}: checkpoint format {data['format_version']} is newer than this sdmvae supports ({FORMAT_VERSION})")
+    if not isinstance(data["format_version"], int) or data["format_version"] > FORMAT_VERSION:
+        raise SdmvaeError(f"{path}: checkpoint format {data['format_version']!r} is newer than this sdmvae supports ({FORMAT_VERSION})")
+    cfg = data["config"]
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(cfg.get("stft"), dict):
+        raise SdmvaeError(f"{path}: the checkpoint has no model or STFT config; it cannot rebuild its model")
+    if not isinstance(data["model_state"], dict) or not all(isinstance(v, torch.Tensor) for v in data["model_state"].values()):
+        raise SdmvaeError(f"{path}: the checkpoint's model state is not a dict of tensors")
     return data
 
 
@@ -68,27 +91,48 @@ class LoadedModel:
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expect_model: str | None = None) -> LoadedModel:
     """Rebuild a model from a checkpoint file alone (architecture from the stored config)."""
     data = read_checkpoint(path)
-    cfg = ModelConfig.from_dict(data["config"]["model"])
+    try:
+        cfg = ModelConfig.from_dict(data["config"]["model"])
+        stft = StftConfig.from_dict(data["config"]["stft"])
+    except SdmvaeError as exc:
+        raise SdmvaeError(f"{path}: bad model config in the checkpoint ({exc})") from None
+    except (TypeError, ValueError) as exc:
+        raise SdmvaeError(f"{path}: bad config in the checkpoint ({str(exc).splitlines()[0][:160]})") from None
     if expect_model is not None and cfg.model != expect_model:
         raise SdmvaeError(f"{path}: checkpoint is a {cfg.model!r} model, expected {expect_model!r}")
-    model = build_model(cfg)
+    try:
+        model = build_model(cfg)
+    except SdmvaeError as exc:
+        raise SdmvaeError(f"{path}: the stored model config is invalid ({exc})") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise SdmvaeError(f"{path}: the stored model config is invalid ({str(exc).splitlines()[0][:160]})") from None
+    if cfg.n_bins != stft.n_bins:
+        raise SdmvaeError(f"{path}: the model expects {cfg.n_bins} frequency bins but its STFT config gives {stft.n_bins}")
     try:
         model.load_state_dict(data["model_state"])
     except RuntimeError as exc:
         raise SdmvaeError(f"{path}: weights do not fit a {cfg.model!r} model with the stored config ({str(exc).splitlines()[0][:160]})") from None
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
+        raise SdmvaeError(f"{path}: the checkpoint's weights contain NaN or inf")
     model.to(device).eval()
-    stft = StftConfig.from_dict(data["config"]["stft"])
     return LoadedModel(model, cfg, stft, data, str(path))
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
     """A release copy: model, config, history and data fingerprint, without optimizer/RNG state.
 
     About a third of the size of a training checkpoint; it still loads with :func:`load_model`
-    (but cannot be resumed).
+    (but cannot be resumed). ``dst`` is never the source (a resumable checkpoint would be lost)
+    and an existing file is replaced only with ``overwrite``. The copy is checked to load
+    before it is written.
     """
-    data = read_checkpoint(src)
+    from sdmvae_cli.outputs import check_file_destination
+
+    src_file = checkpoint_file(src)
+    check_file_destination(dst, inputs=[src_file], overwrite=overwrite)
+    load_model(src_file)  # refuse to release a file that does not rebuild its model
+    data = read_checkpoint(src_file)
     keep = {k: v for k, v in data.items() if k not in ("optimizer_state", "rng", "format", "format_version", "package_version")}
-    keep["exported_from"] = str(Path(src).name)
+    keep["exported_from"] = str(src_file.name)
     save_checkpoint(dst, keep)
     return keep

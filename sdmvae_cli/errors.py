@@ -14,3 +14,15 @@ class SdmvaeError(Exception):
 
 class AudioError(SdmvaeError):
     """Audio that cannot be used: missing, corrupt, silent, too short, wrong shape."""
+
+
+class UsageError(SdmvaeError):
+    """Options that cannot work together (found after parsing): exit code 2, like a parse error."""
+
+    exit_code = 2
+
+
+class Interrupted(SdmvaeError):
+    """Ctrl-C (SIGINT) during a run, reported with what was kept: exit code 130 (128 + SIGINT)."""
+
+    exit_code = 130

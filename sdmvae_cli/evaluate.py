@@ -14,6 +14,16 @@ Sparsity, two protocols:
 
 Files that cannot be scored (silent, too short for PESQ/STOI, length mismatch) are listed
 with their reason, counted, and left out of the means: never averaged in as -7 or NaN.
+
+Crash isolation: every file is scored in a worker process (also with ``-j 1``), so a metric
+that kills its process (the ``pesq`` C code segfaults on utterances of about 2 min or more,
+ludlows/PESQ#18) costs that one file, recorded with its reason, and a fresh worker takes the
+next file. Scoring long files in pieces would give a number that is not the metric, so we
+do not. Results are appended to ``per_file.partial.jsonl`` in the output folder as they
+arrive: after Ctrl-C or kill -9 the same command continues from there (it is checked to
+belong to the same checkpoint/data/settings, else discarded), and when the run completes the
+final ``per_file.csv`` and ``summary.json`` are written atomically and the journal removed.
+An output folder holding a finished evaluation is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -21,10 +31,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+import multiprocessing as mp
+import multiprocessing.connection
 import os
 import platform
-from concurrent.futures import ProcessPoolExecutor
+import signal
+from collections import deque
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -35,12 +49,14 @@ import torch
 
 from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
-from sdmvae_cli.audio import AUDIO_SUFFIXES, load_audio
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.audio import AUDIO_SUFFIXES, SILENCE_PEAK, load_audio
+from sdmvae_cli.errors import Interrupted, SdmvaeError
 from sdmvae_cli.metrics import AUDIO_KEYS, PESQ_MODE, MetricError, audio_metrics, hoyer, sparsity_summary
 from sdmvae_cli.workers import single_threaded_worker
 
 _WORKER: dict[str, Any] = {}
+JOURNAL = "per_file.partial.jsonl"
+log = logging.getLogger("sdmvae")
 
 
 def _pkg_version(name: str) -> str:
@@ -89,6 +105,7 @@ def _score_utterance(entry: dict) -> dict:
         audio = load_audio(entry["path"], lm.stft, warn_stereo=False)
         res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
         row["hoyer"] = float(hoyer(res.codes).mean())  # the paper's protocol: every untrimmed frame
+        _check_estimate(res.samples_16k)
         row.update(audio_metrics(audio.samples, res.samples_16k, lm.stft.sample_rate))
     except (SdmvaeError, MetricError) as exc:
         row["error"] = str(exc)
@@ -104,37 +121,186 @@ def _score_pair(pair: tuple[str, str, str]) -> dict:
     try:
         ref = load_audio(ref_path, cfg, warn_stereo=False)
         est = load_audio(est_path, cfg, warn_stereo=False, allow_silent=True)
+        _check_estimate(est.samples * est.gain)
         row.update(audio_metrics(ref.samples * ref.gain, est.samples * est.gain, cfg.sample_rate))
     except (SdmvaeError, MetricError) as exc:
         row["error"] = str(exc)
     return row
 
 
-def _pool_init(init, initargs) -> None:
+def _check_estimate(est: np.ndarray) -> None:
+    """A silent estimate is a failure that says so (PESQ would fail with a NaN conversion)."""
+    if est.size == 0 or float(np.max(np.abs(est))) < SILENCE_PEAK:
+        raise MetricError("the estimate is silent (PESQ and STOI cannot score silence)")
+
+
+def _item_row(item) -> dict:
+    """The identifying columns of a row, for a file whose worker died or raised."""
+    if isinstance(item, dict):
+        return {"id": item["id"], "speaker": item.get("speaker", ""), "path": item["path"]}
+    rel, _, est_path = item
+    return {"id": rel, "path": est_path}
+
+
+def _crash_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = signal.Signals(-exitcode).name
+        except ValueError:
+            how = f"signal {-exitcode}"
+    else:
+        how = f"exit status {exitcode}"
+    return (f"the scoring process died ({how}) on this file; pesq is known to crash on utterances of "
+            "about 2 minutes or more (ludlows/PESQ#18)")
+
+
+def _worker_main(conn, fn, init, initargs) -> None:
+    """Worker loop: (index, item) in, (index, row) out; None ends it. Ctrl-C is the parent's."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     single_threaded_worker()
     if init:
         init(*initargs)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if msg is None:
+            return
+        i, item = msg
+        try:
+            row = fn(item)
+        except Exception as exc:  # a bug or an unexpected library error: this file's failure, not the run's
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            row = {**_item_row(item), "error": f"{type(exc).__name__}{': ' + first if first else ''}"}
+        conn.send((i, row))
 
 
-def _run_pool(fn: Callable, items: list, jobs: int, init=None, initargs=(), progress: Callable[[], None] | None = None) -> list[dict]:
-    rows: list[dict] = []
-    if jobs <= 1 or len(items) <= 1:
-        if init:
-            init(*initargs)  # in this process: keep its thread pools
-        for it in items:
-            rows.append(fn(it))
-            if progress:
-                progress()
-        return rows
-    import pesq  # noqa: F401  (imported once here: forked workers inherit the modules)
-    import pystoi  # noqa: F401
+class _Worker:
+    def __init__(self, ctx, fn, init, initargs):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, fn, init, initargs), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: tuple[int, Any] | None = None
 
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_pool_init, initargs=(init, initargs)) as ex:
-        for row in ex.map(fn, items, chunksize=1):
-            rows.append(row)
-            if progress:
-                progress()
+    def give(self, task) -> None:
+        self.task = task
+        self.conn.send(task)
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(timeout=None if kill else 5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _read_journal(path: Path, identity: dict) -> dict[str, dict]:
+    """Rows of an interrupted run with the same identity (a torn last line is ignored)."""
+    if not path.exists():
+        return {}
+    rows: dict[str, dict] = {}
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        try:
+            head = json.loads(fh.readline())
+        except json.JSONDecodeError:
+            head = None
+        if not isinstance(head, dict) or head.get("identity") != identity:
+            log.warning("%s belongs to another evaluation (checkpoint, data or settings differ); starting afresh", path)
+            return {}
+        for line in fh:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by kill -9
+            if isinstance(r, dict) and "id" in r:
+                rows[r["id"]] = r
     return rows
+
+
+def _run_pool(fn: Callable, items: list, jobs: int, init=None, initargs=(), progress: Callable[[], None] | None = None,
+              journal: Path | None = None, identity: dict | None = None) -> list[dict]:
+    """Score ``items`` in ``jobs`` worker processes (at least one: crash isolation); rows in
+    item order. With ``journal``, rows already there (same ``identity``) are reused and every
+    new row is appended as it arrives, so an interruption loses nothing finished."""
+    ident = identity or {}
+    done = _read_journal(journal, ident) if journal is not None else {}
+    rows: dict[int, dict] = {}
+    pending = deque()
+    for i, it in enumerate(items):
+        prev = done.get(_item_row(it)["id"])
+        if prev is not None:
+            rows[i] = prev
+            if progress:
+                progress()
+        else:
+            pending.append((i, it))
+    jfh = None
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not done
+        jfh = open(journal, "w" if fresh else "a", encoding="utf-8")
+        if fresh:
+            jfh.write(json.dumps({"journal": "sdmvae-evaluate", "identity": ident}) + "\n")
+            for r in rows.values():
+                jfh.write(json.dumps(r) + "\n")
+            jfh.flush()
+
+    def record(i: int, row: dict) -> None:
+        rows[i] = row
+        if jfh is not None:
+            jfh.write(json.dumps(row) + "\n")
+            jfh.flush()  # in the OS's hands: survives kill -9 of this process
+        if progress:
+            progress()
+
+    workers: list[_Worker] = []
+    try:
+        if pending:
+            import pesq  # noqa: F401  (imported once here: forked workers inherit the modules)
+            import pystoi  # noqa: F401
+
+            ctx = mp.get_context("fork")
+            workers = [_Worker(ctx, fn, init, initargs) for _ in range(min(max(1, jobs), len(pending)))]
+            for w in workers:
+                w.give(pending.popleft())
+            while any(w.task is not None for w in workers):
+                busy = [w for w in workers if w.task is not None]
+                ready = set(mp.connection.wait([w.conn for w in busy] + [w.proc.sentinel for w in busy]))
+                for k, w in enumerate(workers):
+                    if w.task is None or (w.conn not in ready and w.proc.sentinel not in ready):
+                        continue
+                    try:
+                        if not w.conn.poll():
+                            raise EOFError
+                        i, row = w.conn.recv()
+                    except (EOFError, OSError):  # the worker died with this file in hand
+                        w.proc.join()
+                        i, item = w.task
+                        row = {**_item_row(item), "error": _crash_reason(w.proc.exitcode)}
+                        w.stop(kill=True)
+                        w = workers[k] = _Worker(ctx, fn, init, initargs)
+                    w.task = None
+                    record(i, row)
+                    if pending:
+                        w.give(pending.popleft())
+    except KeyboardInterrupt:
+        where = f"; the {len(rows)} file(s) scored so far are kept in {journal}: run the same command again to continue" if journal else ""
+        raise Interrupted(f"interrupted after {len(rows)} of {len(items)} file(s){where}") from None
+    finally:
+        for w in workers:
+            w.stop(kill=w.task is not None)
+        if jfh is not None:
+            jfh.close()
+    return [rows[i] for i in range(len(items))]
 
 
 # -- summaries -----------------------------------------------------------------------------
@@ -167,10 +333,23 @@ class EvalResult:
         return not self.failures
 
 
+def check_out_dir(out_dir: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
+    """Before scoring: the output folder is writable, not an input, and holds no finished
+    evaluation unless ``overwrite`` (an interrupted one, a journal only, is continued)."""
+    from sdmvae_cli.outputs import check_dir_destination
+
+    check_dir_destination(out_dir, inputs=list(inputs))
+    if (out_dir / "summary.json").exists() and not overwrite:
+        raise SdmvaeError(f"{out_dir} already holds an evaluation (summary.json); pass --overwrite to replace it, or choose another --out")
+    if overwrite:
+        (out_dir / JOURNAL).unlink(missing_ok=True)
+
+
 def _write(out_dir: Path, summary: dict, rows: list[dict], keys: list[str], extra: dict[str, np.ndarray] | None = None) -> None:
+    """Final outputs, each atomic; summary.json last (its presence means "finished"), then the
+    journal goes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "per_file.csv", rows_csv(rows, keys))
-    write_json(out_dir / "summary.json", summary)
     if extra:
         from sdmvae_cli.atomic import atomic_path
 
@@ -178,6 +357,13 @@ def _write(out_dir: Path, summary: dict, rows: list[dict], keys: list[str], extr
             with atomic_path(out_dir / f"{name}.npy", suffix=".npy") as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, arr)
+    write_json(out_dir / "summary.json", summary)
+    (out_dir / JOURNAL).unlink(missing_ok=True)
+
+
+def _identity(**kw) -> dict:
+    """What a journal must match to be continued: the inputs, the settings, the version."""
+    return {**kw, "settings": settings(), "sdmvae": __version__}
 
 
 @torch.no_grad()
@@ -194,12 +380,14 @@ def split_codes(lm, prepared_dir: Path, split: str, batch: int = 65536) -> np.nd
 
 
 def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
-                        jobs: int = 1, limit: int | None = None, progress_factory=None) -> EvalResult:
+                        jobs: int = 1, limit: int | None = None, progress_factory=None, overwrite: bool = False) -> EvalResult:
     from sdmvae_cli.checkpoint import load_model
     from sdmvae_cli.prepare import load_prepare_info, read_manifest
 
     prepared_dir = Path(prepared_dir)
     lm = load_model(ckpt)
+    out = Path(out_dir) if out_dir else Path(lm.path).parent / f"eval-{split}"
+    check_out_dir(out, overwrite)
     info = load_prepare_info(prepared_dir)
     if info["stft"] != lm.stft.to_dict():
         raise SdmvaeError(f"{prepared_dir} was prepared with another STFT config than {ckpt} was trained with")
@@ -209,7 +397,11 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
     codes = split_codes(lm, prepared_dir, split)
     h = hoyer(codes)  # pooled, trimmed frames: the secondary protocol
     bar = progress_factory(len(entries)) if progress_factory else None
-    rows = _run_pool(_score_utterance, entries, jobs, _init_model_worker, (str(lm.path),), progress=(bar.update if bar else None))
+    st = Path(lm.path).stat()
+    ident = _identity(kind="checkpoint", checkpoint=str(Path(lm.path).resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns,
+                      data=info.get("fingerprint"), split=split)
+    rows = _run_pool(_score_utterance, entries, jobs, _init_model_worker, (str(lm.path),), progress=(bar.update if bar else None),
+                     journal=out / JOURNAL, identity=ident)
     if bar:
         bar.close()
     by_id = {e["id"]: e for e in entries}
@@ -218,7 +410,6 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
         if e["n_frames"]:
             r["hoyer_pooled"] = float(h[e["frame_offset"] : e["frame_offset"] + e["n_frames"]].mean())
     failures = [{"id": r["id"], "path": r["path"], "reason": r["error"]} for r in rows if "error" in r]
-    out = Path(out_dir) if out_dir else Path(lm.path).parent / f"eval-{split}"
     keys = [*AUDIO_KEYS, "hoyer", "hoyer_pooled"]
     sparsity = sparsity_summary(codes)
     sparsity["hoyer_pooled"] = sparsity.pop("hoyer_mean")
@@ -264,11 +455,14 @@ def pair_folders(ref_dir: Path, est_dir: Path) -> tuple[list[tuple[str, str, str
     return pairs, missing
 
 
-def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Path, jobs: int = 1, progress_factory=None) -> EvalResult:
-    ref_dir, est_dir = Path(ref_dir), Path(est_dir)
+def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Path, jobs: int = 1, progress_factory=None,
+                     overwrite: bool = False) -> EvalResult:
+    ref_dir, est_dir, out = Path(ref_dir), Path(est_dir), Path(out_dir)
+    check_out_dir(out, overwrite, inputs=[ref_dir, est_dir])
     pairs, missing = pair_folders(ref_dir, est_dir)
     bar = progress_factory(len(pairs)) if progress_factory else None
-    rows = _run_pool(_score_pair, pairs, jobs, progress=(bar.update if bar else None)) + missing
+    ident = _identity(kind="folders", ref=str(ref_dir.resolve()), est=str(est_dir.resolve()))
+    rows = _run_pool(_score_pair, pairs, jobs, progress=(bar.update if bar else None), journal=out / JOURNAL, identity=ident) + missing
     if bar:
         bar.close()
     failures = [{"id": r["id"], "path": r["path"], "reason": r["error"]} for r in rows if "error" in r]
@@ -285,7 +479,6 @@ def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Pa
         "versions": environment(),
         "settings": settings(),
     }
-    out = Path(out_dir)
     _write(out, summary, rows, keys)
     return EvalResult(summary, rows, out, failures)
 

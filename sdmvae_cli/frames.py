@@ -23,7 +23,11 @@ def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
     f = Path(prepared_dir) / split / "frames.npy"
     if not f.exists():
         raise SdmvaeError(f"{prepared_dir}: split {split!r} has no frames.npy (run `sdmvae prepare`)")
-    arr = np.load(f, mmap_mode="r")
+    try:
+        arr = np.load(f, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, pickled objects
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise SdmvaeError(f"{f}: unreadable prepared frames ({first}); re-run `sdmvae prepare --force`") from None
     if arr.ndim != 2 or arr.dtype != np.float32:
         raise SdmvaeError(f"{f}: expected a float32 (frames x bins) array, got {arr.dtype} {arr.shape}")
     if arr.shape[0] == 0:

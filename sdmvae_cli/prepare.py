@@ -11,6 +11,12 @@ Output layout (OUT_DIR)::
 
 float32 because full-scale power exceeds float16's range (65504): a peak-normalised tone
 reaches (sum of the window)^2 / 4 ~ 1e5 in its bin.
+
+Manifest paths are absolute (the corpus root made absolute, symlinks kept), so every command
+works from any folder; a preparation made by an older version with relative paths gets them
+rewritten on its next (otherwise up-to-date) run. A run killed with -9 leaves temporary files
+(``.frames.raw.*.tmp``, up to a split's size); the next run removes them first. One
+``prepare`` per output folder at a time.
 """
 
 from __future__ import annotations
@@ -147,6 +153,25 @@ def _write_npy_from_raw(raw: Path, n_rows: int, n_cols: int, target: Path) -> No
             shutil.copyfileobj(src, out, length=16 << 20)
 
 
+def _absolute_manifest(split_dir: Path, utts: Sequence[Utterance]) -> None:
+    """Rewrite a manifest written with paths relative to an old working folder (same frames,
+    same key: only the paths change, so the data fingerprint stays)."""
+    f = split_dir / "manifest.jsonl"
+    if not f.exists():
+        return
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    if all(os.path.isabs(r.get("path", "")) for r in rows):
+        return
+    by_id = {u.utt_id: str(u.path) for u in utts}
+    for r in rows:
+        r["path"] = by_id.get(r["id"], os.path.abspath(r["path"]))
+    write_text(f, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _looks_prepared(split_dir: Path) -> bool:
+    return any((split_dir / n).exists() for n in (".done.json", "manifest.jsonl", "frames.npy"))
+
+
 def prepare_split(
     name: str,
     utts: Sequence[Utterance],
@@ -155,13 +180,18 @@ def prepare_split(
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Compute and write one split; returns its summary (counts, skipped files)."""
+    from sdmvae_cli.outputs import remove_stale_temporaries
+
     split_dir = out_dir / name
     split_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(split_dir)  # left by a run killed with -9
+    (split_dir / "frames.raw").unlink(missing_ok=True)
     key = _split_key(utts, opts)
     done_file = split_dir / ".done.json"
     if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists():
         done = json.loads(done_file.read_text())
         if done.get("key") == key:
+            _absolute_manifest(split_dir, utts)
             if progress:
                 progress(len(utts))
             return done["summary"] | {"skipped_run": True}
@@ -220,12 +250,17 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
 
     ``progress_factory(total)`` may return a callable advanced by one per file (a tqdm bar).
     """
-    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    from sdmvae_cli.outputs import remove_stale_temporaries
+
+    # absolute (not resolved: a symlinked corpus keeps its name) so manifests work from anywhere
+    corpus_dir, out_dir = Path(os.path.abspath(corpus_dir)), Path(out_dir)
+    check_prepare_destination(corpus_dir, out_dir)
     utts = discover(corpus_dir, opts.layout, include_lipspeakers=opts.include_lipspeakers)
     split = make_split(utts, opts)
     by_speaker = {s: name for name, spk in split.items() for s in spk}
     per_split = {name: [u for u in utts if by_speaker.get(u.speaker) == name] for name in SPLITS}
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     write_json(out_dir / "splits.json", split)
     bar = progress_factory(sum(len(v) for v in per_split.values())) if progress_factory else None
     summaries = {}
@@ -233,7 +268,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         for name in SPLITS:
             if not per_split[name]:
                 log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
-                if (out_dir / name).is_dir():
+                if (out_dir / name).is_dir() and _looks_prepared(out_dir / name):
                     shutil.rmtree(out_dir / name)  # a stale split from an earlier run must not be scored
                 continue
             summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar.update if bar else None)
@@ -256,6 +291,18 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
     return info
 
 
+def check_prepare_destination(corpus_dir: Path, out_dir: Path) -> None:
+    """Before any work: OUT_DIR is not the corpus, is writable, and is empty or an earlier
+    preparation (which a re-run updates; anything else in it could be clobbered)."""
+    from sdmvae_cli.outputs import check_dir_destination, real
+
+    if corpus_dir.exists() and real(corpus_dir) == real(out_dir):
+        raise SdmvaeError(f"output directory {out_dir} is the corpus itself; choose a separate folder (inputs are never overwritten)")
+    check_dir_destination(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / n).exists() for n in ("prepare.json", "splits.json")):
+        raise SdmvaeError(f"output directory {out_dir} is not empty and holds no earlier preparation; choose a new or empty folder")
+
+
 def load_prepare_info(prepared_dir: str | Path) -> dict:
     """Read ``prepare.json``, with one-line errors when the directory is not a prepared set."""
     p = Path(prepared_dir)
@@ -264,11 +311,32 @@ def load_prepare_info(prepared_dir: str | Path) -> dict:
     f = p / "prepare.json"
     if not f.exists():
         raise SdmvaeError(f"{p}: no prepare.json; not a prepared directory or preparation was interrupted (re-run `sdmvae prepare`)")
-    return json.loads(f.read_text())
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SdmvaeError(f"{f}: corrupt ({type(exc).__name__}); re-run `sdmvae prepare`") from None
+    if not isinstance(info, dict) or not isinstance(info.get("stft"), dict):
+        raise SdmvaeError(f"{f}: not a prepare.json written by `sdmvae prepare` (no STFT config); re-run it")
+    try:
+        StftConfig.from_dict(info["stft"])
+    except (TypeError, ValueError) as exc:
+        raise SdmvaeError(f"{f}: bad STFT config ({exc})") from None
+    return info
 
 
 def read_manifest(prepared_dir: str | Path, split: str) -> list[dict]:
     f = Path(prepared_dir) / split / "manifest.jsonl"
     if not f.exists():
         raise SdmvaeError(f"{prepared_dir}: split {split!r} has no manifest (expected one of {', '.join(SPLITS)})")
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(f.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise SdmvaeError(f"{f}: line {n} is not JSON; the preparation is corrupt (re-run `sdmvae prepare --force`)") from None
+        if not isinstance(row, dict) or not {"id", "path", "frame_offset", "n_frames"} <= set(row):
+            raise SdmvaeError(f"{f}: line {n} lacks id/path/frame_offset/n_frames; re-run `sdmvae prepare --force`")
+        rows.append(row)
+    return rows

@@ -4,6 +4,13 @@ Seed paper, section 3.3: the decoded variance is the estimated power spectrogram
 root is used as magnitude with the phase of the input STFT, and the inverse STFT gives the
 waveform. The output has the input's length, sample rate and level (the front-end's peak
 normalisation and resampling are undone).
+
+Beyond full scale: a clipped input (flat tops at +-1) has a peak of 1 but its resynthesis does
+not keep the flat tops (the input phase with a smoothed magnitude), so the written waveform can
+peak well above 1 (2.6x measured). Integer formats would clip it and float WAV would carry it
+to players that clip, so the whole file is scaled down to peak at :data:`FULL_SCALE`, a
+constant gain (no distortion), with a warning naming the file and the gain in dB. What metrics
+compare (``samples_16k``) is not affected.
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.stft import StftConfig, istft, stft
 
 log = logging.getLogger("sdmvae")
+
+#: written peaks above this are scaled down to it (just under 1: a 16-bit or 24-bit encoder
+#: maps +1.0 to one step past its largest code)
+FULL_SCALE = 0.999
 
 PowerFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -88,12 +99,28 @@ def power_in_out(audio: Audio, res: Resynthesis, cfg: StftConfig) -> tuple[np.nd
     return p_in, p_out
 
 
+def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x`` scaled by one gain so its peak is at most :data:`FULL_SCALE`; returns (signal, gain)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= FULL_SCALE:
+        return x, 1.0
+    g = FULL_SCALE / peak
+    return (x * g).astype(x.dtype), g
+
+
+def codes_path(dst: str | Path) -> Path:
+    return Path(dst).with_suffix(".codes.npz")
+
+
 def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False) -> Resynthesis:
     audio = load_audio(src, lm.stft)
     res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
-    write_audio(dst, res.output, audio.source_rate)
+    out, g = fit_full_scale(res.output)
+    if g < 1.0:
+        log.warning("%s: the resynthesis peaks at %.2fx full scale; scaled by %.1f dB to fit", src, FULL_SCALE / g, 20 * np.log10(g))
+    write_audio(dst, out, audio.source_rate)
     if save_codes and res.codes is not None:
-        save_codes_npz(Path(dst).with_suffix(".codes.npz"), res.codes, lm)
+        save_codes_npz(codes_path(dst), res.codes, lm)
     return res
 
 
@@ -105,12 +132,29 @@ def save_codes_npz(path: Path, codes: np.ndarray, lm: LoadedModel) -> None:
             np.savez(fh, codes=codes.astype(np.float32), model=lm.model_config.model, hop_length=lm.stft.hop_length, sample_rate=lm.stft.sample_rate)
 
 
-def plan_outputs(inp: Path, out: Path, from_list: bool = False) -> list[tuple[Path, Path]]:
-    """(source, destination) pairs for a file, a directory (mirrored) or a list file."""
+def plan_outputs(inp: Path, out: Path, from_list: bool = False, overwrite: bool = False, save_codes: bool = False) -> list[tuple[Path, Path]]:
+    """(source, destination) pairs for a file, a directory (mirrored) or a list file, every
+    destination checked before any work (no input overwritten, no existing file replaced
+    without ``overwrite``, writable)."""
+    from sdmvae_cli.outputs import check_dir_destination, check_files_destinations
+
+    pairs = _pairs(Path(inp), Path(out), from_list)
+    if from_list or Path(inp).is_dir():
+        check_dir_destination(out, inputs=[Path(inp)] if Path(inp).is_dir() else [])
+    dsts = [d for _, d in pairs] + ([codes_path(d) for _, d in pairs] if save_codes else [])
+    check_files_destinations(dsts, inputs=[s for s, _ in pairs] + ([inp] if from_list else []), overwrite=overwrite)
+    return pairs
+
+
+def _pairs(inp: Path, out: Path, from_list: bool) -> list[tuple[Path, Path]]:
     if from_list:
         if not inp.is_file():
             raise SdmvaeError(f"file list {inp} does not exist")
-        srcs = [Path(line.strip()) for line in inp.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        try:
+            text = inp.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise SdmvaeError(f"file list {inp} is not UTF-8 text (one audio path per line)") from None
+        srcs = [Path(line.strip()) for line in text.splitlines() if line.strip() and not line.startswith("#")]
         if not srcs:
             raise SdmvaeError(f"file list {inp} is empty")
         root = Path(os.path.commonpath([str(s.resolve().parent) for s in srcs]))
@@ -128,14 +172,18 @@ def plan_outputs(inp: Path, out: Path, from_list: bool = False) -> list[tuple[Pa
 
 
 def resynthesise_many(
-    pairs: Iterable[tuple[Path, Path]], lm: LoadedModel, save_codes: bool = False, progress: Callable[[], None] | None = None
+    pairs: Iterable[tuple[Path, Path]], lm: LoadedModel, save_codes: bool = False, progress: Callable[[], None] | None = None,
+    raise_first: bool = False,
 ) -> list[tuple[Path, str]]:
-    """Resynthesise every pair; returns the failures (source, one-line reason)."""
+    """Resynthesise every pair; returns the failures (source, one-line reason), or with
+    ``raise_first`` raises the first one (one file: its error is the command's error)."""
     failures = []
     for src, dst in pairs:
         try:
             resynthesise_file(src, dst, lm, save_codes)
         except SdmvaeError as exc:
+            if raise_first:
+                raise
             failures.append((src, str(exc)))
         if progress:
             progress()

@@ -330,11 +330,12 @@ def train_stack(stack: Stack, cb: StackCallbacks) -> None:
 def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], va: list[float], secs: float, n_seen: int,
                   cb: StackCallbacks) -> None:
     if not all(math.isfinite(v) for v in (*tr, *va)):
-        kept = f"the last good checkpoint is kept in {m.run_dir}" if m.wrote_checkpoint else "no checkpoint was written"
+        kept = (f"the last completed epoch is kept in {m.run_dir / 'last.pt'}" if m.wrote_checkpoint
+                else "no epoch had completed, so no checkpoint was written")
         what = "training" if not all(math.isfinite(v) for v in tr) else "validation"
         m.status = "diverged"
         m.message = (f"{m.name}: {what} loss became {tr[0] if what == 'training' else va[0]} at epoch {epoch}; stopped, {kept} "
-                     "(check the prepared frames for NaN/inf, or try a lower --lr)")
+                     "(the data was checked finite: the optimisation diverged; try a lower --lr)")
         stack.active[i] = 0.0
         if cb.on_done:
             cb.on_done(m)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from sdmvae_cli.atomic import write_json, write_text
@@ -64,6 +65,47 @@ class RunSpec:
     model: ModelConfig | None = None
     opts: TrainOptions = field(default_factory=TrainOptions)
     resume: bool = False
+    overwrite: bool = False  # replace an earlier run in run_dir (its files are removed once every check passed)
+
+
+#: a folder holding any of these holds an earlier run (never replaced silently); config.json
+#: and loss.png alone are what a run stopped before its first epoch leaves: nothing to lose
+RUN_FILES = ("best.pt", "last.pt", "history.csv")
+RUN_EXTRAS = ("config.json", "loss.png")
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to train into a folder holding an earlier run, unless ``overwrite``."""
+    from sdmvae_cli.outputs import check_dir_destination
+
+    check_dir_destination(run_dir)
+    old = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if old and not overwrite:
+        raise SdmvaeError(f"{run_dir} already holds a run ({', '.join(old)}); continue it with --resume {run_dir}, "
+                          "replace it with --overwrite, or choose another --out")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove an earlier run's files (``--overwrite``, once every check has passed)."""
+    from sdmvae_cli.outputs import remove_stale_temporaries
+
+    for n in RUN_FILES + RUN_EXTRAS:
+        (run_dir / n).unlink(missing_ok=True)
+    if run_dir.exists():
+        remove_stale_temporaries(run_dir)
+
+
+def check_frames(frames, where: str, chunk: int = 65536) -> None:
+    """Power frames must be finite and non-negative: a NaN in the data would surface epochs
+    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
+    for s in range(0, frames.shape[0], chunk):
+        block = np.asarray(frames[s : s + chunk])
+        ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)
+        if not ok.all():
+            bad = s + int(np.argmin(ok))
+            kind = "NaN or inf" if not np.isfinite(block[bad - s]).all() else "negative power"
+            raise SdmvaeError(f"{where}: the prepared frames hold {kind} (frame {bad}); the data is corrupt, "
+                              "not the training: re-run `sdmvae prepare --force`")
 
 
 def check_prepared(prepared_dir: Path) -> tuple[dict, StftConfig]:
@@ -95,6 +137,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
         assert cfg is not None
         build_model(cfg)  # validates the configuration before any work
         opts.validate()
+        check_run_dir(spec.run_dir, spec.overwrite)
         m = Member(spec.name, cfg, opts, spec.run_dir)
         m.perm_gen, m.noise_gen = _generators(opts.seed, device)
         return m, init_state(cfg, opts.seed), None
@@ -173,6 +216,14 @@ def train_runs(
     info, stft = check_prepared(prepared_dir)
     device = resolve_device(device_name)
     opened = [_open_member(s, info, stft, prepared_dir, device) for s in specs]
+    train_frames, val_frames = open_frames(prepared_dir, "train"), open_frames(prepared_dir, "validation")
+    for split, arr in (("train", train_frames), ("validation", val_frames)):
+        if arr.shape[1] != stft.n_bins:
+            raise SdmvaeError(f"{prepared_dir}/{split}/frames.npy has {arr.shape[1]} bins; its prepare.json says {stft.n_bins}")
+        check_frames(arr, f"{prepared_dir}/{split}/frames.npy")
+    for s in specs:
+        if not s.resume and s.overwrite:
+            clear_run_dir(s.run_dir)
     for m, _, _ in opened:
         if m.cfg.n_bins != stft.n_bins:
             raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
@@ -181,7 +232,6 @@ def train_runs(
                                                                       "data_fingerprint": info.get("fingerprint")})
     first = opened[0][0].opts
     budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
-    train_frames, val_frames = open_frames(prepared_dir, "train"), open_frames(prepared_dir, "validation")
     train_src = FrameSource.create(train_frames, device, budget)
     val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
     groups: dict[str, list] = {}
@@ -214,6 +264,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress_factory: Callable[[int, int], Any] | None = None,
 ) -> TrainResult:
@@ -223,7 +274,7 @@ def train(
     if any, stays). ``progress_factory`` is accepted for API compatibility (epochs are reported
     through ``on_epoch``)."""
     run_dir = Path(run_dir)
-    spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume)
+    spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume, overwrite)
     interrupted = False
     members: list[Member] = []
     try:

@@ -147,7 +147,7 @@ def test_bad_files_are_skipped_and_summarised(tmp_path):
         (lambda r: r.mkdir(), ["folder", "{root}", "{out}"], "no audio files"),
         (lambda r: _tiny_tree(r), ["folder", "{root}", "{out}", "--split-file", "{root}/split.json"], "in both"),
         (lambda r: _tiny_tree(r), ["folder", "{root}", "{out}", "--val-speakers", "4"], "cannot take 4"),
-        (lambda r: _tiny_tree(r), ["nonsense", "{root}", "{out}"], "unknown layout"),
+        (lambda r: _tiny_tree(r), ["nonsense", "{root}", "{out}"], "is not one of"),  # a usage error (exit 2), checked by typer
         (lambda r: _tiny_tree(r), ["tcd-timit", "{root}", "{out}"], "no 'volunteers' directory"),
     ],
 )

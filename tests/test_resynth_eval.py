@@ -138,7 +138,7 @@ def test_evaluate_folders_cli_json_and_failures(tmp_path):
     write_wav(est / "short.wav", x[:3200])
     write_wav(ref / "silent.wav", np.zeros(16000))
     write_wav(est / "silent.wav", x[:16000])
-    write_wav(ref / "muted.wav", x)  # a silent ESTIMATE reaches the metrics (PESQ cannot score it)
+    write_wav(ref / "muted.wav", x)  # a silent ESTIMATE is a failure that says it is silent
     write_wav(est / "muted.wav", np.zeros(x.size))
     r = subprocess.run([*CLI, "evaluate", "--ref", str(ref), "--est", str(est), "--json", "-j", "2", "--out", str(tmp_path / "ev")],
                        capture_output=True, text=True)
@@ -147,7 +147,7 @@ def test_evaluate_folders_cli_json_and_failures(tmp_path):
     assert s["files"] == 4 and s["scored"] == 1 and s["failed"] == 3
     reasons = {f["id"]: f["reason"] for f in s["failures"]}
     assert set(reasons) == {"short", "silent", "muted"}
-    assert "silent" in reasons["silent"] and "PESQ failed" in reasons["muted"]
+    assert "silent" in reasons["silent"] and "estimate is silent" in reasons["muted"]
     assert s["metrics"]["pesq"]["n"] == 1
     assert s["metrics"]["pesq"]["mean"] == pytest.approx(pesq(16000, x.astype(np.float64), noisy.astype(np.float64), "wb"), abs=1e-4)
     assert s["versions"]["pesq"] and s["settings"]["pesq_mode"] == "wb"
