@@ -480,15 +480,15 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
     an earlier report (it holds report.json), never another folder.
     """
     out = Path(out)
+    runs = collect_runs(paths)
+    for r in runs:
+        if out.resolve() in (r.eval_dir.resolve(), *(r.eval_dir.resolve().parents)):
+            raise SdmvaeError(f"--out {out} would replace an input ({r.eval_dir})")
     if out.exists():
         if not force:
             raise SdmvaeError(f"{out} exists; choose another --out, or --force to replace an earlier report")
         if not (out / MARKER).is_file():
             raise SdmvaeError(f"{out} exists and is not an sdmvae report; refusing to replace it")
-    runs = collect_runs(paths)
-    for r in runs:
-        if out.resolve() in (r.eval_dir.resolve(), *(r.eval_dir.resolve().parents)):
-            raise SdmvaeError(f"--out {out} would replace an input ({r.eval_dir})")
     utts = choose_utterances(runs, n_utterances)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
