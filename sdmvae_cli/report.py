@@ -102,10 +102,14 @@ class Run:
     run_dir: Path | None = None
 
     @property
-    def label(self) -> str:
+    def model_name(self) -> str:
         from sdmvae_cli.table import row_label
 
-        return f"{row_label(self.summary['model'])}, m={self.summary['model']['latent']}"
+        return row_label(self.summary["model"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name}, m={self.summary['model']['latent']}"
 
     @property
     def seed(self) -> int | None:
@@ -222,7 +226,7 @@ def table_rows(runs: Sequence[Run]) -> list[dict]:
                 title = f"one run; over files: std {s['std']:.3g}, n={s['n']}" if s.get("std") is not None else "one run"
             cells.append({"key": m.key, "mean": mean, "std": std, "n": len(vals), "text": text, "title": title, "old": old})
         rows.append({
-            "label": first.label.rsplit(", m=", 1)[0],
+            "label": first.model_name,
             "latent": int(first.summary["model"]["latent"]),
             "seeds": [r.seed for r in members],
             "models": [r.slug for r in members],
@@ -343,10 +347,6 @@ class Assets:
     models: list[dict] = field(default_factory=list)
     overview: str | None = None
     codes_vmax: float | None = None
-
-
-def _alt_label(run: Run) -> str:
-    return f"{run.label} ({run.slug})"
 
 
 def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress: Callable[[], None] | None = None) -> Assets:
