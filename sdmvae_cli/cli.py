@@ -502,6 +502,11 @@ def demo(
     term.print(f"files and plots (spectrograms.png, codes.png) in {escape(str(out_dir))}")
 
 
+from sdmvae_cli.cli_report import report as _report  # noqa: E402
+
+app.command("report")(_report)
+
+
 @app.command()
 def export(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (best.pt)."),

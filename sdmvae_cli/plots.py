@@ -52,15 +52,33 @@ def plot_spectrograms(inp: np.ndarray, out: np.ndarray, hop_s: float, rate: int,
     return _save(fig, path)
 
 
-def plot_codes(codes: np.ndarray, hop_s: float, path: Path, title: str = "") -> Path:
-    """|code| per latent unit over time: sparse codes show as a few bright lines."""
+def plot_power(p: np.ndarray, hop_s: float, rate: int, path: Path, title: str, top_db: float | None = None) -> Path:
+    """One small power spectrogram in dB; ``top_db`` (e.g. the input's peak) shares the colour
+    scale between an input and its resynthesis plotted in separate figures."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 2.2), dpi=80)
+    top = _db(p).max() if top_db is None else top_db
+    ax.imshow(_db(p).T, origin="lower", aspect="auto", extent=[0, p.shape[0] * hop_s, 0, rate / 2000], vmin=top - 80, vmax=top, cmap="magma")
+    ax.set_ylabel("kHz", fontsize=8)
+    ax.set_xlabel("time (s)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_codes(codes: np.ndarray, hop_s: float, path: Path, title: str = "", vmax: float | None = None) -> Path:
+    """|code| per latent unit over time: sparse codes show as a few bright lines.
+
+    ``vmax`` fixes the top of the colour scale, so that figures of several models compare
+    (default: this figure's 99.5th percentile)."""
     from sdmvae_cli.metrics import hoyer
 
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     a = np.abs(codes)
     im = ax.imshow(a.T, origin="lower", aspect="auto", extent=[0, codes.shape[0] * hop_s, 0, codes.shape[1]], cmap="viridis",
-                   vmax=np.percentile(a, 99.5) if a.size else 1)
+                   vmin=0, vmax=vmax if vmax is not None else (np.percentile(a, 99.5) if a.size else 1))
     ax.set_ylabel("latent unit")
     fig.colorbar(im, ax=[ax, ax2], label="|code|")
     h = hoyer(codes)
@@ -86,6 +104,20 @@ def plot_dictionary(d: np.ndarray, path: Path, title: str = "dictionary atoms") 
     ax2.legend(fontsize=7)
     ax2.set_xlabel("latent dimension")
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_hoyer_histogram(values: np.ndarray, path: Path, title: str) -> Path:
+    """Per-frame Hoyer sparsity of one model, on fixed [0, 1] bins so that models compare."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=80)
+    ax.hist(np.asarray(values, dtype=np.float64), bins=np.linspace(0, 1, 51), density=True, color="#3b6ea5")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("Hoyer sparsity per frame", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

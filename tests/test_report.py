@@ -1,0 +1,267 @@
+"""`sdmvae report`: the page's links resolve, its audio decodes, its table equals the summaries.
+
+The synthetic part needs nothing but the released checkpoints (models/): evaluation summaries
+are written by hand around synthetic audio, two of them differing only in the seed. The real
+part prepares and evaluates a few utterances of ../shared/data/dev (skipped where absent).
+The browser check runs headless Chromium where it is installed (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.report import METRICS, make_report, metric_stats
+
+from conftest import DEV, REPO, needs_shared, write_wav
+
+MODEL_CFG = {"vae": REPO / "models" / "vae-m64.pt", "sdm": REPO / "models" / "sdm-identity-m64.pt"}
+
+
+class Page(HTMLParser):
+    """The parts of index.html the checks need: links, tags with attributes, table cells."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.ids: set[str] = set()
+        self.rows: list[dict] = []  # {"models": [...], "cells": {key: value or None}}
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if "id" in a:
+            self.ids.add(a["id"])
+        if tag == "tr" and "data-models" in a:
+            self.rows.append({"models": a["data-models"].split(), "cells": {}})
+        if tag == "td" and "data-key" in a:
+            self.rows[-1]["cells"][a["data-key"]] = float(a["data-value"]) if a["data-value"] else None
+
+    def links(self) -> list[str]:
+        return [a[k] for _, a in self.tags for k in ("href", "src") if k in a]
+
+
+def check_page(out: Path) -> Page:
+    """Every link is relative and resolves inside the folder; every audio file decodes as
+    16-bit and is not silent; images have alt text, players labels, header cells a scope."""
+    html = (out / "index.html").read_text()
+    page = Page(html)
+    assert page.links()
+    for link in page.links():
+        u = urlparse(link)
+        assert not u.scheme and not u.netloc and not link.startswith("/"), f"not a relative link: {link}"
+        if link.startswith("#"):
+            assert link[1:] in page.ids, link
+            continue
+        target = (out / unquote(u.path)).resolve()
+        assert target.is_file(), f"{link} does not resolve"
+        assert out.resolve() in target.parents
+    audio = [a for t, a in page.tags if t == "audio"]
+    assert audio and all(a.get("aria-label") for a in audio)
+    for a in audio:
+        info = sf.info(str(out / a["src"]))
+        assert info.subtype == "PCM_16" and info.format in ("FLAC", "WAV")
+        x, _ = sf.read(str(out / a["src"]))
+        assert x.size > 0 and np.abs(x).max() > 1e-3
+    assert all(a.get("alt") for t, a in page.tags if t == "img")
+    assert all(a.get("scope") in ("col", "colgroup", "row") for t, a in page.tags if t == "th")
+    return page
+
+
+# -- synthetic inputs --------------------------------------------------------------------------
+def fake_eval(d: Path, ckpt: Path, utts: list[tuple[str, str, Path]], seed: int, rng, old: bool = False, run_dir: bool = False) -> Path:
+    """An evaluation directory as `sdmvae evaluate` writes it, with made-up metric values."""
+    import torch
+
+    ck = torch.load(ckpt, weights_only=True)
+    if run_dir:
+        d.mkdir(parents=True)
+        shutil.copyfile(ckpt, d / "best.pt")
+        ckpt = d / "best.pt"
+        (d / "config.json").write_text(json.dumps(ck["config"] | {"seed": seed}))
+        with open(d / "history.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["epoch", "train_total", "val_total", "best"])
+            for e in range(5):
+                w.writerow([e, 100.0 / (e + 1), 110.0 / (e + 1), True])
+        d = d / "eval-test"
+    d.mkdir(parents=True)
+    keys = ["pesq", "stoi", "estoi", "si_sdr", "hoyer"] if old else ["pesq_nb", "pesq_wb", "stoi", "estoi", "si_sdr", "hoyer"]
+    metrics = {k: {"mean": float(rng.uniform(0.2, 4)), "std": float(rng.uniform(0, 0.5)), "n": len(utts)} for k in keys}
+    sparsity = {"zero_fraction": 0.0, "near_zero_fraction": 0.1, "active_units": 60, "code_dim": 64, "frames": 500}
+    sparsity["hoyer_mean" if old else "hoyer_pooled"] = float(rng.uniform(0.2, 0.6))
+    summary = {"kind": "checkpoint", "checkpoint": str(ckpt), "model": ck["config"]["model"],
+               "train": ck["config"]["train"] | {"seed": seed}, "best_epoch": 3, "prepared_dir": str(d / "gone"),
+               "data_fingerprint": "abc", "split": "test", "files": len(utts), "scored": len(utts), "failed": 0,
+               "failures": [], "metrics": metrics, "sparsity": sparsity, "versions": {"sdmvae": "0.1.0"}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    with open(d / "per_file.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "speaker", "path", *keys, "error"])
+        for i, spk, p in utts:
+            w.writerow([i, spk, str(p), *(f"{rng.uniform(0, 1):.4f}" for _ in keys), ""])
+    np.save(d / "hoyer_frames.npy", rng.uniform(0, 1, 500).astype(np.float32))
+    return d
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(tmp_path_factory):
+    from sdmvae_cli.synthetic import source_filter_speech
+
+    root = tmp_path_factory.mktemp("report")
+    utts = []
+    for i, spk in enumerate(["a", "a", "b"]):
+        p = write_wav(root / "audio" / spk / f"u{i}.flac", 0.5 * source_filter_speech(1.2, seed=i))
+        utts.append((f"{spk}/u{i}", spk, p))
+    rng = np.random.default_rng(0)
+    inputs = [
+        fake_eval(root / "vae-s0", MODEL_CFG["vae"], utts, 0, rng, run_dir=True),  # a run directory
+        fake_eval(root / "vae-s1" / "eval-test", MODEL_CFG["vae"], utts, 1, rng),  # same config, other seed
+        fake_eval(root / "sdm-old", MODEL_CFG["sdm"], utts, 0, rng, old=True),  # an old summary
+    ]
+    index = make_report(inputs, root / "out", n_utterances=2)
+    return root, inputs, index
+
+
+def _summaries(inputs: list[Path]) -> list[dict]:
+    return [json.loads(((p / "eval-test") if (p / "best.pt").exists() else p).joinpath("summary.json").read_text()) for p in inputs]
+
+
+def test_page_links_audio_and_accessibility(synthetic_report):
+    root, inputs, index = synthetic_report
+    out = index.parent
+    page = check_page(out)
+    audio = [a["src"] for t, a in page.tags if t == "audio"]
+    assert len(audio) == 2 * (1 + len(inputs))  # 2 utterances x (input + every model)
+    # one utterance per speaker first: u0 (speaker a) then u2 (speaker b)
+    report = json.loads((out / "report.json").read_text())
+    assert [u["id"] for u in report["utterances"]] == ["a/u0", "b/u2"]
+    src, _ = sf.read(str(root / "audio" / "b" / "u2.flac"))
+    for a in audio:
+        if a.startswith("audio/u2-"):
+            assert sf.info(str(out / a)).frames == src.size  # the source's length
+    for m in report["models"]:
+        assert (out / m["config"]).is_file() and m["hoyer"] and m["codes"]
+    run = next(m for m in report["models"] if m["slug"] == "vae-s0")
+    assert run["loss"] and json.loads((out / run["config"]).read_text())["seed"] == 0  # the run dir's own config.json
+    assert report["codes_vmax"] > 0
+
+
+def test_table_values_equal_summaries(synthetic_report):
+    _, inputs, index = synthetic_report
+    page = Page(index.read_text())
+    s0, s1, old = _summaries(inputs)
+    assert len(page.rows) == 2  # the two seeds share a row
+    by_n = {len(r["models"]): r for r in page.rows}
+    seeds, single = by_n[2]["cells"], by_n[1]["cells"]
+    for m in METRICS:
+        pair = [metric_stats(s, m.key)["mean"] for s in (s0, s1)]
+        assert seeds[m.key] == pytest.approx(np.mean(pair), rel=1e-12)
+    std = json.loads((index.parent / "report.json").read_text())
+    row = next(r for r in std["table"] if len(r["models"]) == 2)
+    est = next(c for c in row["cells"] if c["key"] == "estoi")
+    assert est["std"] == pytest.approx(np.std([s0["metrics"]["estoi"]["mean"], s1["metrics"]["estoi"]["mean"]], ddof=1))
+    # an old summary: its `pesq` is PESQ-WB, pesq_nb is absent (a dash), the pooled Hoyer was hoyer_mean
+    assert single["pesq_nb"] is None
+    assert single["pesq_wb"] == old["metrics"]["pesq"]["mean"]
+    assert single["stoi"] == old["metrics"]["stoi"]["mean"]
+    assert single["hoyer_pooled"] == old["sparsity"]["hoyer_mean"]
+    assert "\u2013" in index.read_text()
+
+
+def test_refuses_to_overwrite(synthetic_report, tmp_path):
+    root, inputs, index = synthetic_report
+    with pytest.raises(SdmvaeError, match="exists"):
+        make_report(inputs[1:2], index.parent, n_utterances=0)
+    other = tmp_path / "not-a-report"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(SdmvaeError, match="not an sdmvae report"):
+        make_report(inputs[1:2], other, n_utterances=0, force=True)
+    assert (other / "keep.txt").read_text() == "x"
+    with pytest.raises(SdmvaeError, match="replace an input"):
+        make_report(inputs[1:2], inputs[1].parent, n_utterances=0, force=True)
+    # --force replaces an earlier report, and leaves nothing beside it
+    again = make_report(inputs[1:2], tmp_path / "r", n_utterances=1)
+    before = sorted(p.name for p in again.parent.parent.iterdir())
+    make_report(inputs[1:3], tmp_path / "r", n_utterances=1, force=True)
+    assert len(Page(again.read_text()).rows) == 2
+    assert sorted(p.name for p in again.parent.parent.iterdir()) == before
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "report", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "no such directory" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# -- real speech ---------------------------------------------------------------------------------
+@needs_shared
+def test_real_speech_report(tmp_path):
+    """prepare -> evaluate (2 released models, 2 utterances) -> report, on real LibriSpeech."""
+    from sdmvae_cli.evaluate import evaluate_checkpoint
+    from sdmvae_cli.prepare import PrepareOptions, prepare
+
+    rows = list(csv.DictReader(open(DEV / "manifest.csv")))
+    by_spk: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: float(r["seconds"])):
+        by_spk.setdefault(r["speaker"], []).append(r)
+    spk = sorted(by_spk)[:4]
+    for s in spk:
+        (tmp_path / "corpus" / s).mkdir(parents=True)
+        src = DEV / by_spk[s][0]["path"]
+        (tmp_path / "corpus" / s / src.name).symlink_to(src)
+    (tmp_path / "split.json").write_text(json.dumps({"validation": [spk[0]], "test": spk[2:]}))
+    prep = tmp_path / "prep"
+    prepare(tmp_path / "corpus", prep, PrepareOptions(layout="folder", split_file=str(tmp_path / "split.json")))
+    evals = [evaluate_checkpoint(MODEL_CFG[k], prep, "test", tmp_path / f"eval-{k}", jobs=1).out_dir for k in ("vae", "sdm")]
+    index = make_report(evals, tmp_path / "report", n_utterances=2)
+    page = check_page(index.parent)
+    summaries = [json.loads((e / "summary.json").read_text()) for e in evals]
+    assert len(page.rows) == 2
+    for row in page.rows:
+        s = summaries[["vae-m64", "sdm-identity-m64"].index(row["models"][0])]
+        for m in METRICS:
+            st = metric_stats(s, m.key)
+            assert row["cells"][m.key] == (None if st is None else st["mean"])
+    report = json.loads((index.parent / "report.json").read_text())
+    assert {u["speaker"] for u in report["utterances"]} == set(spk[2:])
+    assert report["data"][0]["corpus_dir"] == str(tmp_path / "corpus")
+
+
+# -- a real browser ------------------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_browser_renders_without_console_errors_and_sorts(synthetic_report, tmp_path):
+    _, _, index = synthetic_report
+    col = 3 + [m.key for m in METRICS].index("estoi")
+    probe = index.parent / "probe.html"  # the page, plus a click on the ESTOI header
+    probe.write_text(index.read_text().replace("</body>", f'<script>document.querySelector(\'button[data-col="{col}"]\').click();</script></body>'))
+    try:
+        r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+                            f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", probe.as_uri()],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    assert r.returncode == 0, r.stderr[-2000:]
+    console = [line for line in r.stderr.splitlines() if "CONSOLE" in line]
+    assert not console, console
+    sorted_page = Page(r.stdout)
+    estoi = [row["cells"]["estoi"] for row in sorted_page.rows]
+    assert len(estoi) == 2 and estoi == sorted(estoi)
+    assert 'aria-sort="ascending"' in r.stdout
