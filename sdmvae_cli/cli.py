@@ -436,6 +436,11 @@ def export(
     term.print(f"wrote {dst} ({dst.stat().st_size / 1e6:.2f} MB)")
 
 
+from sdmvae_cli.cli_enhance import enhance as _enhance  # noqa: E402  (own module: keeps this file small)
+
+app.command("enhance")(_enhance)
+
+
 def main() -> None:
     """Console entry point: one-line errors and meaningful exit codes.
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -47,7 +48,7 @@ import torch
 
 from sdmvae_cli.audio import Audio, restore
 from sdmvae_cli.checkpoint import LoadedModel
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, UsageError
 from sdmvae_cli.latent_priors import mcem, speech_variance
 from sdmvae_cli.nets import SpectrogramVAE
 from sdmvae_cli.nmf import EPS, NoiseNMF, init_nmf, is_objective, nmf_step, update_H, update_W
@@ -240,3 +241,66 @@ def nmf_baseline(spec: torch.Tensor, speech_W: torch.Tensor, opts: EnhanceOption
         update_W(power, speech.variance[None], one, noise)
     return wiener_gain(speech.variance[None], one, noise) * spec
 
+
+
+# -- files -------------------------------------------------------------------------------------
+def resolve_model(name: str | None) -> Path:
+    """--model: a checkpoint path, a run directory, or the name of a released model
+    (``vae-m64`` or ``vae-m64.pt``, see models/README.md); None is the default released one."""
+    from sdmvae_cli.resynth import default_model_path, released_dir
+
+    if name is None:
+        return default_model_path()
+    p = Path(name)
+    if p.exists():
+        return p
+    for cand in (released_dir() / name, released_dir() / f"{name}.pt"):
+        if cand.is_file():
+            return cand
+    names = sorted(q.stem for q in released_dir().glob("*.pt")) if released_dir().is_dir() else []
+    raise SdmvaeError(f"--model {name}: no such checkpoint or released model (released: {', '.join(names) or 'none'})")
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SdmvaeError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Never write onto an input, nor (without --overwrite) onto an earlier result."""
+    sources = {s.resolve() for s, _ in pairs}
+    for _, dst in pairs:
+        if dst.resolve() in sources:
+            raise SdmvaeError(f"{dst}: output would overwrite an input file")
+        if dst.exists() and not overwrite:
+            raise SdmvaeError(f"{dst} already exists (pass --overwrite to replace it)")
+
+
+def enhance_file(src: Path, dst: Path, lm: LoadedModel, opts: EnhanceOptions) -> Enhancement:
+    from sdmvae_cli.audio import load_audio, write_audio
+
+    audio = load_audio(src, lm.stft)
+    res = enhance_audio(audio, lm, opts)
+    write_audio(dst, res.output, audio.source_rate)
+    return res
+
+
+def enhance_many(
+    pairs: list[tuple[Path, Path]], lm: LoadedModel, opts: EnhanceOptions, progress: Callable[[], None] | None = None
+) -> list[tuple[Path, str]]:
+    """Enhance every pair; returns the failures (source, one-line reason)."""
+    opts.validate()
+    failures = []
+    for src, dst in pairs:
+        try:
+            enhance_file(src, dst, lm, opts)
+        except SdmvaeError as exc:
+            failures.append((src, str(exc)))
+        if progress:
+            progress()
+    return failures

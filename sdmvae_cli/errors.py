@@ -14,3 +14,9 @@ class SdmvaeError(Exception):
 
 class AudioError(SdmvaeError):
     """Audio that cannot be used: missing, corrupt, silent, too short, wrong shape."""
+
+
+class UsageError(SdmvaeError):
+    """An option value out of its range: one line, exit code 2 (as the command-line parser's)."""
+
+    exit_code = 2
