@@ -62,12 +62,12 @@ class EnhanceOptions:
     """Every knob of the EM; the defaults are the ones benchmarked in docs/benchmarks.md."""
 
     method: str = "vem"  # vem | mcem
-    iterations: int = 30  # EM iterations
+    iterations: int = 40  # EM iterations
     nmf_rank: int = 8  # K, rank of the noise NMF
     # vem
-    steps: int = 2  # Adam steps on q per EM iteration
-    lr: float = 0.05  # Adam learning rate on q's parameters
-    samples: int = 4  # samples of q per gradient step / M-step
+    steps: int = 4  # Adam steps on q per EM iteration
+    lr: float = 0.2  # Adam learning rate on q's parameters
+    samples: int = 1  # samples of q per gradient step / M-step
     wiener_samples: int = 16  # samples of q averaged by the final Wiener filter
     # mcem
     chains: int = 4  # parallel MH chains per frame
@@ -176,17 +176,22 @@ def vem(model: SpectrogramVAE, power: torch.Tensor, opts: EnhanceOptions, on_ite
     history = []
     for it in range(opts.iterations):
         noise = nmf.variance.detach()
+        speech = None
         for _ in range(opts.steps):
             post = expand(from_free(free), opts.samples)
             z = model.sample(post)  # (samples, frames, latent), reparameterised
-            v = gain[:, None] * speech_variance(model, z) + noise
+            sig = speech_variance(model, z)
+            v = gain[:, None] * sig + noise
             # negative ELBO: IS cost (the likelihood) + the family's own KL to its prior
             loss = ((power / v + torch.log(v)).sum(-1) + model.kl(post, z)).mean(0).sum()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            speech = sig.detach()
         with torch.no_grad():
-            speech = speech_variance(model, model.sample(expand(from_free(free), opts.samples)))
+            if speech is None or opts.steps < 2:
+                speech = speech_variance(model, model.sample(expand(from_free(free), opts.samples)))
+            # else: the last step's samples (drawn from q one Adam step earlier) save a decoder pass
             nmf_step(power, speech, gain, nmf)
             history.append(float(is_objective(power, speech, gain, nmf)))
         if on_iter:
