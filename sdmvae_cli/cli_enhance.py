@@ -59,9 +59,9 @@ def enhance(
     for src, out in pairs:
         if src not in failed:
             print(out)
+    if len(pairs) == 1 and failures:
+        raise SdmvaeError(failures[0][1])
     for src, why in failures:
         print(f"failed: {why}", file=sys.stderr)
     if failures:
-        if len(pairs) == 1:
-            raise SdmvaeError(failures[0][1])
         raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")
