@@ -2,6 +2,7 @@
 
     python benchmarks/enhance_bench.py quality --out out/enhance-bench [-j 2] [--per-speaker 2]
     python benchmarks/enhance_bench.py speed [--threads 1] [--device cpu] [--seconds 5]
+    python benchmarks/enhance_bench.py report out/enhance-bench   # markdown tables
 
 quality: clean test-split speech (the dev speakers of scripts/table1_split.json's test list,
 under ../shared/data/dev) mixed with generated noise -- white, pink (1/f), brown (1/f^2) and
@@ -198,21 +199,27 @@ def quality(a) -> None:
                           "mcem": [p for p in a.mcem_priors.split(",") if p]})
     t0 = time.perf_counter()
     rows: list[dict] = []
+    partial = out / "per_file.partial.csv"  # rows as they come: an interrupted run keeps its work
     if a.jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(a.jobs) as ex:
-            for k, r in enumerate(ex.map(run_item, items)):
-                rows += r
-                print(f"{k + 1}/{len(items)}", file=sys.stderr, end="\r")
+        pool = ProcessPoolExecutor(a.jobs)
+        results = pool.map(run_item, items)
     else:
-        for k, it in enumerate(items):
-            rows += run_item(it)
+        pool, results = None, map(run_item, items)
+    with open(partial, "w", newline="") as fh:
+        writer = None
+        for k, r in enumerate(results):
+            rows += r
+            if writer is None:
+                writer = csv.DictWriter(fh, fieldnames=list(r[0]))
+                writer.writeheader()
+            writer.writerows(r)
+            fh.flush()
             print(f"{k + 1}/{len(items)}", file=sys.stderr, end="\r")
-    with open(out / "per_file.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    if pool:
+        pool.shutdown()
+    partial.replace(out / "per_file.csv")
     summary = {"utterances": len(files), "mixtures": len(items), "options": opts, "wall_s": round(time.perf_counter() - t0, 1),
                "jobs": a.jobs, "torch": torch.__version__, "systems": summarise(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -252,6 +259,41 @@ def speed(a) -> None:
                               "torch": torch.__version__}), flush=True)
 
 
+def report(a) -> None:
+    """Markdown tables from a quality run's per_file.csv (what docs/results.md shows)."""
+    rows = list(csv.DictReader(open(Path(a.dir) / "per_file.csv")))
+    for r in rows:
+        for k in ("snr", "si_sdr", "pesq_wb", "pesq_nb", "estoi", "seconds"):
+            r[k] = float(r[k])
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    keys = (("si_sdr", "SI-SDR", 1), ("pesq_wb", "PESQ-WB", 2), ("pesq_nb", "pesq_nb", 2), ("estoi", "ESTOI", 3))
+
+    def mean(sel, k):
+        v = [r[k] for r in sel if np.isfinite(r[k])]
+        return float(np.mean(v)) if v else float("nan")
+
+    def table(group, label):
+        head = f"| system | {label} | " + " | ".join(t for _, t, _ in keys) + " | gain SI-SDR | gain PESQ-WB |"
+        print(head)
+        print("|---|---|" + "---:|" * (len(keys) + 2))
+        for name, pick in group:
+            noisy = [r for r in rows if r["system"] == "noisy" and pick(r)]
+            for sys_ in systems:
+                sel = [r for r in rows if r["system"] == sys_ and pick(r)]
+                cells = [f"{mean(sel, k):.{d}f}" for k, _, d in keys]
+                gains = [f"{mean(sel, k) - mean(noisy, k):+.{d}f}" if sys_ != "noisy" else "" for k, _, d in keys[:2]]
+                print(f"| {sys_} | {name} | " + " | ".join(cells + gains) + " |")
+        print()
+
+    snrs = sorted({r["snr"] for r in rows})
+    table([(f"{s:g} dB", lambda r, s=s: r["snr"] == s) for s in snrs] + [("0 and 5 dB", lambda r: r["snr"] in (0.0, 5.0))], "SNR")
+    noises = list(dict.fromkeys(r["noise"] for r in rows))
+    table([(n, lambda r, n=n: r["noise"] == n and r["snr"] in (0.0, 5.0)) for n in noises], "noise (0 and 5 dB)")
+    n_utt = len({r["utt"] for r in rows})
+    print(f"{n_utt} utterances, {len(rows) // len(systems)} mixtures; per-system mean seconds per mixture: "
+          + ", ".join(f"{s_} {mean([r for r in rows if r['system'] == s_], 'seconds'):.2f}" for s_ in systems if s_ != "noisy"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -274,9 +316,11 @@ def main() -> None:
     s.add_argument("--repeats", type=int, default=5)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--device", default="cpu")
+    r = sub.add_parser("report")
+    r.add_argument("dir", nargs="?", default=str(REPO / "out" / "enhance-bench"))
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    quality(a) if a.cmd == "quality" else speed(a)
+    {"quality": quality, "speed": speed, "report": report}[a.cmd](a)
 
 
 if __name__ == "__main__":
