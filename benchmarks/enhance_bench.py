@@ -220,7 +220,11 @@ def quality(a) -> None:
     if pool:
         pool.shutdown()
     partial.replace(out / "per_file.csv")
-    summary = {"utterances": len(files), "mixtures": len(items), "options": opts, "wall_s": round(time.perf_counter() - t0, 1),
+    from dataclasses import asdict
+
+    from sdmvae_cli.enhance import EnhanceOptions
+
+    summary = {"utterances": len(files), "mixtures": len(items), "options": asdict(EnhanceOptions(**opts)), "wall_s": round(time.perf_counter() - t0, 1),
                "jobs": a.jobs, "torch": torch.__version__, "systems": summarise(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

@@ -23,6 +23,7 @@ def enhance(
     iterations: int = typer.Option(40, "--iterations", "-n", help="EM iterations."),
     nmf_rank: int = typer.Option(8, help="Rank K of the noise NMF."),
     steps: int = typer.Option(4, help="vem: Adam steps on the posterior per EM iteration."),
+    lr: float = typer.Option(0.05, help="vem: Adam learning rate on the posterior (higher: more noise removed, more speech distortion)."),
     chains: int = typer.Option(4, help="mcem: Metropolis-Hastings chains per frame."),
     mh_steps: int = typer.Option(8, help="mcem: MH steps per EM iteration."),
     seed: int = typer.Option(0, help="Seed of the NMF initialisation and of the sampling."),
@@ -35,7 +36,7 @@ def enhance(
     from sdmvae_cli.enhance import EnhanceOptions, check_outputs, enhance_many, pick_device, resolve_model
     from sdmvae_cli.resynth import plan_outputs
 
-    opts = EnhanceOptions(method=method, iterations=iterations, nmf_rank=nmf_rank, steps=steps, chains=chains,
+    opts = EnhanceOptions(method=method, iterations=iterations, nmf_rank=nmf_rank, steps=steps, lr=lr, chains=chains,
                           mh_steps=mh_steps, keep=min(2, mh_steps), seed=seed)
     try:
         opts.validate()
