@@ -567,6 +567,11 @@ def run(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
+from sdmvae_cli.cli_enhance import enhance as _enhance  # noqa: E402  (own module: keeps this file small)
+
+app.command("enhance")(_enhance)
+
+
 def main() -> None:
     """Console entry point (see :func:`run`)."""
     sys.exit(run(sys.argv[1:]))

@@ -273,8 +273,9 @@ class SpectrogramVAE(nn.Module):
 
 
 def log_laplace(z: torch.Tensor, loc: float | torch.Tensor = 0.0, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
-    scale_t = torch.as_tensor(scale, dtype=z.dtype, device=z.device)
-    return -torch.log(2 * scale_t) - (z - loc).abs() / scale_t
+    # a float scale stays a Python number: no host-to-device copy inside a captured CUDA graph
+    log2s = math.log(2 * scale) if isinstance(scale, (int, float)) else torch.log(2 * scale)
+    return -log2s - (z - loc).abs() / scale
 
 
 def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
