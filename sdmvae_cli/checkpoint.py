@@ -108,8 +108,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
         raise SdmvaeError(f"{path}: the stored model config is invalid ({str(exc).splitlines()[0][:160]})") from None
     if cfg.n_bins != stft.n_bins:
         raise SdmvaeError(f"{path}: the model expects {cfg.n_bins} frequency bins but its STFT config gives {stft.n_bins}")
+    state = dict(data["model_state"])
+    if cfg.model == "vsc":
+        state.pop("c", None)  # format 1 stored VSC's c schedule as a buffer; it is computed from the epoch now
     try:
-        model.load_state_dict(data["model_state"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise SdmvaeError(f"{path}: weights do not fit a {cfg.model!r} model with the stored config ({str(exc).splitlines()[0][:160]})") from None
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):

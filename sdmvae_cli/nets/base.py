@@ -206,8 +206,8 @@ class SpectrogramVAE(nn.Module):
         """The given noise, or a fresh draw from the global RNG (inference, tests)."""
         if noise is not None:
             return noise
-        ref = next(iter(post.values()))
-        return draw_noise(self.noise_spec(ref.shape[0]), device=ref.device)
+        ref = next(iter(post.values()))  # (..., frames, dim): leading sample axes are kept
+        return draw_noise(self.noise_spec(ref.shape[-2]), lead=tuple(ref.shape[:-2]), device=ref.device)
 
     def mean_code(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
