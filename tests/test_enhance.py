@@ -148,7 +148,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
         ([str(src), str(tmp_path / "o3.wav"), "--iterations", "0"], 2, "--iterations must be >= 1"),
         ([str(src), str(tmp_path / "o4.wav"), "--method", "gibbs"], 2, "unknown method"),
         ([str(src), str(tmp_path / "o5.wav"), "--model", "no-such-model"], 1, "no such checkpoint or released model"),
-        ([str(src), str(done)], 1, "already exists"),
+        ([str(src), str(done)], 1, "already exist"),
         ([str(src), str(src), "--overwrite"], 1, "overwrite an input"),
     ]
     for args, code, msg in cases:
