@@ -149,7 +149,7 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path):
         ([str(src), str(tmp_path / "o4.wav"), "--method", "gibbs"], 2, "unknown method"),
         ([str(src), str(tmp_path / "o5.wav"), "--model", "no-such-model"], 1, "no such checkpoint or released model"),
         ([str(src), str(done)], 1, "already exist"),
-        ([str(src), str(src), "--overwrite"], 1, "overwrite an input"),
+        ([str(src), str(src), "--overwrite"], 1, "is an input"),
     ]
     for args, code, msg in cases:
         r = subprocess.run([*CLI, "enhance", *args], capture_output=True, text=True)
