@@ -125,6 +125,9 @@ def _metric(s: dict, key: str) -> Stat:
 
 
 def _run_name(p: Path) -> str:
+    """The run folder's name (``runs/x/eval-test/summary.json`` -> x); a renamed summary's stem."""
+    if p.name != "summary.json":
+        return p.stem
     parent = p.parent
     if parent.name.startswith("eval-") and parent.parent.name:
         return parent.parent.name

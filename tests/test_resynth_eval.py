@@ -12,7 +12,7 @@ from pystoi import stoi
 from sdmvae_cli.audio import load_audio
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.evaluate import evaluate_checkpoint, evaluate_folders
-from sdmvae_cli.metrics import MetricError, audio_metrics, hoyer, si_sdr, sparsity_summary
+from sdmvae_cli.metrics import MetricError, audio_metrics, hoyer, mos_lqo_to_raw, pesq_nb, raw_to_mos_lqo, si_sdr, sparsity_summary
 from sdmvae_cli.nets import ModelConfig
 from sdmvae_cli.resynth import resynthesise_audio
 from sdmvae_cli.stft import StftConfig
@@ -54,7 +54,10 @@ def test_metrics_agree_with_the_packages():
     ref = source_filter_speech(3.0, seed=2).astype(np.float64)
     est = ref + 0.05 * np.random.default_rng(0).standard_normal(ref.size)
     m = audio_metrics(ref, est)
-    assert m["pesq"] == pytest.approx(pesq(16000, ref, est, "wb"))
+    assert m["pesq_wb"] == pytest.approx(pesq(16000, ref, est, "wb"))
+    # the paper's PESQ: the raw P.862 score behind the package's narrow-band MOS-LQO
+    assert m["pesq_nb"] == pytest.approx(mos_lqo_to_raw(pesq(16000, ref, est, "nb")))
+    assert raw_to_mos_lqo(m["pesq_nb"]) == pytest.approx(pesq(16000, ref, est, "nb"))
     assert m["stoi"] == pytest.approx(stoi(ref, est, 16000))
     assert m["estoi"] == pytest.approx(stoi(ref, est, 16000, extended=True))
     assert si_sdr(ref, 3.0 * ref) > 100  # scale invariant
@@ -71,6 +74,19 @@ def test_metric_failures_are_reasons_not_numbers():
         audio_metrics(np.zeros(16000), x)
     with pytest.raises(MetricError):
         audio_metrics(x[:3200], x[:3200])  # 0.2 s: too short for PESQ/STOI
+
+
+def test_p862_1_inversion():
+    """mos_lqo_to_raw inverts the P.862.1 mapping over the whole raw range, and identical signals
+    get the raw P.862 maximum 4.5 (the package's MOS-LQO for them is 4.549)."""
+    raw = np.linspace(-0.5, 4.5, 101)
+    mos = 0.999 + 4 / (1 + np.exp(-1.4945 * raw + 4.6607))  # the mapping as ITU-T P.862.1 writes it
+    np.testing.assert_allclose(mos_lqo_to_raw(mos), raw, atol=1e-9)
+    np.testing.assert_allclose(raw_to_mos_lqo(raw), mos, atol=1e-12)
+    with pytest.raises(MetricError, match="outside"):
+        mos_lqo_to_raw(5.2)
+    x = source_filter_speech(3.0, seed=1)
+    assert pesq_nb(x, x) == pytest.approx(4.5, abs=1e-3)
 
 
 def test_hoyer_of_known_vectors():
@@ -105,7 +121,7 @@ def test_cli_resynth_file_dir_list_and_codes(tiny_ckpt, tmp_path):
     y, rate = sf.read(str(tmp_path / "o.wav"))
     assert rate == 16000 and y.shape == (16000,)
     codes = np.load(tmp_path / "o.codes.npz")["codes"]
-    assert codes.shape == (63, 16) and (codes == 0).any()
+    assert codes.shape == (63, 16) and np.isfinite(codes).all()  # the posterior mean (1 - p0) mu: no exact zeros
     r = subprocess.run([*CLI, "resynth", str(src), str(tmp_path / "outdir"), "--model", str(tiny_ckpt)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert sorted(p.relative_to(tmp_path / "outdir").as_posix() for p in (tmp_path / "outdir").rglob("*.wav")) == ["a/one.wav", "b/two.wav"]
@@ -148,30 +164,41 @@ def test_evaluate_folders_cli_json_and_failures(tmp_path):
     reasons = {f["id"]: f["reason"] for f in s["failures"]}
     assert set(reasons) == {"short", "silent", "muted"}
     assert "silent" in reasons["silent"] and "estimate is silent" in reasons["muted"]
-    assert s["metrics"]["pesq"]["n"] == 1
-    assert s["metrics"]["pesq"]["mean"] == pytest.approx(pesq(16000, x.astype(np.float64), noisy.astype(np.float64), "wb"), abs=1e-4)
-    assert s["versions"]["pesq"] and s["settings"]["pesq_mode"] == "wb"
+    assert s["metrics"]["pesq_wb"]["n"] == 1
+    assert s["metrics"]["pesq_wb"]["mean"] == pytest.approx(pesq(16000, x.astype(np.float64), noisy.astype(np.float64), "wb"), abs=1e-4)
+    assert s["versions"]["pesq"] and "'wb'" in s["settings"]["pesq_wb"] and "pesq_nb" in s["metrics"]
     lines = (tmp_path / "ev" / "per_file.csv").read_text().splitlines()
     assert len(lines) == 5 and "error" in lines[0]
 
 
 def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
     from sdmvae_cli.prepare import PrepareOptions, prepare
-    from sdmvae_cli.table import build_table, render
+    from sdmvae_cli.checkpoint import load_model
+    from sdmvae_cli.prepare import read_manifest
+    from sdmvae_cli.resynth import model_power_fn, resynthesise_audio
+    from sdmvae_cli.table import render
 
     corpus = tmp_path / "c"
     for s in range(3):
-        write_wav(corpus / f"s{s}" / "u.wav", source_filter_speech(2.5, seed=20 + s))
+        silence = np.zeros(12000)  # leading/trailing silence: trimmed in frames.npy, kept by the paper's Hoyer
+        write_wav(corpus / f"s{s}" / "u.wav", np.concatenate([silence, source_filter_speech(2.5, seed=20 + s), silence]))
     prepare(corpus, tmp_path / "prep", PrepareOptions(val_speakers="1", test_speakers="1"))
     res = evaluate_checkpoint(tiny_ckpt, tmp_path / "prep", "test", tmp_path / "ev", jobs=1)
     s = res.summary
     assert res.ok and s["scored"] == 1 and s["model"]["model"] == "threshold"
-    assert 0 <= s["sparsity"]["hoyer_mean"] <= 1 and s["sparsity"]["zero_fraction"] > 0
+    assert 0 <= s["sparsity"]["hoyer_pooled"] <= 1
     assert np.load(tmp_path / "ev" / "hoyer_frames.npy").shape == (s["sparsity"]["frames"],)
-    md = render(build_table([tmp_path / "ev" / "summary.json"]), "markdown")
-    assert "Thresholded (gaussian, lambda=0.3)" in md and "m=16 PESQ" in md
+    # the paper's Hoyer protocol: every frame of the UNTRIMMED utterance, mean per file
+    lm = load_model(tiny_ckpt)
+    entry = read_manifest(tmp_path / "prep", "test")[0]
+    audio = load_audio(entry["path"], lm.stft)
+    codes = resynthesise_audio(audio, lm.stft, model_power_fn(lm)).codes
+    assert codes.shape[0] > entry["n_frames"]  # more frames than the trimmed ones
+    assert s["metrics"]["hoyer"]["mean"] == pytest.approx(float(hoyer(codes).mean()), rel=1e-5)
+    md = render([tmp_path / "ev" / "summary.json"], "markdown", "table1")
+    assert "Thresholded (gaussian, lambda=0.3)" in md and "m=16 PESQ P.862 raw (paper)" in md and "ESTOI (paper's STOI)" in md
     r = subprocess.run([*CLI, "table", str(tmp_path / "ev" / "summary.json"), "--format", "csv"], capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.startswith("model,m,pesq,stoi,hoyer")
+    assert r.returncode == 0 and r.stdout.startswith("run,path,model,m,seed,pesq_nb,pesq_nb_std,pesq_nb_n,estoi")
     with pytest.raises(SdmvaeError, match="another STFT"):
         info = json.loads((tmp_path / "prep" / "prepare.json").read_text())
         info["stft"]["hop_length"] = 512
@@ -185,7 +212,7 @@ def test_cli_demo_and_plots(tiny_ckpt, tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert "NOT speech" in d["source"] and len(d["files"]) == 3
-    assert all("pesq" in f or "error" in f for f in d["files"])
+    assert all("pesq_nb" in f or "error" in f for f in d["files"])
     assert (tmp_path / "demo" / "spectrograms.png").stat().st_size > 10_000 and (tmp_path / "demo" / "codes.png").exists()
     wav = tmp_path / "demo" / "inputs" / "source_filter_0.wav"
     for args in (["spectrogram", str(wav), str(tmp_path / "s.png")], ["codes", str(wav), str(tmp_path / "c.png")]):
