@@ -55,7 +55,8 @@ def row_label(m: dict) -> str:
         else:
             label = f"SDM-VAE (DCT, k={m['k']})"
     elif name == "threshold":
-        lam = "learned lambda" if m["learn_threshold"] else f"lambda={m['threshold']:g}"
+        lam = (f"learned lambda, Gamma({m['gamma_shape']:g}, {m['gamma_rate']:g}) prior" if m["learn_threshold"]
+               else f"lambda={m['threshold']:g}")
         extra = f", J={m['samples']}" if m.get("samples", 1) > 1 else ""
         label = f"Thresholded ({m['base']}, {lam}{extra})"
     elif name == "laplace":
@@ -152,7 +153,10 @@ def read_summary(p: Path) -> RunRow:
         train = s.get("train") or {}
         ident = {"model": m, "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
                  "data": s.get("data_fingerprint")}
-        row = RunRow(_run_name(p), str(p), row_label(m), int(m["latent"]), train.get("seed"),
+        label = row_label(m)
+        if train.get("lr") not in (None, 1e-4):
+            label = label[:-1] + f", lr={train['lr']:g}]" if label.endswith("]") else f"{label} [lr={train['lr']:g}]"
+        row = RunRow(_run_name(p), str(p), label, int(m["latent"]), train.get("seed"),
                      json.dumps(ident, sort_keys=True), row_key(m))
     row.values = {k: _metric(s, k) for k, _, _ in COLUMNS}
     return row
