@@ -80,20 +80,30 @@ class StackedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """One Adam update of every member, as a handful of multi-tensor (``_foreach``) kernels:
+        inside a CUDA graph each kernel costs a few microseconds whatever its size, so the
+        update must not be one kernel per parameter per operation."""
         b1, b2 = ADAM_BETAS
         self.steps += 1
-        for n, p in self.params.items():
-            g = p.grad
-            if g is None:  # a parameter the loss does not use (as torch.optim.Adam: skipped)
-                continue
-            view = (-1,) + (1,) * (p.dim() - 1)
-            m, v = self.exp_avg[n], self.exp_avg_sq[n]
-            m.lerp_(g, 1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            bc1 = (1 - b1 ** self.steps).view(view)
-            bc2 = (1 - b2 ** self.steps).view(view)
-            denom = (v.sqrt() / bc2.sqrt()).add_(ADAM_EPS)
-            p.sub_(self.lrs[n].view(view) / bc1 * m / denom)
+        names = [n for n, p in self.params.items() if p.grad is not None]  # unused ones: skipped, as torch.optim.Adam
+        if not names:
+            return
+        ps = [self.params[n] for n in names]
+        gs = [p.grad for p in ps]
+        ms = [self.exp_avg[n] for n in names]
+        vs = [self.exp_avg_sq[n] for n in names]
+        views = [(-1,) + (1,) * (p.dim() - 1) for p in ps]
+        bc1 = 1 - b1 ** self.steps
+        bc2_sqrt = (1 - b2 ** self.steps).sqrt()
+        torch._foreach_lerp_(ms, gs, 1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+        denom = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denom, [bc2_sqrt.view(v) for v in views])
+        torch._foreach_add_(denom, ADAM_EPS)
+        upd = torch._foreach_div(ms, denom)
+        torch._foreach_mul_(upd, [(self.lrs[n] / bc1).view(v) for n, v in zip(names, views)])
+        torch._foreach_sub_(ps, upd)
 
 
 def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
@@ -179,7 +189,7 @@ class Stack:
 
         train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
         self.val_fn = vmap(member_loss, in_dims=(0, 0, None, 0))
-        self.loss_fn = torch.compile(train_fn, dynamic=False) if self.compile_loss else train_fn
+        self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""

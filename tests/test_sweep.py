@@ -84,3 +84,25 @@ def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
     assert lines[-1].endswith("sweep.json") and all(l.endswith("best.pt") for l in lines[:-1]) and len(lines) == 3
     sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert sw["member_frames_per_s"] > 0 and {p.name for p in (tmp_path / "sw" / "v1").iterdir()} >= {"best.pt", "last.pt", "history.csv", "config.json"}
+
+
+def test_stacked_adam_is_torch_adam_per_member():
+    """Adam is elementwise: the stacked update with a learning rate per member equals
+    torch.optim.Adam run on each member alone."""
+    from sdmvae_cli.stack import StackedAdam
+
+    torch.manual_seed(0)
+    lrs = torch.tensor([1e-2, 3e-3, 1e-4])
+    p = torch.randn(3, 5, 4, requires_grad=True)
+    alone = [p[i].detach().clone().requires_grad_(True) for i in range(3)]
+    opt = StackedAdam({"w": p}, {"w": lrs}, torch.zeros(3))
+    refs = [torch.optim.Adam([a], lr=float(lr)) for a, lr in zip(alone, lrs)]
+    for _ in range(25):
+        g = torch.randn(3, 5, 4)
+        p.grad = g.clone()
+        opt.step()
+        for i, (a, r) in enumerate(zip(alone, refs)):
+            a.grad = g[i].clone()
+            r.step()
+    for i in range(3):
+        torch.testing.assert_close(p[i].detach(), alone[i].detach(), atol=1e-6, rtol=1e-5)
