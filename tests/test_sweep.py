@@ -106,3 +106,15 @@ def test_stacked_adam_is_torch_adam_per_member():
             r.step()
     for i in range(3):
         torch.testing.assert_close(p[i].detach(), alone[i].detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_a_diverging_member_stops_alone(synthetic_prepared, tmp_path):
+    runs = [{"name": "blows-up", "model": "vae", "latent": 8, "lr": 1e8, "epochs": 3},
+            {"name": "fine", "model": "vae", "latent": 8, "seed": 1, "epochs": 3}]
+    done = []
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", on_done=done.append)
+    by = {m["name"]: m for m in s["members"]}
+    assert s["stacks"] == [2]
+    assert by["blows-up"]["status"] == "diverged" and "blows-up" in by["blows-up"]["message"]
+    assert by["fine"]["status"] == "finished" and by["fine"]["epochs"] == 3
+    assert [m.name for m in done if m.status == "diverged"] == ["blows-up"]
