@@ -46,7 +46,7 @@ def test_default_model_resynthesises_real_speech_well(real_utterance, tmp_path):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["scored"] == 1
-    assert s["metrics"]["pesq"]["mean"] > 2.0 and s["metrics"]["stoi"]["mean"] > 0.85
+    assert s["metrics"]["pesq_wb"]["mean"] > 2.0 and s["metrics"]["stoi"]["mean"] > 0.85
 
 
 def test_models_command_lists_registry_as_json():
