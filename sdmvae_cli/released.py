@@ -62,7 +62,7 @@ def resolve_model(name: str | os.PathLike | None) -> Path:
     if hit is not None:
         return hit
     names = released_names()
-    raise SdmvaeError(f"checkpoint {name} does not exist and is not a released model "
+    raise SdmvaeError(f"checkpoint {name} does not exist: no such checkpoint or released model "
                       f"(released: {', '.join(names) or 'none'}; see `sdmvae models --released`)")
 
 
