@@ -20,7 +20,21 @@ from sdmvae_cli.stft import StftConfig, min_samples
 
 log = logging.getLogger("sdmvae")
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+def _readable_suffixes() -> tuple[str, ...]:
+    """What folder mode picks up: WAV/FLAC/OGG/AIFF, plus MP3 where this libsndfile reads it
+    (1.1.0 and later)."""
+    base = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
+    try:
+        import soundfile as sf
+
+        return base + ((".mp3",) if "MP3" in sf.available_formats() else ())
+    except Exception:  # noqa: BLE001  (no libsndfile: loading fails later with its own message)
+        return base
+
+
+AUDIO_SUFFIXES = _readable_suffixes()
+#: sample formats a written file may take (``--subtype``); None: the format's usual one
+SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 #: Peak below this (about -120 dBFS) is treated as digital silence.
 SILENCE_PEAK = 1e-6
 #: Source rates outside this range are refused: speech below 4 kHz has no usable band, and a
@@ -67,6 +81,22 @@ def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = 
     score, not be left out) returns digital silence unnormalised instead of raising.
     """
     data, rate = read_raw(path)
+    return prepare_samples(data, rate, cfg, name=str(path), warn_stereo=warn_stereo, allow_silent=allow_silent)
+
+
+def prepare_samples(data: np.ndarray, rate: int, cfg: StftConfig, *, name: str = "audio", warn_stereo: bool = True,
+                    allow_silent: bool = False) -> Audio:
+    """The front-end of :func:`load_audio` on a waveform in memory: (samples,) or
+    (samples, channels), any float or int dtype."""
+    path = name
+    data = np.asarray(data)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise AudioError(f"{path}: expected a 1-D waveform or (samples, channels), got shape {data.shape}")
+    if np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
+    data = data.astype(np.float32, copy=False)
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioError(f"{path}: unsupported sample rate {rate} Hz (expected {MIN_RATE} to {MAX_RATE} Hz)")
     n_src, channels = data.shape
@@ -117,16 +147,27 @@ def restore(samples: np.ndarray, audio: Audio, cfg: StftConfig) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int) -> None:
-    """Write atomically (temp file + rename); the format follows the suffix (wav, flac)."""
+def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int, subtype: str | None = None) -> None:
+    """Write atomically (temp file + rename); the format follows the suffix (wav, flac, ogg).
+
+    ``subtype``: PCM_16, PCM_24 or FLOAT; None keeps 32-bit float for WAV (no rounding of the
+    resynthesis) and libsndfile's default (16-bit) for FLAC. FLAC holds no float samples and
+    Ogg Vorbis no PCM, so those combinations are refused."""
     import soundfile as sf
 
     path = Path(path)
     suffix = path.suffix.lower() or ".wav"
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(suffix)
     if fmt is None:
-        raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav or .flac)")
-    subtype = "FLOAT" if fmt == "WAV" else None
+        raise AudioError(f"{path}: unsupported output format {suffix!r} (use .wav, .flac or .ogg)")
+    if subtype is not None and subtype not in SUBTYPES:
+        raise AudioError(f"unknown sample format {subtype!r}; expected one of {', '.join(SUBTYPES)}")
+    if subtype is not None and fmt != "WAV" and not (fmt == "FLAC" and subtype != "FLOAT"):
+        raise AudioError(f"{path}: {fmt} cannot hold {subtype} samples (FLAC: PCM_16 or PCM_24; Ogg: its own)")
+    if subtype is None:
+        subtype = "FLOAT" if fmt == "WAV" else None
+    elif fmt == "OGG":
+        subtype = None
     with atomic_path(path, suffix=suffix) as tmp:
         sf.write(str(tmp), samples, rate, format=fmt, subtype=subtype)
 

@@ -39,11 +39,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The file a checkpoint argument names: the file itself, or a run directory's best.pt
-    (else last.pt)."""
-    path = Path(path)
-    if not path.exists():
-        raise SdmvaeError(f"checkpoint {path} does not exist")
+    """The file a checkpoint argument names: the file itself, a run directory's best.pt
+    (else last.pt), or a released model's name (``vae-m64``, :mod:`sdmvae_cli.released`)."""
+    from sdmvae_cli.released import resolve_model
+
+    path = resolve_model(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
             if (path / name).is_file():
@@ -87,9 +87,22 @@ class LoadedModel:
     checkpoint: dict[str, Any]
     path: str
 
+    def __repr__(self) -> str:
+        """One line (the default dataclass repr would print every weight tensor)."""
+        c = self.model_config
+        arch = c.model + (f" {c.dictionary} dictionary k={c.k}" if c.model == "sdm" else "")
+        n = sum(p.numel() for p in self.model.parameters())
+        dev = next(self.model.parameters()).device
+        epoch = self.checkpoint.get("epoch")
+        return (f"LoadedModel({arch}, latent={c.latent}, hidden={c.hidden}, {n:,} parameters, "
+                f"{self.stft.sample_rate} Hz, epoch={epoch}, device={dev}, path={self.path!r})")
+
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expect_model: str | None = None) -> LoadedModel:
-    """Rebuild a model from a checkpoint file alone (architecture from the stored config)."""
+    """Rebuild a model from a checkpoint file alone (architecture from the stored config).
+
+    ``path``: a file, a run directory or a released model's name (``"vae-m64"``)."""
+    path = checkpoint_file(path)
     data = read_checkpoint(path)
     try:
         cfg = ModelConfig.from_dict(data["config"]["model"])

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from sdmvae_cli.cli_common import err
 
-err = Console(stderr=True, soft_wrap=True)
 
 
 def sweep(

@@ -117,6 +117,8 @@ def random_split(utts: Sequence[Utterance], val: str, test: str, seed: int) -> d
     """Seeded speaker-disjoint split; explicit lists are honoured, counts drawn at random."""
     speakers = speakers_of(utts)
     n = len(speakers)
+    if str(test).strip().lower() == "all":  # evaluation only: every speaker is a test speaker
+        return check_split({"train": [], "validation": [], "test": sorted(speakers)})
     val_spec = _resolve_count(val, n, "val-speakers")
     test_spec = _resolve_count(test, n, "test-speakers")
     chosen: dict[str, list[str]] = {}
@@ -143,7 +145,8 @@ def random_split(utts: Sequence[Utterance], val: str, test: str, seed: int) -> d
 
 
 def load_split_file(path: str | Path) -> dict[str, list[str]]:
-    """JSON ``{"train": [...], "validation": [...], "test": [...]}`` (train may be omitted)."""
+    """JSON ``{"train": [...], "validation": [...], "test": [...]}`` (train may be omitted: all
+    the others); ``{"test": [...]}`` alone is an evaluation-only split (other speakers unused)."""
     path = Path(path)
     try:
         d = json.loads(path.read_text())
@@ -160,8 +163,10 @@ def load_split_file(path: str | Path) -> dict[str, list[str]]:
             out[s] = v
         else:
             raise SdmvaeError(f"split file {path}: {s!r} must be a list of speaker ids")
+    if out["test"] and not out["validation"] and not out["train"]:  # evaluation only (train/validation absent or [])
+        return {"train": [], "validation": [], "test": out["test"]}
     if out["validation"] is None or out["test"] is None:
-        raise SdmvaeError(f"split file {path}: needs 'validation' and 'test' speaker lists")
+        raise SdmvaeError(f"split file {path}: needs 'validation' and 'test' speaker lists (or only 'test': an evaluation-only preparation)")
     return out  # type: ignore[return-value]
 
 
@@ -183,7 +188,9 @@ def fixed_split(utts: Sequence[Utterance], lists: dict[str, list[str] | None], *
             raise SdmvaeError(f"{s} speakers missing from the corpus: {', '.join(missing)}")
         out[s] = sorted(x for x in listed if x in speakers)
     held = set(out["validation"]) | set(out["test"])
-    if lists.get("train"):
+    if lists.get("train") is not None and not lists["train"] and not out["validation"]:
+        out["train"] = []  # evaluation only: the speakers not listed are not used
+    elif lists.get("train"):
         unknown = [x for x in lists["train"] if x not in speakers]  # type: ignore[union-attr]
         if unknown and strict:
             raise SdmvaeError(f"train speakers missing from the corpus: {', '.join(unknown[:5])}")
@@ -194,8 +201,13 @@ def fixed_split(utts: Sequence[Utterance], lists: dict[str, list[str] | None], *
 
 
 def check_split(split: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Train and validation non-empty (test may be empty: a training-only preparation), and
-    no speaker in two splits."""
+    """Train and validation non-empty (test may be empty: a training-only preparation), or
+    both empty with a test split (an evaluation-only preparation, to score a model on one's own
+    speech); no speaker in two splits."""
+    if not split["train"] and not split["validation"]:  # an evaluation-only preparation
+        if not split["test"]:
+            raise SdmvaeError("no speakers in any split")
+        return split
     for a in SPLITS:
         if not split[a] and a != "test":
             raise SdmvaeError(f"the {a} split has no speakers")

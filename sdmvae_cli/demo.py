@@ -1,14 +1,18 @@
 """`sdmvae demo`: resynthesise and score speech on a machine with no corpus, in under a minute.
 
-The input is made here: spoken by espeak-ng when it is installed (synthetic TTS speech), else
-the built-in source-filter signal of :mod:`sdmvae_cli.synthetic`, which is NOT speech and is
-labelled as such. With ``--audio DIR`` real files are used instead (e.g. ../shared/data/dev).
+Default input (``source="speech"``): three short LibriSpeech utterances shipped in the package
+(``sdmvae_cli/demo_audio``, CC BY 4.0, attribution in ATTRIBUTION.txt there), so the first
+thing a new user sees is real speech through a released model. ``espeak`` speaks a few
+sentences with espeak-ng (TTS); ``synthetic`` is the built-in source-filter signal of
+:mod:`sdmvae_cli.synthetic`, which is NOT speech and is labelled as such. ``--audio DIR`` uses
+the user's own files instead.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +29,27 @@ SENTENCES = [
 ]
 
 
+SOURCES = ("speech", "espeak", "synthetic")
+
+
+def demo_speech() -> list[Path]:
+    """The bundled real-speech utterances (sorted by name)."""
+    d = Path(str(resources.files("sdmvae_cli").joinpath("demo_audio")))
+    files = sorted(d.glob("*.flac")) if d.is_dir() else []
+    if not files:
+        raise SdmvaeError("the demo speech is missing from this installation (sdmvae_cli/demo_audio); use --audio DIR or --source synthetic")
+    return files
+
+
 def make_inputs(work: Path, source: str) -> tuple[list[Path], str]:
-    """Write demo inputs; returns (paths, a label saying what they are)."""
+    """The demo inputs; returns (paths, a label saying what they are). Bundled speech is read
+    in place; generated inputs are written under ``work``."""
+    if source not in SOURCES:
+        raise SdmvaeError(f"unknown demo source {source!r}; expected one of {', '.join(SOURCES)}")
+    if source == "speech":
+        return demo_speech(), "real speech: 3 LibriSpeech test-other utterances (CC BY 4.0, bundled; see ATTRIBUTION.txt)"
     work.mkdir(parents=True, exist_ok=True)
-    if source in ("auto", "espeak") and shutil.which("espeak-ng"):
+    if source == "espeak" and shutil.which("espeak-ng"):
         paths = []
         for i, s in enumerate(SENTENCES):
             p = work / f"espeak_{i}.wav"
@@ -47,7 +68,7 @@ def make_inputs(work: Path, source: str) -> tuple[list[Path], str]:
     return paths, "built-in synthetic source-filter signal (NOT speech: harmonics + formants + noise)"
 
 
-def run_demo(out_dir: Path, model: str | None = None, source: str = "auto", audio_dir: Path | None = None, limit: int = 5,
+def run_demo(out_dir: Path, model: str | None = None, source: str = "speech", audio_dir: Path | None = None, limit: int = 5,
              plots: bool = True) -> dict:
     lm = load_for_resynth(model)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,7 @@ from sdmvae_cli.errors import SdmvaeError, UsageError
 from sdmvae_cli.latent_priors import mcem, speech_variance
 from sdmvae_cli.nets import SpectrogramVAE
 from sdmvae_cli.nmf import EPS, NoiseNMF, init_nmf, is_objective, nmf_step, update_H, update_W
+from sdmvae_cli.released import resolve_model  # noqa: F401  (re-exported: cli_enhance, benchmarks)
 from sdmvae_cli.stft import StftConfig, istft, stft
 
 METHODS = ("vem", "mcem")
@@ -249,23 +250,6 @@ def nmf_baseline(spec: torch.Tensor, speech_W: torch.Tensor, opts: EnhanceOption
 
 
 # -- files -------------------------------------------------------------------------------------
-def resolve_model(name: str | None) -> Path:
-    """--model: a checkpoint path, a run directory, or the name of a released model
-    (``vae-m64`` or ``vae-m64.pt``, see models/README.md); None is the default released one."""
-    from sdmvae_cli.resynth import default_model_path, released_dir
-
-    if name is None:
-        return default_model_path()
-    p = Path(name)
-    if p.exists():
-        return p
-    for cand in (released_dir() / name, released_dir() / f"{name}.pt"):
-        if cand.is_file():
-            return cand
-    names = sorted(q.stem for q in released_dir().glob("*.pt")) if released_dir().is_dir() else []
-    raise SdmvaeError(f"--model {name}: no such checkpoint or released model (released: {', '.join(names) or 'none'})")
-
-
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

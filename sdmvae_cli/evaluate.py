@@ -374,19 +374,34 @@ def split_codes(lm, prepared_dir: Path, split: str, batch: int = 65536) -> np.nd
     frames = open_frames(prepared_dir, split)
     out = np.empty((frames.shape[0], lm.model.code_dim), dtype=np.float32)
     for s in range(0, frames.shape[0], batch):
-        x = torch.from_numpy(np.array(frames[s : s + batch], dtype=np.float32))
-        out[s : s + x.shape[0]] = lm.model.interpretable_code(lm.model.encode(x)).numpy()
+        x = torch.from_numpy(np.array(frames[s : s + batch], dtype=np.float32)).to(next(lm.model.parameters()).device)
+        with torch.no_grad():
+            out[s : s + x.shape[0]] = lm.model.interpretable_code(lm.model.encode(x)).cpu().numpy()
     return out
 
 
+def default_eval_dir(ckpt_path: str | Path, split: str) -> Path:
+    """``<run dir>/eval-<split>``; for a released model (inside the installed package, never a
+    place to write) ``./eval-<name>-<split>`` in the current folder."""
+    from sdmvae_cli.released import is_released
+
+    p = Path(ckpt_path)
+    return Path(f"eval-{p.stem}-{split}") if is_released(p) else p.parent / f"eval-{split}"
+
+
 def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
-                        jobs: int = 1, limit: int | None = None, progress_factory=None, overwrite: bool = False) -> EvalResult:
+                        jobs: int = 1, limit: int | None = None, progress_factory=None, overwrite: bool = False,
+                        device: str = "cpu") -> EvalResult:
+    """Score ``ckpt`` (a file, run directory or released name) on a prepared split.
+
+    ``device``: where the split's codes (the batched encoder pass for the pooled Hoyer) are
+    computed; the per-file resynthesis and metrics (PESQ/STOI: CPU code) run in CPU workers."""
     from sdmvae_cli.checkpoint import load_model
     from sdmvae_cli.prepare import load_prepare_info, read_manifest
 
     prepared_dir = Path(prepared_dir)
     lm = load_model(ckpt)
-    out = Path(out_dir) if out_dir else Path(lm.path).parent / f"eval-{split}"
+    out = Path(out_dir) if out_dir else default_eval_dir(lm.path, split)
     check_out_dir(out, overwrite)
     info = load_prepare_info(prepared_dir)
     if info["stft"] != lm.stft.to_dict():
@@ -394,7 +409,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
     entries = read_manifest(prepared_dir, split)
     if limit:
         entries = entries[:limit]
-    codes = split_codes(lm, prepared_dir, split)
+    codes = split_codes(load_model(lm.path, device=device) if str(device) != "cpu" else lm, prepared_dir, split)
     h = hoyer(codes)  # pooled, trimmed frames: the secondary protocol
     bar = progress_factory(len(entries)) if progress_factory else None
     st = Path(lm.path).stat()

@@ -1,6 +1,7 @@
-"""PNG figures: spectrograms in/out, latent activations over time, dictionary atoms, Hoyer histograms.
+"""Figures: spectrograms in/out, latent activations over time, dictionary atoms, Hoyer histograms.
 
-All figures are written atomically and use the non-interactive Agg backend.
+All figures are written atomically and use the non-interactive Agg backend; the format follows
+the file's suffix (.png, .pdf or .svg).
 """
 
 from __future__ import annotations
@@ -23,12 +24,33 @@ def _plt():
     return plt
 
 
+FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+
+
+def figure_format(path: str | Path) -> str:
+    """png, pdf or svg from the suffix; anything else is one error line."""
+    from sdmvae_cli.errors import SdmvaeError
+
+    fmt = FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise SdmvaeError(f"{path}: unsupported figure format {Path(path).suffix or '(none)'!r}; use .png, .pdf or .svg")
+    return fmt
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
+    fmt = figure_format(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, format=fmt)
     _plt().close(fig)
     return path
+
+
+def codes_vmax(codes: Sequence[np.ndarray]) -> float:
+    """One colour-scale top for the codes of several models: the 99.5th percentile of |code|
+    over all of them (so a bright unit means the same in every figure)."""
+    a = np.concatenate([np.abs(c).ravel() for c in codes if c.size]) if codes else np.zeros(0)
+    return float(np.percentile(a, 99.5)) if a.size else 1.0
 
 
 def _db(p: np.ndarray) -> np.ndarray:
@@ -79,14 +101,14 @@ def plot_codes(codes: np.ndarray, hop_s: float, path: Path, title: str = "", vma
     a = np.abs(codes)
     im = ax.imshow(a.T, origin="lower", aspect="auto", extent=[0, codes.shape[0] * hop_s, 0, codes.shape[1]], cmap="viridis",
                    vmin=0, vmax=vmax if vmax is not None else (np.percentile(a, 99.5) if a.size else 1))
-    ax.set_ylabel("latent unit")
-    fig.colorbar(im, ax=[ax, ax2], label="|code|")
+    ax.set_ylabel("latent unit (code dimension)")
+    fig.colorbar(im, ax=[ax, ax2], label="|code| (posterior mean)" + (" (shared scale)" if vmax is not None else ""))
     h = hoyer(codes)
     ax2.plot(np.arange(len(h)) * hop_s, h, lw=0.8)
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("Hoyer")
     ax2.set_xlabel("time (s)")
-    ax.set_title(title or f"latent codes (mean Hoyer {h.mean():.2f})", fontsize=10)
+    ax.set_title(f"{title + ': ' if title else ''}latent codes (mean Hoyer {h.mean():.2f})", fontsize=10)
     return _save(fig, path)
 
 
@@ -96,13 +118,14 @@ def plot_dictionary(d: np.ndarray, path: Path, title: str = "dictionary atoms") 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
     lim = np.abs(d).max()
     im = ax.imshow(d, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax.set_xlabel("atom")
-    ax.set_ylabel("latent dimension")
-    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("atom index (column of D, k)")
+    ax.set_ylabel("latent dimension (row of D, m)")
+    fig.colorbar(im, ax=ax, label="atom value D[i, j]")
     for r in range(min(6, d.shape[1])):
         ax2.plot(d[:, r], label=f"atom {r}")
     ax2.legend(fontsize=7)
-    ax2.set_xlabel("latent dimension")
+    ax2.set_xlabel("latent dimension (row of D, m)")
+    ax2.set_ylabel("atom value")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -112,7 +135,9 @@ def plot_hoyer_histogram(values: np.ndarray, path: Path, title: str) -> Path:
     """Per-frame Hoyer sparsity of one model, on fixed [0, 1] bins so that models compare."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 2.6), dpi=80)
-    ax.hist(np.asarray(values, dtype=np.float64), bins=np.linspace(0, 1, 51), density=True, color="#3b6ea5")
+    v = np.asarray(values, dtype=np.float64)
+    ax.hist(v, bins=np.linspace(0, 1, 51), density=True, color="#3b6ea5", label=f"n={v.size} frames, mean {v.mean():.3f}" if v.size else "no frames")
+    ax.legend(fontsize=7)
     ax.set_xlim(0, 1)
     ax.set_xlabel("Hoyer sparsity per frame", fontsize=8)
     ax.set_ylabel("density", fontsize=8)
@@ -122,7 +147,7 @@ def plot_hoyer_histogram(values: np.ndarray, path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
-def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path) -> Path:
+def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path, title: str = "") -> Path:
     """Per-frame Hoyer sparsity, one histogram per evaluated model (from `sdmvae evaluate` outputs)."""
     from sdmvae_cli.errors import SdmvaeError
     from sdmvae_cli.table import row_label
@@ -135,10 +160,43 @@ def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path) -> Path:
         if not (d / "hoyer_frames.npy").exists():
             raise SdmvaeError(f"{d}: no hoyer_frames.npy (an output directory of `sdmvae evaluate CKPT PREPARED_DIR`)")
         s = json.loads((d / "summary.json").read_text())
-        ax.hist(np.load(d / "hoyer_frames.npy"), bins=bins, histtype="step", density=True,
-                label=f"{row_label(s['model'])}, m={s['model']['latent']}")
+        h = np.load(d / "hoyer_frames.npy")
+        run = Path(s.get("checkpoint", "")).parent.name or d.name
+        ax.hist(h, bins=bins, histtype="step", density=True,
+                label=f"{run}: {row_label(s['model'])}, m={s['model']['latent']} (n={h.size} frames, mean {h.mean():.3f})")
     ax.set_xlabel("Hoyer sparsity of the interpretable code (per frame)")
     ax.set_ylabel("density")
+    ax.set_title(title or "per-frame Hoyer sparsity", fontsize=10)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_loss(history: list[dict], path: Path, title: str = "") -> Path:
+    """Training curves: total loss (train, validation, best epoch), then the Itakura-Saito
+    reconstruction and KL terms apart (their scales differ by orders of magnitude). Epochs are
+    numbered from 0, as everywhere; the ticks are integers."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _plt()
+    ep = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(3, 1, figsize=(6.5, 7), dpi=110, sharex=True)
+    ax = axes[0]
+    ax.plot(ep, [h["train_total"] for h in history], label="train")
+    ax.plot(ep, [h["val_total"] for h in history], label="validation")
+    best = min(history, key=lambda h: h["val_total"])
+    for a in axes:
+        a.axvline(best["epoch"], color="grey", ls=":", label=f"best (epoch {best['epoch']})" if a is ax else None)
+    ax.set_ylabel("total (IS + KL)")
+    ax.legend(fontsize=8)
+    for a, key, name in ((axes[1], "recon", "IS (reconstruction)"), (axes[2], "kl", "KL")):
+        if all(f"train_{key}" in h for h in history):
+            a.plot(ep, [h[f"train_{key}"] for h in history], label="train")
+            a.plot(ep, [h[f"val_{key}"] for h in history], label="validation")
+            a.legend(fontsize=8)
+        a.set_ylabel(name)
+    axes[-1].set_xlabel("epoch (from 0)")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"{title + ': ' if title else ''}loss per frame", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -267,7 +267,10 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
     try:
         for name in SPLITS:
             if not per_split[name]:
-                log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
+                if name != "test" and not per_split["train"] and not per_split["validation"]:
+                    log.info("evaluation-only preparation: no %s split", name)
+                else:
+                    log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
                 if (out_dir / name).is_dir() and _looks_prepared(out_dir / name):
                     shutil.rmtree(out_dir / name)  # a stale split from an earlier run must not be scored
                 continue

@@ -292,28 +292,9 @@ def train(
 
 
 def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:
-    """loss.png: train/validation total loss per epoch."""
+    """loss.png: total, IS and KL losses per epoch, titled with the run (see plots.plot_loss)."""
     if not history:
         return None
-    import matplotlib
+    from sdmvae_cli.plots import plot_loss
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sdmvae_cli.atomic import atomic_path
-
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(ep, [h["train_total"] for h in history], label="train")
-    ax.plot(ep, [h["val_total"] for h in history], label="validation")
-    best = min(history, key=lambda h: h["val_total"])
-    ax.axvline(best["epoch"], color="grey", ls=":", label=f"best (epoch {best['epoch']})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per frame (IS + KL)")
-    ax.legend()
-    fig.tight_layout()
-    out = Path(run_dir) / "loss.png"
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return plot_loss(history, Path(run_dir) / "loss.png", title=Path(run_dir).resolve().name)

@@ -339,7 +339,7 @@ def test_prepare_rewrites_relative_manifest_paths_of_an_old_preparation(world, t
     rows = [json.loads(line) for line in m.read_text().splitlines()]
     m.write_text("".join(json.dumps({**r, "path": os.path.relpath(r["path"])}) + "\n" for r in rows))
     code, out, err = cli(capsys, "prepare", "folder", world["corpus"], p, "--val-speakers", "1", "--test-speakers", "1")
-    assert code == 0 and "up to date" in out, err
+    assert code == 0 and "up to date" in err and out == f"{p.resolve()}\n", err
     assert all(os.path.isabs(json.loads(line)["path"]) for line in m.read_text().splitlines())
     assert json.loads((p / "prepare.json").read_text())["fingerprint"] == fingerprint
 

@@ -118,7 +118,7 @@ def test_cli_train_end_to_end(synthetic_prepared, tmp_path):
     assert r.returncode == 0, r.stderr
     assert {"best.pt", "last.pt", "history.csv", "loss.png", "config.json"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "config.json").read_text())["model"]["alpha"] == 0.5
-    assert "epoch    2" in r.stderr and "done" in r.stdout
+    assert "epoch    2" in r.stderr and "done" in r.stderr and r.stdout.splitlines() == [str(run), str(run / "best.pt")]
     bad = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "sdm", "--dict", "identity", "--k", "32",
                           "--latent", "64", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "identity" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1  # a usage error

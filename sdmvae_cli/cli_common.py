@@ -1,0 +1,114 @@
+"""What every `sdmvae` command module shares: the two consoles, option checks, stdout lines.
+
+The grammar (README, "One CLI grammar"): stdout carries only what a script needs (written
+paths one per line, or one JSON document with ``--json``), printed with plain ``print`` so rich
+never wraps or colours it; tables, progress bars and messages for people go to stderr.
+``-q/--quiet`` silences those (errors excepted), ``-v/--verbose`` adds informational messages;
+both are accepted anywhere on the command line (see :func:`sdmvae_cli.cli.run`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import typer
+from rich.console import Console
+
+term = Console()  # stdout, for commands whose table IS the result (table, models, demo)
+err = Console(stderr=True, soft_wrap=True)  # everything for people
+log = logging.getLogger("sdmvae")
+
+OVERWRITE_HELP = "Replace an existing output (an input is never overwritten)."
+MODEL_HELP = "Checkpoint (a .pt, a run directory) or a released model's name (`sdmvae models --released`); default: the released default."
+DEVICE_HELP = "auto (GPU when present), cpu or cuda."
+SUBTYPE_HELP = "Sample format of written audio: PCM_16, PCM_24 or FLOAT (default: the format's usual one, 16-bit for WAV/FLAC)."
+
+_quiet = False
+
+
+def set_verbosity(quiet: bool, verbose: bool) -> None:
+    """Apply -q/-v for this invocation (an in-process ``run()`` resets it each time)."""
+    global _quiet
+    _quiet = quiet
+    term.quiet = quiet
+    err.quiet = quiet
+    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="warning: %(message)s", stream=sys.stderr, force=True)
+
+
+def quiet() -> bool:
+    return _quiet
+
+
+def bar(total: int, desc: str, unit: str = "file"):
+    """A progress bar on stderr (hidden when not a terminal, or with -q)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=True if _quiet else None, leave=False, file=sys.stderr)
+
+
+def emit(*paths: Any) -> None:
+    """Print what a script needs, one per line on stdout, never through rich."""
+    for p in paths:
+        print(p, flush=True)
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str), flush=True)
+
+
+def folder_meant(p: Path, raw: str | None = None) -> bool:
+    """A trailing ``/`` (or an existing directory) means a folder, whatever the name looks like."""
+    s = raw if raw is not None else str(p)
+    return s.endswith(("/", "\\")) or p.is_dir()
+
+
+def positive(value):
+    """typer callback: a strictly positive number (typer's ``min`` is inclusive)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
+def unit_open(value: float) -> float:
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"must be in (0, 1), got {value}")
+    return value
+
+
+def hidden_sizes(value: str) -> str:
+    try:
+        sizes = [int(h) for h in value.split(",") if h.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter(f"expected positive layer sizes, got {value!r}")
+    return value
+
+
+def arch_name(value: str | None) -> str | None:
+    from sdmvae_cli.nets import model_names
+
+    if value is not None and value not in model_names():
+        raise typer.BadParameter(f"{value!r} is not a model; expected one of {', '.join(model_names())} (see `sdmvae models`)")
+    return value
+
+
+def device_name(value: str) -> str:
+    if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
+        raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def pick_device(device: str):
+    from sdmvae_cli.trainopts import resolve_device
+
+    return resolve_device(device)
+
+
+def listed(items: Iterable[Any]) -> str:
+    return ", ".join(map(str, items))

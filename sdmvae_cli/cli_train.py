@@ -1,0 +1,175 @@
+"""`sdmvae train`: parses options (and ``--config``) and calls :func:`sdmvae_cli.train.train`.
+
+The architecture is ``--arch`` (``--model`` is kept as an alias for older scripts: everywhere
+else ``--model/-m`` is a checkpoint used for inference). ``--config FILE`` starts from a run's
+``config.json`` (or a run directory holding one); options given on the command line override
+it, the others come from the file, then from the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import click
+import typer
+from rich.markup import escape
+
+from sdmvae_cli.cli_common import DEVICE_HELP, arch_name, bar, device_name, emit, emit_json, err, hidden_sizes, positive, unit_open
+from sdmvae_cli.errors import Interrupted, SdmvaeError, UsageError
+
+#: CLI parameter -> ModelConfig field, and -> TrainOptions field (where the names differ)
+MODEL_PARAMS = {"arch": "model", "latent": "latent", "hidden": "hidden", "activation": "activation", "input_transform": "input_transform",
+                "beta": "beta", "dict_": "dictionary", "k": "k", "dict_lr": "dict_lr", "coherence": "coherence", "alpha": "alpha",
+                "c_start": "c_start", "c_end": "c_end", "c_warmup": "c_warmup", "base": "base", "threshold": "threshold",
+                "learn_threshold": "learn_threshold", "gamma_shape": "gamma_shape", "gamma_rate": "gamma_rate", "beta2": "beta2",
+                "samples": "samples"}
+TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "seed": "seed",
+                "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile"}
+#: how to run, not what to compute: always from this command line, never from --config (a run
+#: trained on a GPU is rerun on a laptop without --device cpu)
+EXECUTION = ("device", "cuda_graph", "compile")
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's ``config.json`` (the file, or a run directory holding it)."""
+    f = path / "config.json" if path.is_dir() else path
+    if not f.is_file():
+        raise SdmvaeError(f"--config {path}: no such file (a run's config.json, or its run directory)")
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SdmvaeError(f"--config {f}: not JSON ({type(exc).__name__})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        raise SdmvaeError(f"--config {f}: not a run's config.json (no 'model' section)")
+    return d
+
+
+def merged_config(ctx: click.Context, given: dict, config: dict | None):
+    """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
+    from sdmvae_cli.nets import ModelConfig
+    from sdmvae_cli.train import TrainOptions
+
+    def explicit(name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    model = dict(config["model"]) if config else {}
+    train = dict(config.get("train") or {}) if config else {}
+    for p, f in MODEL_PARAMS.items():
+        if config is None or explicit(p) or f not in model:
+            v = given[p]
+            model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
+    for p, f in TRAIN_PARAMS.items():
+        if config is None or explicit(p) or f not in train or f in EXECUTION:
+            train[f] = given[p]
+    try:
+        return ModelConfig.from_dict(model), TrainOptions.from_dict(train)
+    except SdmvaeError as exc:
+        raise UsageError(f"--config: {exc}") from None
+
+
+def default_run_name(cfg) -> str:
+    parts = [cfg.model, f"m{cfg.latent}"]
+    if cfg.model == "sdm":
+        parts += [cfg.dictionary, f"k{cfg.k}"]
+    elif cfg.model == "vsc":
+        parts.append(f"a{cfg.alpha:g}")
+    elif cfg.model == "threshold":
+        parts += [cfg.base, "learned" if cfg.learn_threshold else f"l{cfg.threshold:g}"]
+    return "-".join(parts)
+
+
+def train(
+    ctx: typer.Context,
+    prepared_dir: Optional[Path] = typer.Argument(None, help="Output of `sdmvae prepare` (default with --config: the run's prepared_dir)."),
+    arch: str = typer.Option("sdm", "--arch", "--model", callback=arch_name, help="Architecture (see `sdmvae models`); --model is the older spelling."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Start from a run's config.json (or its run directory); options given here override it."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<arch>-<config>)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in the run directory (default: refuse)."),
+    latent: int = typer.Option(64, min=1, help="Latent dimension m (paper: 32, 64)."),
+    hidden: str = typer.Option("128", callback=hidden_sizes, help="Hidden layer sizes, comma-separated (encoder; the decoder mirrors it)."),
+    activation: Literal["tanh", "relu"] = typer.Option("tanh", help="tanh or relu."),
+    input_transform: Literal["log", "power"] = typer.Option("log", help="Encoder input: log (log power) or power (raw, as the authors' code)."),
+    beta: float = typer.Option(1.0, min=0, help="KL weight (beta1 for threshold)."),
+    dict_: Literal["dct", "identity", "learned"] = typer.Option("dct", "--dict", help="sdm: dct, identity or learned."),
+    k: int = typer.Option(64, min=1, help="sdm: number of atoms."),
+    dict_lr: float = typer.Option(1e-3, callback=positive, help="sdm --dict learned: the dictionary's learning rate."),
+    coherence: float = typer.Option(0.0, min=0, help="sdm --dict learned: mutual-coherence penalty weight."),
+    alpha: float = typer.Option(0.5, callback=unit_open, help="vsc: prior slab probability."),
+    c_start: float = typer.Option(50.0, callback=positive, help="vsc: initial sharpness c of the spike selection."),
+    c_end: float = typer.Option(200.0, callback=positive, help="vsc: final c."),
+    c_warmup: int = typer.Option(100, min=0, help="vsc: epochs of linear c warm-up."),
+    base: Literal["gaussian", "laplace"] = typer.Option("gaussian", help="threshold: gaussian or laplace base posterior."),
+    threshold: float = typer.Option(0.5, min=0, help="threshold: fixed threshold lambda."),
+    learn_threshold: bool = typer.Option(False, help="threshold: learn lambda with a Gamma posterior/prior."),
+    gamma_shape: float = typer.Option(2.0, callback=positive, help="threshold: Gamma prior shape for lambda."),
+    gamma_rate: float = typer.Option(4.0, callback=positive, help="threshold: Gamma prior rate for lambda."),
+    beta2: float = typer.Option(1.0, min=0, help="threshold: weight of the Gamma KL."),
+    samples: int = typer.Option(1, min=1, help="threshold: J samples per frame, max-ELBO selection."),
+    lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
+    batch_size: int = typer.Option(128, min=1, help="Frames per batch."),
+    epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
+    patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),
+    seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
+    device: str = typer.Option("auto", callback=device_name, help=DEVICE_HELP),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
+    compile_: Literal["auto", "on", "off"] = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA), on, off."),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
+) -> None:
+    """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png.
+
+    stdout: the run folder, then its best.pt (one per line), or JSON with --json; epochs go to stderr."""
+    from sdmvae_cli.train import plot_history, train as run
+
+    given = dict(ctx.params)
+    base_cfg = read_run_config(config) if config is not None else None
+    cfg, opts = merged_config(ctx, given, base_cfg)
+    if prepared_dir is None:
+        if base_cfg is None or not base_cfg.get("prepared_dir"):
+            raise UsageError("give PREPARED_DIR (or --config with a run's config.json that names it)")
+        prepared_dir = Path(base_cfg["prepared_dir"])
+    if resume is not None and overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
+    if resume is not None:
+        run_dir = resume
+    elif out is not None:
+        run_dir = out
+    else:
+        run_dir = Path("runs") / default_run_name(cfg)
+    if resume is None:
+        from sdmvae_cli.nets import build_model
+
+        try:
+            build_model(cfg)  # validate options before touching the run directory
+        except SdmvaeError as exc:
+            raise UsageError(str(exc)) from None
+
+    def on_epoch(r) -> None:
+        mark = "[green]*[/green]" if r.best else " "
+        err.print(f"epoch {r.epoch:4d} {mark} train {r.train_total:10.3f} (IS {r.train_recon:10.3f} KL {r.train_kl:8.3f})  "
+                  f"val {r.val_total:10.3f} (IS {r.val_recon:10.3f} KL {r.val_kl:8.3f})  {r.seconds:6.2f}s {r.frames_per_s:,.0f} frames/s",
+                  highlight=False)
+
+    result = run(prepared_dir, cfg if resume is None else None, opts, run_dir, resume=resume is not None, overwrite=overwrite,
+                 on_epoch=on_epoch, progress_factory=lambda epoch, steps: bar(steps, f"epoch {epoch}", unit="step"))
+    if plot:
+        plot_history(run_dir, result.history)
+    if result.interrupted:
+        if (run_dir / "last.pt").exists():
+            raise Interrupted(f"interrupted: {run_dir}/last.pt holds the last completed epoch; continue with --resume {run_dir}")
+        raise Interrupted(f"interrupted before the first epoch completed: no checkpoint was written in {run_dir}")
+    if not (run_dir / "best.pt").exists():
+        raise SdmvaeError(f"no epoch completed: no checkpoint was written in {run_dir}")
+    why = "early stopping" if result.stopped_early else "epoch limit"
+    err.print(f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {escape(str(run_dir))}/best.pt",
+              highlight=False)
+    if as_json:
+        emit_json({"run_dir": str(run_dir.resolve()), "checkpoint": str((run_dir / "best.pt").resolve()), "best_epoch": result.best_epoch,
+                   "best_val": result.best_val, "epochs": len(result.history), "stopped_early": result.stopped_early,
+                   "history": str((run_dir / "history.csv").resolve())})
+    else:
+        emit(run_dir, run_dir / "best.pt")

@@ -1,0 +1,94 @@
+"""Released checkpoints by name: the one place that turns ``vae-m64`` into a file.
+
+The checkpoints live in ``models/`` of the repository and ship in the wheel as
+``sdmvae_cli/released`` (a link to it in the source tree), so a pip-installed user never has to
+look inside site-packages: every option that takes a checkpoint (``--model/-m``, evaluate's
+CHECKPOINT, ``plot dictionary``, ``export``, the Python API) accepts a released name, resolved
+here. ``default.json`` names the default; ``released.json`` describes each model (data, scores).
+A path that exists always wins over a name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from sdmvae_cli.errors import SdmvaeError
+
+
+def released_dir() -> Path:
+    """The folder of released checkpoints inside the installed package."""
+    return Path(str(resources.files("sdmvae_cli").joinpath("released")))
+
+
+def released_names() -> list[str]:
+    d = released_dir()
+    return sorted(p.stem for p in d.glob("*.pt")) if d.is_dir() else []
+
+
+def default_model_path() -> Path:
+    """The default released checkpoint, named in ``models/default.json`` (see models/README.md)."""
+    index = released_dir() / "default.json"
+    if not index.exists():
+        raise SdmvaeError("no released model is bundled with this installation; pass --model CKPT (a best.pt from `sdmvae train`)")
+    p = released_dir() / json.loads(index.read_text())["default"]
+    if not p.exists():
+        raise SdmvaeError(f"the default released model {p.name} is missing from this installation; pass --model CKPT")
+    return p
+
+
+def released_path(name: str) -> Path | None:
+    """The file of a released model named ``name`` (with or without ``.pt``), else None."""
+    if not name or os.sep in name or "/" in name:
+        return None
+    for cand in (released_dir() / name, released_dir() / f"{name}.pt"):
+        if cand.suffix == ".pt" and cand.is_file():
+            return cand
+    return None
+
+
+def resolve_model(name: str | os.PathLike | None) -> Path:
+    """A checkpoint argument: an existing path (file or run directory), a released model's
+    name, or None for the default released model. Anything else is one error line that lists
+    the released names."""
+    if name is None:
+        return default_model_path()
+    p = Path(name)
+    if p.exists():
+        return p
+    hit = released_path(str(name))
+    if hit is not None:
+        return hit
+    names = released_names()
+    raise SdmvaeError(f"checkpoint {name} does not exist: no such checkpoint or released model "
+                      f"(released: {', '.join(names) or 'none'}; see `sdmvae models --released`)")
+
+
+def is_released(path: str | os.PathLike) -> bool:
+    """True for a file inside the installed package's released folder (never a place to write)."""
+    try:
+        return Path(path).resolve().parent == released_dir().resolve()
+    except OSError:
+        return False
+
+
+def released_models() -> list[dict]:
+    """One dict per released checkpoint: name, file, default flag, description, data, scores."""
+    d = released_dir()
+    try:
+        index = json.loads((d / "released.json").read_text())
+    except (OSError, ValueError):
+        index = {}
+    try:
+        default = json.loads((d / "default.json").read_text())["default"]
+    except (OSError, ValueError, KeyError):
+        default = None
+    rows = []
+    for name in released_names():
+        meta = index.get("models", {}).get(name, {})
+        rows.append({"name": name, "file": str(d / f"{name}.pt"), "default": f"{name}.pt" == default,
+                     "description": meta.get("description", ""), "best_epoch": meta.get("best_epoch"),
+                     "data": index.get("data", ""), "scores": meta.get("scores", {})})
+    return rows
