@@ -11,13 +11,15 @@ JSON with --json), never wrapped by rich; tables and progress for people go to s
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 
 from sdmvae_cli import __version__
 from sdmvae_cli.cli_common import set_verbosity
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, check_interrupt, on_sigint, reset_interrupt
 
 app = typer.Typer(
     add_completion=True,
@@ -100,6 +102,18 @@ def run(argv: list[str] | None = None) -> int:
     """
     args, quiet, verbose = split_global_flags(list(sys.argv[1:] if argv is None else argv))
     set_verbosity(quiet, verbose)
+    reset_interrupt()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args: list[str]) -> int:
     try:
         rv = app(args=args, prog_name="sdmvae", standalone_mode=False)
     except SdmvaeError as exc:
@@ -129,10 +143,27 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(f"internal error: {type(exc).__name__}{': ' + first if first else ''} (a bug; SDMVAE_DEBUG=1 shows the traceback)", 1)
     if rv == 130:  # typer turns KeyboardInterrupt into Exit(130) without a word
         return _fail("interrupted", 130)
+    try:
+        check_interrupt()  # a Ctrl-C swallowed by a library after the last check: still an interruption
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
     return rv if isinstance(rv, int) else 0
 
 
 
 def main() -> None:
-    """Console entry point (see :func:`run`)."""
-    sys.exit(run(sys.argv[1:]))
+    """Console entry point (see :func:`run`).
+
+    After an interruption the process ends at once with 130 (``os._exit`` after flushing):
+    the normal interpreter shutdown can meet the interruption again (worker pools joined at
+    exit, ``python -m``'s runner) and end as "killed by SIGINT" (-2) instead of the promised
+    130. Every output is written atomically, so nothing is lost by skipping the shutdown."""
+    code = run(sys.argv[1:])
+    if code == 130:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    sys.exit(code)

@@ -26,3 +26,28 @@ class Interrupted(SdmvaeError):
     """Ctrl-C (SIGINT) during a run, reported with what was kept: exit code 130 (128 + SIGINT)."""
 
     exit_code = 130
+
+
+# -- Ctrl-C that a library swallows -------------------------------------------------------------
+#: set by :func:`on_sigint`; some third-party code catches every exception (a bare ``except:``),
+#: which can swallow the KeyboardInterrupt of a Ctrl-C; long loops call :func:`check_interrupt`
+#: so the interruption still stops the command.
+_interrupt_requested = False
+
+
+def on_sigint(signum, frame) -> None:
+    """SIGINT handler installed by the CLI: remember the request, then interrupt as usual."""
+    global _interrupt_requested
+    _interrupt_requested = True
+    raise KeyboardInterrupt
+
+
+def reset_interrupt() -> None:
+    global _interrupt_requested
+    _interrupt_requested = False
+
+
+def check_interrupt() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C came and was swallowed on its way up."""
+    if _interrupt_requested:
+        raise KeyboardInterrupt

@@ -44,7 +44,7 @@ from sdmvae_cli.corpus import (
     load_split_file,
     random_split,
 )
-from sdmvae_cli.errors import AudioError, SdmvaeError
+from sdmvae_cli.errors import AudioError, SdmvaeError, check_interrupt
 from sdmvae_cli.stft import StftConfig, min_samples
 
 log = logging.getLogger("sdmvae")
@@ -201,9 +201,11 @@ def prepare_split(
     skipped: list[dict] = []
     n_rows = 0
     n_bins = opts.stft.n_bins
+    check_interrupt()
     with atomic_path(split_dir / "frames.raw") as raw:
         with open(raw, "wb") as fh:
             for res in _results(tasks, opts.jobs):
+                check_interrupt()
                 if progress:
                     progress(1)
                 if res.error is not None:
