@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Literal, Optional
 
-import click
 import typer
 from rich.markup import escape
 
@@ -46,7 +45,7 @@ def read_run_config(path: Path) -> dict:
     return d
 
 
-def merged_config(ctx: click.Context, given: dict, config: dict | None):
+def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
     from sdmvae_cli.nets import ModelConfig
     from sdmvae_cli.train import TrainOptions

@@ -38,7 +38,10 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise SdmvaeError(f"sweep spec {path} does not exist")
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                raise SdmvaeError(f"{path}: TOML specs need Python 3.11 or newer; write the spec as JSON") from None
 
             return tomllib.loads(path.read_text())
         return json.loads(path.read_text())
