@@ -12,12 +12,13 @@ from typing import Optional
 
 import typer
 
+from sdmvae_cli.cli_common import bar, folder_meant
 from sdmvae_cli.errors import SdmvaeError, UsageError
 
 
 def enhance(
     inp: Path = typer.Argument(..., metavar="NOISY", help="A noisy audio file, a directory (mirrored), or with --from-list a text file of paths."),
-    dst: Path = typer.Argument(..., metavar="OUT", help="Output file, or directory."),
+    dst_arg: str = typer.Argument(..., metavar="OUT", help="Output file, or directory (an existing one, or a path ending in /)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint, run directory or released model name (vae-m64, ...); default: the released default."),
     method: str = typer.Option("vem", help="vem (variational EM, fast) or mcem (Monte Carlo EM, Metropolis-Hastings; Leglaive et al. 2018)."),
     iterations: int = typer.Option(40, "--iterations", "-n", help="EM iterations."),
@@ -44,18 +45,15 @@ def enhance(
         raise UsageError(str(exc)) from None  # one line, exit 2
     dev = pick_device(device)
     lm = load_model(resolve_model(model), device=dev)
-    if not from_list and inp.is_dir() and not dst.suffix:
-        dst.mkdir(parents=True, exist_ok=True)
+    dst = Path(dst_arg)
+    if (not from_list and inp.is_dir() and not dst.suffix) or (folder_meant(dst, dst_arg) and not dst.is_dir()):
+        dst.mkdir(parents=True, exist_ok=True)  # `OUT/` means a folder, also for one file
     pairs = plan_outputs(inp, dst, from_list=from_list)
     check_outputs(pairs, overwrite)
-    bar = None
-    if len(pairs) > 1:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(pairs), desc="enhance", unit="file", disable=None, leave=False, file=sys.stderr)
-    failures = enhance_many(pairs, lm, opts, progress=bar.update if bar else None)
-    if bar:
-        bar.close()
+    progress = bar(len(pairs), "enhance") if len(pairs) > 1 else None
+    failures = enhance_many(pairs, lm, opts, progress=progress.update if progress else None)
+    if progress:
+        progress.close()
     failed = {s for s, _ in failures}
     for src, out in pairs:
         if src not in failed:

@@ -135,6 +135,10 @@ def test_cli_round_trip_keeps_rate_and_length(tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(r.stdout.split()) == sorted([str(tmp_path / "dir" / "a.wav"), str(tmp_path / "dir" / "sub" / "b.wav")])
     assert sf.info(str(tmp_path / "dir" / "sub" / "b.wav")).frames == x.size
+    # a trailing / means a folder, also for one file (the one CLI grammar)
+    r = subprocess.run([*CLI, "enhance", str(src), str(tmp_path / "one.wav") + "/", "-n", "2", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "one.wav" / "a.wav") and (tmp_path / "one.wav" / "a.wav").is_file()
 
 
 def test_cli_bad_inputs_are_one_line_errors(tmp_path):
