@@ -12,6 +12,17 @@ class SdmvaeError(Exception):
     exit_code = 1
 
 
+def dataclass_from_dict(cls, d: dict, what: str):
+    """Build the config dataclass ``cls`` from ``d``; an unknown key is a user error (a typo in a
+    spec or a config file must not be silently ignored)."""
+    from dataclasses import fields
+
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise SdmvaeError(f"unknown {what} option(s): {', '.join(sorted(unknown))}")
+    return cls(**d)
+
+
 class AudioError(SdmvaeError):
     """Audio that cannot be used: missing, corrupt, silent, too short, wrong shape."""
 

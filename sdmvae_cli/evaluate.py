@@ -59,7 +59,7 @@ JOURNAL = "per_file.partial.jsonl"
 log = logging.getLogger("sdmvae")
 
 
-def _pkg_version(name: str) -> str:
+def package_version(name: str) -> str:
     try:
         return version(name)
     except PackageNotFoundError:
@@ -69,8 +69,8 @@ def _pkg_version(name: str) -> str:
 def environment() -> dict[str, str]:
     return {
         "sdmvae": __version__,
-        "pesq": _pkg_version("pesq"),
-        "pystoi": _pkg_version("pystoi"),
+        "pesq": package_version("pesq"),
+        "pystoi": package_version("pystoi"),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

@@ -74,6 +74,16 @@ def plot_spectrograms(inp: np.ndarray, out: np.ndarray, hop_s: float, rate: int,
     return _save(fig, path)
 
 
+def _save_small(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """The small figures of the report: one type size for labels, ticks and title."""
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_power(p: np.ndarray, hop_s: float, rate: int, path: Path, title: str, top_db: float | None = None) -> Path:
     """One small power spectrogram in dB; ``top_db`` (e.g. the input's peak) shares the colour
     scale between an input and its resynthesis plotted in separate figures."""
@@ -81,12 +91,7 @@ def plot_power(p: np.ndarray, hop_s: float, rate: int, path: Path, title: str, t
     fig, ax = plt.subplots(figsize=(4.2, 2.2), dpi=80)
     top = _db(p).max() if top_db is None else top_db
     ax.imshow(_db(p).T, origin="lower", aspect="auto", extent=[0, p.shape[0] * hop_s, 0, rate / 2000], vmin=top - 80, vmax=top, cmap="magma")
-    ax.set_ylabel("kHz", fontsize=8)
-    ax.set_xlabel("time (s)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save_small(fig, ax, "time (s)", "kHz", title, path)
 
 
 def plot_codes(codes: np.ndarray, hop_s: float, path: Path, title: str = "", vmax: float | None = None) -> Path:
@@ -139,12 +144,7 @@ def plot_hoyer_histogram(values: np.ndarray, path: Path, title: str) -> Path:
     ax.hist(v, bins=np.linspace(0, 1, 51), density=True, color="#3b6ea5", label=f"n={v.size} frames, mean {v.mean():.3f}" if v.size else "no frames")
     ax.legend(fontsize=7)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("Hoyer sparsity per frame", fontsize=8)
-    ax.set_ylabel("density", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save_small(fig, ax, "Hoyer sparsity per frame", "density", title, path)
 
 
 def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path, title: str = "") -> Path:

@@ -24,7 +24,6 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.evaluate import package_version
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 
@@ -280,18 +280,11 @@ def choose_utterances(runs: Sequence[Run], n: int) -> list[dict]:
 
 
 # -- environment ------------------------------------------------------------------------------
-def _pkg(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def environment() -> dict[str, str]:
     """Versions of what built the page (the evaluations record their own)."""
     env = {"sdmvae": __version__, "python": platform.python_version()}
     for name in ("torch", "numpy", "pesq", "pystoi", "librosa", "soundfile", "matplotlib", "Jinja2"):
-        env[name.lower()] = _pkg(name)
+        env[name.lower()] = package_version(name)
     return env
 
 

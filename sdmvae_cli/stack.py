@@ -212,7 +212,8 @@ class Stack:
     def _capture(self) -> None:
         k, n, b = self.opts.graph_steps, len(self.members), self.opts.batch_size
         self.idx_buf = torch.zeros((k, n, b), dtype=torch.long, device=self.device)
-        self.noise_buf = {name: torch.zeros_like(t) for name, t in self._draw_block_shapes(k).items()}
+        spec = self.template.noise_spec(b)
+        self.noise_buf = {name: torch.zeros((n, k, *shape), device=self.device) for name, (_, shape) in spec.items()}
         g = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(g):
@@ -222,10 +223,6 @@ class Stack:
             first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise SdmvaeError(f"CUDA graph capture failed ({first}); re-run with --no-cuda-graph") from None
         self.graph = g
-
-    def _draw_block_shapes(self, steps: int) -> dict[str, torch.Tensor]:
-        spec = self.template.noise_spec(self.opts.batch_size)
-        return {k: torch.empty((len(self.members), steps, *shape), device=self.device) for k, (_, shape) in spec.items()}
 
     def run_epoch(self, epoch: int) -> int:
         """Train every member for one epoch; returns the frames each member saw.

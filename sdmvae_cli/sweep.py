@@ -79,8 +79,7 @@ def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptio
     for raw in runs:
         run = {**common, **raw}
         template = run.pop("name", None)
-        fmt = {k: v for k, v in run.items()}
-        name = template.format(**fmt) if template else _default_name(run)
+        name = template.format(**run) if template else _default_name(run)
         bad = set(run) - MODEL_FIELDS - TRAIN_FIELDS
         if bad:
             raise SdmvaeError(f"run {name!r}: unknown option(s) {', '.join(sorted(bad))}")

@@ -207,15 +207,19 @@ def train_runs(
     on_epoch: Callable[[Member, EpochRecord], None] | None = None,
     on_done: Callable[[Member], None] | None = None,
     on_group: Callable[[list[Member]], None] | None = None,
+    on_open: Callable[[list[Member]], None] | None = None,
 ) -> list[Member]:
     """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs or scalar
-    hyper-parameters share a stack; stacks run one after another. Returns the members in order.
-    Ctrl-C: every running member keeps its last completed epoch in last.pt; KeyboardInterrupt
-    propagates after the statuses are set."""
+    hyper-parameters share a stack; stacks run one after another. Returns the members in order
+    (also given to ``on_open`` as soon as they exist, for callers that must see them after a
+    Ctrl-C). Ctrl-C: every running member keeps its last completed epoch in last.pt;
+    KeyboardInterrupt propagates after the statuses are set."""
     prepared_dir = Path(prepared_dir)
     info, stft = check_prepared(prepared_dir)
     device = resolve_device(device_name)
     opened = [_open_member(s, info, stft, prepared_dir, device) for s in specs]
+    if on_open:
+        on_open([it[0] for it in opened])
     train_frames, val_frames = open_frames(prepared_dir, "train"), open_frames(prepared_dir, "validation")
     for split, arr in (("train", train_frames), ("validation", val_frames)):
         if arr.shape[1] != stft.n_bins:
@@ -278,16 +282,15 @@ def train(
     interrupted = False
     members: list[Member] = []
     try:
-        members = train_runs(prepared_dir, [spec], opts.device, on_epoch=(lambda m, rec: on_epoch(rec)) if on_epoch else None,
-                             on_group=members.extend)
+        train_runs(prepared_dir, [spec], opts.device, on_epoch=(lambda m, rec: on_epoch(rec)) if on_epoch else None,
+                   on_open=members.extend)
     except KeyboardInterrupt:
+        if not members:  # interrupted before the run was even opened: nothing to report
+            raise
         interrupted = True
-    if not members:  # nothing ran: already stopped (resume) -> report the stored state
-        m, _, _ = _open_member(spec, *check_prepared(Path(prepared_dir)), Path(prepared_dir), resolve_device(opts.device))
-    else:
-        m = members[0]
+    m = members[0]
     if m.status == "diverged":
-        raise TrainingDiverged(m.message.split(": ", 1)[1])
+        raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
     return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted)
 
 

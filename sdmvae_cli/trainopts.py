@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
 
 
 @dataclass
@@ -30,11 +30,7 @@ class TrainOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainOptions":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise SdmvaeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "training")
 
     def validate(self) -> None:
         if not self.lr >= 0:  # 0 freezes the weights (useful in tests); the CLI asks for > 0

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
 
 #: floor added to power before the log input transform (power of a -160 dB bin)
 LOG_FLOOR = 1e-8
@@ -60,11 +60,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise SdmvaeError(f"unknown model option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model")
 
 
 #: the float fields of ModelConfig: hyper-parameters that may differ between members of one
