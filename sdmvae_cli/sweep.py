@@ -113,10 +113,11 @@ def run_sweep(
     Without ``resume`` an existing run folder is an error (nothing is overwritten); with it,
     runs that have a last.pt continue and the others start. KeyboardInterrupt propagates after
     sweep.json is written (every member keeps its last completed epoch)."""
-    from sdmvae_cli.train import RunSpec, train_runs
+    from sdmvae_cli.train import RunSpec, check_prepared, train_runs
 
     out_dir = Path(out_dir)
     runs = expand_spec(read_spec(spec_path))
+    check_prepared(Path(prepared_dir))  # a wrong PREPARED_DIR must not leave an empty --out behind
     specs = []
     for name, cfg, opts in runs:
         opts.device = device

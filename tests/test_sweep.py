@@ -118,3 +118,19 @@ def test_a_diverging_member_stops_alone(synthetic_prepared, tmp_path):
     assert by["blows-up"]["status"] == "diverged" and "blows-up" in by["blows-up"]["message"]
     assert by["fine"]["status"] == "finished" and by["fine"]["epochs"] == 3
     assert [m.name for m in done if m.status == "diverged"] == ["blows-up"]
+
+
+def test_cli_sweep_bad_inputs_leave_nothing(synthetic_prepared, tmp_path):
+    spec = _spec(tmp_path, [{"name": "v0", "model": "vae", "latent": 8}])
+    (tmp_path / "bad.json").write_text("{bad")
+    (tmp_path / "afile").write_text("")
+    cases = [([str(tmp_path / "nope"), str(spec), "--out", str(tmp_path / "o1")], 1, "does not exist"),
+             ([str(synthetic_prepared), str(tmp_path / "missing.json"), "--out", str(tmp_path / "o2")], 1, "does not exist"),
+             ([str(synthetic_prepared), str(tmp_path / "bad.json"), "--out", str(tmp_path / "o3")], 1, "not a valid sweep spec"),
+             ([str(synthetic_prepared), str(spec), "--out", str(tmp_path / "o4"), "--epochs", "0"], 2, "--epochs"),
+             ([str(synthetic_prepared), str(spec), "--out", str(tmp_path / "afile" / "x"), "--device", "cpu"], 1, "afile")]
+    for args, code, words in cases:
+        r = subprocess.run([*CLI, "sweep", *args], capture_output=True, text=True)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == code and len(lines) == 1 and words in lines[0] and not r.stdout, (args, r.stderr)
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
