@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 from sdmvae_cli.cli_common import err
-
+from sdmvae_cli.errors import Interrupted
 
 
 def sweep(
@@ -36,8 +36,8 @@ def sweep(
     try:
         summary = run_sweep(prepared_dir, spec, out, device=device, epochs=epochs, resume=resume, on_epoch=on_epoch, on_done=on_done)
     except KeyboardInterrupt:
-        err.print(f"interrupted: every member keeps its last completed epoch; continue with --resume (see {out}/sweep.json)")
-        raise typer.Exit(130)
+        raise Interrupted(f"interrupted: every member keeps its last completed epoch in its last.pt; continue with --resume "
+                          f"(see {out}/sweep.json)") from None
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

@@ -187,15 +187,25 @@ class Stack:
                 template._hp = None
             return t.total.mean(), torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
 
-        train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
-        self.val_fn = vmap(member_loss, in_dims=(0, 0, None, 0))
+        if len(self.members) == 1:
+            # a stack of one (`sdmvae train`): the same computation without vmap, whose per-op
+            # batching rules cost more than the step itself on a CPU (docs/benchmarks.md)
+            train_fn, self.val_fn = _unstacked(member_loss, x_stacked=True), _unstacked(member_loss, x_stacked=False)
+        else:
+            train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
+            self.val_fn = vmap(member_loss, in_dims=(0, 0, None, 0))
         self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
         x = self.data[idx]
+        # CUDA graphs: gradients allocated inside the capture (the documented pattern); CPU: the
+        # buffers are kept and zeroed, which saves an allocation per parameter per step
         for p in self.params.values():
-            p.grad = None
+            if p.grad is None or self.device.type == "cuda":
+                p.grad = None
+            else:
+                p.grad.zero_()
         means, sums = self.loss_fn(self.params, self.hp, x, noise)
         (means * self.active).sum().backward()
         self.opt.step()
@@ -293,6 +303,20 @@ class Stack:
             "exp_avg": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg.items()},
             "exp_avg_sq": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg_sq.items()},
         }
+
+
+def _unstacked(member_loss: Callable, x_stacked: bool) -> Callable:
+    """``member_loss`` over a stack of exactly one member, called directly: the leading member
+    dimension is squeezed off (a view, so the gradient lands in the stacked parameters at the
+    cost of a reshape) and put back on the outputs: the same signature and shapes as the vmap."""
+
+    def fn(params, hp, x, noise):
+        one = {n: p.squeeze(0) for n, p in params.items()}
+        mean, sums = member_loss(one, {h: v.squeeze(0) for h, v in hp.items()}, x.squeeze(0) if x_stacked else x,
+                                 {k: v.squeeze(0) for k, v in noise.items()})
+        return mean.unsqueeze(0), sums.unsqueeze(0)
+
+    return fn
 
 
 def _slice_frames(v: torch.Tensor, s: int, e: int) -> torch.Tensor:

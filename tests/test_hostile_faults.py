@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,3 +194,34 @@ def test_train_interrupted_then_resumed(prepared, tmp_path, sig):
     r = run("train", prepared, "--resume", run_dir, "--device", "cpu", "--no-plot", "--epochs", str(done + 2))
     assert r.returncode == 0, r.stderr
     assert read_checkpoint(run_dir / "last.pt")["epoch"] == done + 1 and not list(run_dir.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_sweep_interrupted_then_resumed(prepared, tmp_path, sig):
+    """Ctrl-C or kill -9 in the middle of a stacked sweep: every member keeps a loadable last.pt,
+    and `--resume` continues each of them where its last completed epoch left it."""
+    from sdmvae_cli.checkpoint import read_checkpoint
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"common": {"model": "vae", "latent": 8, "lr": 1e-3, "batch_size": 64, "epochs": 300},
+                                "runs": [{"name": "a", "seed": 0}, {"name": "b", "seed": 1}]}))
+    out = tmp_path / "sw"
+    p = start("sweep", prepared, spec, "--out", out, "--device", "cpu")
+    wait_for(lambda: all((out / n / "last.pt").exists() for n in "ab"), p)
+    time.sleep(0.3)  # land somewhere inside an epoch or a checkpoint write
+    code, err = signal_group(p, sig)
+    if sig == signal.SIGINT:
+        lines = [line for line in err.splitlines() if line.strip() and not re.match(r"\s*\S+ epoch +\d+ ", line)]
+        assert code == 130 and len(lines) == 1 and "--resume" in lines[0], err
+    else:
+        assert code == -signal.SIGKILL
+    done = {n: read_checkpoint(out / n / "last.pt")["epoch"] for n in "ab"}
+    target = max(done.values()) + 2
+    r = run("sweep", prepared, spec, "--out", out, "--device", "cpu", "--resume", "--epochs", target)
+    assert r.returncode == 0, r.stderr
+    for n in "ab":
+        ck = read_checkpoint(out / n / "last.pt")
+        assert ck["epoch"] == target - 1 and [h["epoch"] for h in ck["history"]] == list(range(target))
+        assert not list((out / n).glob(".*.tmp"))
+    sw = json.loads((out / "sweep.json").read_text())
+    assert [m["status"] for m in sw["members"]] == ["finished", "finished"]

@@ -40,7 +40,13 @@ def test_members_equal_separate_runs(synthetic_prepared, tmp_path, family):
         alone = train(synthetic_prepared, ModelConfig(**kw), TrainOptions(**{**COMMON, "seed": run["seed"], "lr": run.get("lr", COMMON["lr"]),
                                                                              "device": "cpu"}), tmp_path / f"alone-{run['name']}")
         stacked = json.loads(json.dumps(read_checkpoint(tmp_path / "sw" / run["name"] / "last.pt")["history"]))
-        assert [h["val_total"] for h in stacked] == pytest.approx([h["val_total"] for h in alone.history], rel=1e-5, abs=1e-3)
+        got, want = [h["val_total"] for h in stacked], [h["val_total"] for h in alone.history]
+        # a run alone skips vmap (same maths, other kernels): the first epoch agrees to float
+        # rounding; with J > 1 samples the max-ELBO choice among them (eq. 9) is discontinuous, so
+        # rounding-level differences can flip a choice and grow over later epochs
+        later = 2e-3 if family.get("samples", 1) > 1 else 1e-5
+        assert got[0] == pytest.approx(want[0], rel=1e-5, abs=1e-3)
+        assert got[1:] == pytest.approx(want[1:], rel=later, abs=1e-3)
         a = read_checkpoint(tmp_path / f"alone-{run['name']}" / "last.pt")["model_state"]
         b = load_model(tmp_path / "sw" / run["name"] / "best.pt").model.state_dict()
         assert set(a) == set(b)
