@@ -124,6 +124,9 @@ def init_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 class Stack:
     """N members of one architecture on one device, trained in lock-step epochs."""
 
+    #: use vmap even for a single member (benchmarks/single_run_path.py compares both paths)
+    always_vmap: bool = False
+
     def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
                  val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
         self.device = device
@@ -187,7 +190,7 @@ class Stack:
                 template._hp = None
             return t.total.mean(), torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
 
-        if len(self.members) == 1:
+        if len(self.members) == 1 and not self.always_vmap:
             # a stack of one (`sdmvae train`): the same computation without vmap, whose per-op
             # batching rules cost more than the step itself on a CPU (docs/benchmarks.md)
             train_fn, self.val_fn = _unstacked(member_loss, x_stacked=True), _unstacked(member_loss, x_stacked=False)
