@@ -88,7 +88,7 @@ def evaluate(
 def table(
     results: List[Path] = typer.Argument(..., help="summary.json files (or evaluation folders) from `sdmvae evaluate` (checkpoint or folder mode)."),
     fmt: Literal["rich", "markdown", "csv"] = typer.Option("rich", "--format", "-f", help="rich, markdown or csv."),
-    layout: Literal["runs", "table1"] = typer.Option("runs", "--layout", "-l", help="runs (one row per summary) or table1 (the paper's layout, mean ± std over seeds)."),
+    layout: Literal["runs", "table1", "orderings"] = typer.Option("runs", "--layout", "-l", help="runs (one row per summary), table1 (the paper's layout, mean ± std over seeds) or orderings (which differences hold for every seed)."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (any --format; rich as plain text) instead of stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:

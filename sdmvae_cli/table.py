@@ -8,6 +8,9 @@ Two layouts:
   SDM-VAE with its dictionary and k; ...), columns the latent size m, each with the paper's
   metrics; runs of one configuration that differ only in their seed are aggregated as
   mean ± std over seeds (n = number of seeds).
+- ``orderings``: for each m and metric, the configurations ranked by their mean over seeds,
+  and for each neighbouring pair whether the order holds for every seed (seeds matched by
+  number), so a reader sees which differences are larger than the seed noise.
 
 Column headers say which numbers are comparable with the paper: ``pesq_nb`` (raw P.862
 narrow-band, the paper's PESQ), ``estoi`` (the paper's "STOI" column) and ``hoyer`` (eq. 12,
@@ -262,6 +265,71 @@ def render_table1(rows: list[RunRow], fmt: str, keys: tuple[str, ...] = PAPER_KE
     return _render_grid(head, body, fmt, "Table 1: mean ± std over seeds (seeds per m in the last column)", n_left=1)
 
 
+# -- which orderings hold for every seed --------------------------------------------------------
+ORDER_KEYS = PAPER_KEYS + ("pesq_wb",)
+
+
+@dataclass
+class Step:
+    """One link of an ordering chain: ``higher`` scores above ``lower`` in ``holds`` of the
+    ``paired`` seeds both configurations were run with (matched by seed number)."""
+
+    m: int
+    key: str
+    higher: Group
+    lower: Group
+    holds: int
+    paired: int
+
+    @property
+    def every_seed(self) -> bool:
+        return self.paired >= 2 and self.holds == self.paired
+
+
+def ordering_steps(rows: list[RunRow], keys: tuple[str, ...] = ORDER_KEYS) -> list[Step]:
+    """For each m and metric, configurations sorted by their mean over seeds, and for each
+    neighbouring pair the number of seeds in which the order holds. A chain of links that hold
+    for every seed holds for every seed end to end (per seed, > is transitive)."""
+    steps = []
+    groups = [g for g in aggregate(rows) if g.m is not None]
+    for m in sorted({g.m for g in groups}):
+        for key in keys:
+            ranked = sorted((g for g in groups if g.m == m and g.values[key].mean is not None), key=lambda g: -g.values[key].mean)
+            for hi, lo in zip(ranked, ranked[1:]):
+                a = {r.seed: r.values[key].mean for r in hi.runs if r.seed is not None and r.values[key].mean is not None}
+                b = {r.seed: r.values[key].mean for r in lo.runs if r.seed is not None and r.values[key].mean is not None}
+                common = sorted(set(a) & set(b))
+                steps.append(Step(m, key, hi, lo, sum(a[s] > b[s] for s in common), len(common)))
+    return steps
+
+
+def render_orderings(rows: list[RunRow], fmt: str):
+    steps = ordering_steps(rows)
+    if not steps:
+        raise SdmvaeError("the orderings layout needs checkpoint summaries of at least two configurations at one m")
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["m", "metric", "higher", "lower", "higher_mean", "lower_mean", "seeds_holding", "seeds_paired", "every_seed"])
+        for st in steps:
+            w.writerow([st.m, st.key, st.higher.label, st.lower.label, _num(st.higher.values[st.key].mean),
+                        _num(st.lower.values[st.key].mean), st.holds, st.paired, int(st.every_seed)])
+        return buf.getvalue()
+    body = []
+    for (m, key) in dict.fromkeys((st.m, st.key) for st in steps):
+        chain = [st for st in steps if (st.m, st.key) == (m, key)]
+        text = _cell(chain[0].higher, key)
+        for st in chain:
+            text += f" {'>' if st.every_seed else '~'} ({st.holds}/{st.paired}) " + _cell(st.lower, key)
+        body.append([str(m), HEADERS[key], text])
+    return _render_grid(["m", "metric", "configurations by mean; '>' holds for every seed, '~' not (seeds holding/paired)"],
+                        body, fmt, "Which orderings hold for every seed", n_left=3)
+
+
+def _cell(g: Group, key: str) -> str:
+    return f"{g.label} {fmt_stat(g.values[key], key, with_std=False)}"
+
+
 def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.6g}"
 
@@ -290,4 +358,6 @@ def render(paths: list[Path], fmt: str = "rich", layout: str = "runs") -> Any:
         return render_runs(rows, fmt)
     if layout == "table1":
         return render_table1(rows, fmt)
-    raise SdmvaeError(f"unknown layout {layout!r}; expected runs or table1")
+    if layout == "orderings":
+        return render_orderings(rows, fmt)
+    raise SdmvaeError(f"unknown layout {layout!r}; expected runs, table1 or orderings")

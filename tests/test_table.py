@@ -1,0 +1,66 @@
+"""`sdmvae table`: seeds aggregated as mean ± std, and which orderings hold for every seed."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sdmvae_cli.table import ordering_steps, read_summaries, render
+
+CLI = [sys.executable, "-m", "sdmvae_cli"]
+
+
+def _summary(path, model: dict, seed: int, scores: dict):
+    """The fields of an `sdmvae evaluate` summary that the table reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    s = {"kind": "checkpoint", "split": "test", "data_fingerprint": "f", "settings": {"hoyer": "paper"},
+         "model": {"latent": 64, "input_transform": "log", "beta": 1.0, **model},
+         "train": {"seed": seed, "lr": 1e-4, "batch_size": 128},
+         "metrics": {k: {"mean": v, "std": 0.1, "n": 150} for k, v in scores.items()}}
+    path.write_text(json.dumps(s))
+    return path
+
+
+@pytest.fixture
+def three_seeds(tmp_path):
+    """VAE and SDM-VAE, 3 seeds: SDM-VAE is sparser in every seed; PESQ crosses over in seed 2."""
+    vae = {"pesq_nb": [3.0, 3.1, 3.2], "estoi": [0.85, 0.86, 0.87], "hoyer": [0.30, 0.31, 0.29]}
+    sdm = {"pesq_nb": [3.15, 3.25, 3.05], "estoi": [0.84, 0.85, 0.86], "hoyer": [0.55, 0.60, 0.50]}
+    paths = []
+    for name, model, sc in (("vae", {"model": "vae"}, vae), ("sdm", {"model": "sdm", "dictionary": "dct", "k": 64}, sdm)):
+        for seed in range(3):
+            paths.append(_summary(tmp_path / f"{name}-s{seed}" / "summary.json", model, seed, {k: v[seed] for k, v in sc.items()}))
+    return paths, vae, sdm
+
+
+def test_table1_mean_and_std_over_seeds(three_seeds):
+    paths, vae, sdm = three_seeds
+    rows = list(csv.DictReader(io.StringIO(render(paths, "csv", "table1"))))
+    by = {r["model"]: r for r in rows}
+    assert by["VAE"]["seeds"] == "3" and by["SDM-VAE (DCT, k=64)"]["seeds"] == "3"
+    for key in ("pesq_nb", "hoyer"):
+        assert float(by["VAE"][key]) == pytest.approx(np.mean(vae[key]), rel=1e-5)
+        assert float(by["SDM-VAE (DCT, k=64)"][f"{key}_std"]) == pytest.approx(np.std(sdm[key], ddof=1), rel=1e-5)
+
+
+def test_orderings_say_which_hold_for_every_seed(three_seeds, tmp_path):
+    paths, _, _ = three_seeds
+    steps = {(s.key, s.higher.label): s for s in ordering_steps(read_summaries(paths))}
+    hoyer = steps[("hoyer", "SDM-VAE (DCT, k=64)")]
+    assert hoyer.lower.label == "VAE" and (hoyer.holds, hoyer.paired) == (3, 3) and hoyer.every_seed
+    pesq = steps[("pesq_nb", "SDM-VAE (DCT, k=64)")]  # higher mean (3.15 vs 3.10), but not in seed 2
+    assert (pesq.holds, pesq.paired) == (2, 3) and not pesq.every_seed
+    estoi = steps[("estoi", "VAE")]  # VAE higher in every seed
+    assert estoi.every_seed
+    md = render(paths, "markdown", "orderings")
+    assert "SDM-VAE (DCT, k=64) 0.550 > (3/3) VAE 0.300" in md and "~ (2/3)" in md
+    # one seed only: nothing can hold "for every seed"
+    one = [p for p in paths if p.parent.name.endswith("s0")]
+    assert not any(s.every_seed for s in ordering_steps(read_summaries(one)))
+    r = subprocess.run([*CLI, "table", *map(str, paths), "--layout", "orderings", "--format", "csv"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("m,metric,higher,lower") and '64,hoyer,"SDM-VAE (DCT, k=64)",VAE,0.55,0.3,3,3,1' in r.stdout
