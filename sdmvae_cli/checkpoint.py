@@ -134,7 +134,29 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
     return LoadedModel(model, cfg, stft, data, str(path))
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> dict[str, Any]:
+def best_by_validation(candidates: list[str | os.PathLike]) -> tuple[Path, dict[str, float]]:
+    """The checkpoint of lowest best validation loss among runs of the same prepared data (the
+    rule for releases: seeds are chosen on validation, never on test). Returns the winner and
+    every candidate's loss. Runs on other data (another fingerprint) are not comparable: error."""
+    files = [checkpoint_file(c) for c in candidates]
+    losses: dict[str, float] = {}
+    prints = set()
+    for f in files:
+        data = read_checkpoint(f)
+        val = data.get("best_val")
+        if not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
+            raise SdmvaeError(f"{f}: no finite validation loss recorded; cannot choose by validation")
+        losses[str(f)] = float(val)
+        prints.add(data.get("data_fingerprint"))
+    if len(prints) > 1:
+        raise SdmvaeError("the candidates were trained on different prepared data (data fingerprints differ): "
+                          "their validation losses are not comparable")
+    best = min(files, key=lambda f: losses[str(f)])
+    return best, losses
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False,
+                      chosen_by: dict[str, Any] | None = None) -> dict[str, Any]:
     """A release copy: model, config, history and data fingerprint, without optimizer/RNG state.
 
     About a third of the size of a training checkpoint; it still loads with :func:`load_model`
@@ -150,5 +172,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
     data = read_checkpoint(src_file)
     keep = {k: v for k, v in data.items() if k not in ("optimizer_state", "rng", "format", "format_version", "package_version")}
     keep["exported_from"] = str(src_file.name)
+    if chosen_by:
+        keep["chosen_by"] = chosen_by
     save_checkpoint(dst, keep)
     return keep

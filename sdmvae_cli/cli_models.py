@@ -4,6 +4,7 @@ and `sdmvae export`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import List
 
 import typer
 from rich.markup import escape
@@ -66,13 +67,22 @@ def _released(as_json: bool) -> None:
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help=MODEL_HELP.replace("; default: the released default", "")),
+    checkpoints: List[Path] = typer.Argument(..., help=MODEL_HELP.replace("; default: the released default", "")
+                                             + " Several: the one of lowest validation loss is released (seeds of one configuration)."),
     dst: Path = typer.Argument(..., help="Release file to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable."""
-    from sdmvae_cli.checkpoint import export_checkpoint
+    """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
+    Given several (e.g. the seeds of one configuration), release the best by validation loss."""
+    from sdmvae_cli.checkpoint import best_by_validation, export_checkpoint
 
-    export_checkpoint(checkpoint, dst, overwrite=overwrite)
-    err.print(f"wrote {escape(str(dst))} ({dst.stat().st_size / 1e6:.2f} MB)")
+    chosen_by = None
+    src = checkpoints[0]
+    if len(checkpoints) > 1:
+        src, losses = best_by_validation(checkpoints)
+        chosen_by = {"rule": "lowest validation loss", "validation_losses": losses}
+        for path, val in losses.items():
+            err.print(f"{'*' if path == str(src) else ' '} {escape(path)}: validation loss {val:.4f}", highlight=False)
+    export_checkpoint(src, dst, overwrite=overwrite, chosen_by=chosen_by)
+    err.print(f"wrote {escape(str(dst))} from {escape(str(src))} ({dst.stat().st_size / 1e6:.2f} MB)")
     emit(dst)

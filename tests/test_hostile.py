@@ -479,6 +479,31 @@ def test_export_never_replaces_its_input(world, tmp_path, capsys):
     assert cli(capsys, "export", ck, tmp_path / "rel.pt", "--overwrite")[0] == 0
 
 
+def test_export_of_several_seeds_releases_the_best_by_validation(world, tmp_path, capsys):
+    """`export A B C DST`: the release is the candidate of lowest validation loss (never a test
+    score); candidates trained on other prepared data are not comparable."""
+    from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
+
+    base = read_checkpoint(world["ckpt"])
+    cands = []
+    for seed, val in enumerate((-10.0, -30.0, -20.0)):
+        d = {k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")}
+        d["best_val"] = val
+        save_checkpoint(tmp_path / f"s{seed}" / "best.pt", d)
+        cands.append(tmp_path / f"s{seed}" / "best.pt")
+    code, out, err = cli(capsys, "export", *cands, tmp_path / "rel.pt")
+    assert code == 0, err
+    rel = read_checkpoint(tmp_path / "rel.pt")
+    assert rel["best_val"] == -30.0 and rel["chosen_by"]["rule"] == "lowest validation loss"
+    assert sorted(rel["chosen_by"]["validation_losses"].values()) == [-30.0, -20.0, -10.0]
+    assert out.strip() == str(tmp_path / "rel.pt") and "* " + str(cands[1]) in err
+    d = {k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")}
+    d["data_fingerprint"] = "other data"
+    save_checkpoint(tmp_path / "other" / "best.pt", d)
+    fails(capsys, 1, "not comparable", "export", cands[0], tmp_path / "other" / "best.pt", tmp_path / "rel2.pt")
+    assert not (tmp_path / "rel2.pt").exists()
+
+
 def test_train_refuses_an_existing_run_folder(world, tmp_path, capsys):
     import shutil
 
