@@ -12,6 +12,7 @@ dict, a config that does not rebuild the stored weights) is one :class:`SdmvaeEr
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -134,29 +135,79 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
     return LoadedModel(model, cfg, stft, data, str(path))
 
 
-def best_by_validation(candidates: list[str | os.PathLike]) -> tuple[Path, dict[str, float]]:
-    """The checkpoint of lowest best validation loss among runs of the same prepared data (the
-    rule for releases: seeds are chosen on validation, never on test). Returns the winner and
-    every candidate's loss. Runs on other data (another fingerprint) are not comparable: error."""
-    files = [checkpoint_file(c) for c in candidates]
-    losses: dict[str, float] = {}
-    prints = set()
-    for f in files:
-        data = read_checkpoint(f)
-        val = data.get("best_val")
-        if not isinstance(val, (int, float)) or val != val or val in (float("inf"), float("-inf")):
-            raise SdmvaeError(f"{f}: no finite validation loss recorded; cannot choose by validation")
-        losses[str(f)] = float(val)
-        prints.add(data.get("data_fingerprint"))
-    if len(prints) > 1:
+#: loss weights that change what a validation loss measures (not the model it is a bound for)
+OBJECTIVE_WEIGHTS = ("beta", "beta2", "coherence")
+
+
+@dataclass
+class Choice:
+    """The outcome of :func:`best_by_validation`: the winner, every candidate's loss, and the rule."""
+
+    best: Path
+    losses: dict[str, float]
+    criterion: str
+
+    def record(self) -> dict[str, Any]:
+        return {"rule": f"lowest {self.criterion}", "validation_losses": self.losses, "chosen": str(self.best)}
+
+
+def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
+    """The candidate of lowest validation loss (the release rule: seeds and settings are chosen
+    on validation, never on test), among runs of the same prepared data.
+
+    The loss is the one of the epoch whose weights the file holds (a last.pt is not ranked by
+    its best epoch). When the candidates share their loss weights (beta, beta2, coherence) it is
+    the training objective on validation; when they do not, a beta-weighted total is no common
+    yardstick, so they are ranked by the unit-weight bound IS reconstruction + KL (the
+    thresholded model stores its KL already weighted: refused). Other data: refused."""
+    files = list(dict.fromkeys(checkpoint_file(c) for c in candidates))
+    datas = [read_checkpoint(f) for f in files]
+    if len({d.get("data_fingerprint") for d in datas}) > 1:
         raise SdmvaeError("the candidates were trained on different prepared data (data fingerprints differ): "
                           "their validation losses are not comparable")
+    models = [d["config"].get("model", {}) for d in datas]
+    unit = len({tuple(m.get(w) for w in OBJECTIVE_WEIGHTS) for m in models}) > 1
+    if unit and any(m.get("model") == "threshold" for m in models):
+        raise SdmvaeError("thresholded candidates with different loss weights (beta, beta2): their validation losses "
+                          "are not comparable; choose among runs of one weighting")
+    losses = {str(f): _validation_loss(f, d, unit) for f, d in zip(files, datas)}
     best = min(files, key=lambda f: losses[str(f)])
-    return best, losses
+    crit = ("validation IS reconstruction + KL at unit weights (the candidates' beta/coherence differ)" if unit
+            else "validation loss (the training objective)")
+    return Choice(best, losses, crit)
+
+
+def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool) -> float:
+    rec = next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
+    if rec is None:
+        raise SdmvaeError(f"{f}: no validation loss recorded for its epoch; cannot choose by validation")
+    val = rec["val_recon"] + rec["val_kl"] if unit_weights else rec["val_total"]
+    if not isinstance(val, (int, float)) or not math.isfinite(val):
+        raise SdmvaeError(f"{f}: its validation loss is {val}; cannot choose by validation")
+    return float(val)
+
+
+def check_export_destination(dst: str | os.PathLike, inputs: list[Path], overwrite: bool) -> None:
+    """Never an input, an existing file only with ``overwrite``, and never a training checkpoint
+    (resumable), not even with it: `export s0 s1 s2` with the destination forgotten must not
+    turn s2 into a release copy."""
+    from sdmvae_cli.outputs import check_file_destination
+
+    check_file_destination(dst, inputs=inputs, overwrite=overwrite)
+    if Path(dst).is_file() and _is_training_checkpoint(Path(dst)):
+        raise SdmvaeError(f"{dst} is a training checkpoint (resumable); export never replaces one "
+                          "(was the destination forgotten after several checkpoints?)")
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    try:
+        return "optimizer_state" in read_checkpoint(path)
+    except SdmvaeError:
+        return False  # not a checkpoint at all: the usual --overwrite rule decides
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False,
-                      chosen_by: dict[str, Any] | None = None) -> dict[str, Any]:
+                      choice: Choice | None = None, inputs: list[Path] | None = None) -> dict[str, Any]:
     """A release copy: model, config, history and data fingerprint, without optimizer/RNG state.
 
     About a third of the size of a training checkpoint; it still loads with :func:`load_model`
@@ -164,15 +215,14 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, overwrite:
     and an existing file is replaced only with ``overwrite``. The copy is checked to load
     before it is written.
     """
-    from sdmvae_cli.outputs import check_file_destination
-
     src_file = checkpoint_file(src)
-    check_file_destination(dst, inputs=[src_file], overwrite=overwrite)
+    check_export_destination(dst, [src_file, *(inputs or [])], overwrite)
     load_model(src_file)  # refuse to release a file that does not rebuild its model
     data = read_checkpoint(src_file)
     keep = {k: v for k, v in data.items() if k not in ("optimizer_state", "rng", "format", "format_version", "package_version")}
-    keep["exported_from"] = str(src_file.name)
-    if chosen_by:
-        keep["chosen_by"] = chosen_by
+    # a release of a release keeps the record of where the weights came from and how they won
+    keep["exported_from"] = str(src_file.name) + (f" (exported from {data['exported_from']})" if data.get("exported_from") else "")
+    if choice is not None:
+        keep["chosen_by"] = choice.record() | ({"earlier": data["chosen_by"]} if data.get("chosen_by") else {})
     save_checkpoint(dst, keep)
     return keep

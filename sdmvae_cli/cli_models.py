@@ -74,15 +74,20 @@ def export(
 ) -> None:
     """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
     Given several (e.g. the seeds of one configuration), release the best by validation loss."""
-    from sdmvae_cli.checkpoint import best_by_validation, export_checkpoint
+    from sdmvae_cli.checkpoint import best_by_validation, check_export_destination, checkpoint_file, export_checkpoint
 
-    chosen_by = None
-    src = checkpoints[0]
-    if len(checkpoints) > 1:
-        src, losses = best_by_validation(checkpoints)
-        chosen_by = {"rule": "lowest validation loss", "validation_losses": losses}
-        for path, val in losses.items():
-            err.print(f"{'*' if path == str(src) else ' '} {escape(path)}: validation loss {val:.4f}", highlight=False)
-    export_checkpoint(src, dst, overwrite=overwrite, chosen_by=chosen_by)
+    if len(checkpoints) == 1:
+        export_checkpoint(checkpoints[0], dst, overwrite=overwrite)
+        src = checkpoints[0]
+    else:
+        # every candidate is an input: a forgotten DST must not turn the last candidate into one
+        inputs = [checkpoint_file(c) for c in checkpoints]
+        check_export_destination(dst, inputs, overwrite)
+        choice = best_by_validation(checkpoints)
+        for path, val in choice.losses.items():
+            err.print(f"{'*' if path == str(choice.best) else ' '} {escape(path)}: {val:.4f}", highlight=False)
+        err.print(f"chosen by the {choice.criterion}", highlight=False)
+        src = choice.best
+        export_checkpoint(src, dst, overwrite=overwrite, choice=choice, inputs=inputs)
     err.print(f"wrote {escape(str(dst))} from {escape(str(src))} ({dst.stat().st_size / 1e6:.2f} MB)")
     emit(dst)

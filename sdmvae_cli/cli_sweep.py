@@ -36,7 +36,7 @@ def sweep(
     try:
         summary = run_sweep(prepared_dir, spec, out, device=device, epochs=epochs, resume=resume, on_epoch=on_epoch, on_done=on_done)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: every member keeps its last completed epoch in its last.pt; continue with --resume "
+        raise Interrupted(f"interrupted: each member that completed an epoch keeps it in its last.pt; continue with --resume "
                           f"(see {out}/sweep.json)") from None
     if as_json:
         print(json.dumps(summary, indent=2))

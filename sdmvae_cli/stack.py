@@ -3,8 +3,11 @@
 Why: a step of these 513-128-m networks is launch-bound on a GPU and under-fills a CPU core.
 The members' parameters are stacked along a leading dimension and the step runs under
 ``torch.func.vmap``, so every matrix product becomes one batched product: one step does the
-work of N runs at about the cost of one. ``sdmvae train`` is this engine with N = 1, so a
-member of a sweep is, by construction, the computation of the same run trained alone:
+work of N runs at about the cost of one. ``sdmvae train`` is this engine with N = 1 (called
+without vmap, whose per-op overhead dominates a lone member on a CPU: the same maths on other
+kernels, so equal to float rounding, which the max-of-J choice of a thresholded model with
+J > 1 can amplify over epochs). A member of a sweep is the computation of the same run trained
+alone:
 
 - its own permutation generator (seeded with its seed) draws its batches;
 - its own noise generator draws all of its sampling noise, a block of ``graph_steps`` steps

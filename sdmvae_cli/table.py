@@ -288,17 +288,29 @@ class Step:
 
 def ordering_steps(rows: list[RunRow], keys: tuple[str, ...] = ORDER_KEYS) -> list[Step]:
     """For each m and metric, configurations sorted by their mean over seeds, and for each
-    neighbouring pair the number of seeds in which the order holds. A chain of links that hold
-    for every seed holds for every seed end to end (per seed, > is transitive)."""
+    neighbouring pair the number of seeds in which the order holds. Seeds are matched by number
+    over the seeds that EVERY ranked configuration has, so a chain of links that hold for every
+    seed holds end to end (per seed, > is transitive). Summaries of another split or other
+    prepared data, and a seed repeated within a configuration, are refused: they would be ranked
+    as if they were seeds or configurations."""
+    checkpoint_rows = [r for r in rows if r.m is not None]
+    sources = {tuple(json.loads(r.group).get(k) for k in ("split", "data")) for r in checkpoint_rows}
+    if len(sources) > 1:
+        raise SdmvaeError("the orderings layout needs summaries of one split of one prepared dataset; got "
+                          + ", ".join(sorted(f"{sp} split of data {fp}" for sp, fp in sources)))
     steps = []
-    groups = [g for g in aggregate(rows) if g.m is not None]
+    groups = aggregate(checkpoint_rows)
+    for g in groups:
+        seeds = [r.seed for r in g.runs if r.seed is not None]
+        if len(seeds) != len(set(seeds)):
+            raise SdmvaeError(f"{g.label} (m={g.m}) has two summaries of one seed ({', '.join(r.path for r in g.runs)}); "
+                              "give each run once")
     for m in sorted({g.m for g in groups}):
         for key in keys:
             ranked = sorted((g for g in groups if g.m == m and g.values[key].mean is not None), key=lambda g: -g.values[key].mean)
-            for hi, lo in zip(ranked, ranked[1:]):
-                a = {r.seed: r.values[key].mean for r in hi.runs if r.seed is not None and r.values[key].mean is not None}
-                b = {r.seed: r.values[key].mean for r in lo.runs if r.seed is not None and r.values[key].mean is not None}
-                common = sorted(set(a) & set(b))
+            per = [{r.seed: r.values[key].mean for r in g.runs if r.seed is not None and r.values[key].mean is not None} for g in ranked]
+            common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+            for (hi, a), (lo, b) in zip(zip(ranked, per), zip(ranked[1:], per[1:])):
                 steps.append(Step(m, key, hi, lo, sum(a[s] > b[s] for s in common), len(common)))
     return steps
 

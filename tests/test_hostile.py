@@ -482,26 +482,65 @@ def test_export_never_replaces_its_input(world, tmp_path, capsys):
 def test_export_of_several_seeds_releases_the_best_by_validation(world, tmp_path, capsys):
     """`export A B C DST`: the release is the candidate of lowest validation loss (never a test
     score); candidates trained on other prepared data are not comparable."""
+    import shutil
+
     from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
 
     base = read_checkpoint(world["ckpt"])
     cands = []
     for seed, val in enumerate((-10.0, -30.0, -20.0)):
         d = {k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")}
-        d["best_val"] = val
+        d["history"] = [dict(h, val_total=val) if h["epoch"] == d["epoch"] else h for h in d["history"]]
         save_checkpoint(tmp_path / f"s{seed}" / "best.pt", d)
         cands.append(tmp_path / f"s{seed}" / "best.pt")
     code, out, err = cli(capsys, "export", *cands, tmp_path / "rel.pt")
     assert code == 0, err
     rel = read_checkpoint(tmp_path / "rel.pt")
-    assert rel["best_val"] == -30.0 and rel["chosen_by"]["rule"] == "lowest validation loss"
+    assert rel["chosen_by"]["chosen"] == str(cands[1]) and rel["chosen_by"]["rule"].startswith("lowest validation loss")
     assert sorted(rel["chosen_by"]["validation_losses"].values()) == [-30.0, -20.0, -10.0]
     assert out.strip() == str(tmp_path / "rel.pt") and "* " + str(cands[1]) in err
+    # the destination forgotten: the last candidate would be it; a training checkpoint is never replaced
+    shutil.copy(world["ckpt"], tmp_path / "train.pt")
+    before = digest([tmp_path / "train.pt"])
+    fails(capsys, 1, "training checkpoint", "export", *cands, tmp_path / "train.pt", "--overwrite")
+    assert digest([tmp_path / "train.pt"]) == before
+    # a release of a release keeps where it came from
+    assert cli(capsys, "export", tmp_path / "rel.pt", tmp_path / "s2" / "best.pt", tmp_path / "rel3.pt")[0] == 0
+    rel3 = read_checkpoint(tmp_path / "rel3.pt")
+    assert rel3["chosen_by"]["earlier"]["chosen"] == str(cands[1]) and "exported from best.pt" in rel3["exported_from"]
     d = {k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")}
     d["data_fingerprint"] = "other data"
     save_checkpoint(tmp_path / "other" / "best.pt", d)
     fails(capsys, 1, "not comparable", "export", cands[0], tmp_path / "other" / "best.pt", tmp_path / "rel2.pt")
     assert not (tmp_path / "rel2.pt").exists()
+
+
+def test_best_by_validation_across_kl_weights(world, tmp_path):
+    """Candidates trained with another beta: a beta-weighted total is no common yardstick, so the
+    unit-weight bound (reconstruction + KL) ranks them; a thresholded model (KL stored weighted) is refused."""
+    import copy
+
+    from sdmvae_cli.checkpoint import best_by_validation, read_checkpoint, save_checkpoint
+    from sdmvae_cli.errors import SdmvaeError
+
+    base = read_checkpoint(world["ckpt"])
+    files = []
+    # beta 0.1: small weighted total, but the worse bound; beta 1: the better bound
+    for name, beta, total, recon, kl in (("b0.1", 0.1, -100.0, -60.0, 30.0), ("b1", 1.0, -50.0, -80.0, 30.0)):
+        d = copy.deepcopy({k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")})
+        d["config"]["model"]["beta"] = beta
+        d["history"] = [dict(h, val_total=total, val_recon=recon, val_kl=kl) if h["epoch"] == d["epoch"] else h for h in d["history"]]
+        save_checkpoint(tmp_path / name / "best.pt", d)
+        files.append(tmp_path / name / "best.pt")
+    choice = best_by_validation(files)
+    assert choice.best == files[1] and "unit weights" in choice.criterion and choice.losses[str(files[0])] == -30.0
+    same = best_by_validation([files[0], files[0]])  # one candidate twice: the objective itself
+    assert same.best == files[0] and "training objective" in same.criterion
+    d = read_checkpoint(files[0])
+    d["config"]["model"]["model"] = "threshold"
+    save_checkpoint(tmp_path / "thr" / "best.pt", {k: v for k, v in d.items() if k not in ("format", "format_version", "package_version")})
+    with pytest.raises(SdmvaeError, match="not comparable"):
+        best_by_validation([tmp_path / "thr" / "best.pt", files[1]])
 
 
 def test_train_refuses_an_existing_run_folder(world, tmp_path, capsys):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.table import ordering_steps, read_summaries, render
 
 CLI = [sys.executable, "-m", "sdmvae_cli"]
@@ -64,3 +65,23 @@ def test_orderings_say_which_hold_for_every_seed(three_seeds, tmp_path):
     r = subprocess.run([*CLI, "table", *map(str, paths), "--layout", "orderings", "--format", "csv"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("m,metric,higher,lower") and '64,hoyer,"SDM-VAE (DCT, k=64)",VAE,0.55,0.3,3,3,1' in r.stdout
+
+
+def test_orderings_pair_the_seeds_of_the_whole_chain_and_refuse_mixtures(three_seeds, tmp_path):
+    """A configuration missing a seed shrinks the pairing for every link (else a chain of '>'
+    could hide a reversal in that seed); another split, or a seed given twice, is refused."""
+    paths, _, _ = three_seeds
+    extra = [_summary(tmp_path / f"vsc-s{s}" / "summary.json", {"model": "vsc", "alpha": 0.5}, s, {"hoyer": v})
+             for s, v in ((0, 0.40), (1, 0.45))]  # no seed 2
+    steps = [s for s in ordering_steps(read_summaries(paths + extra)) if s.key == "hoyer"]
+    assert [s.higher.label for s in steps] == ["SDM-VAE (DCT, k=64)", "VSC (alpha=0.5)"] and all(s.paired == 2 for s in steps)
+    other = json.loads(paths[0].read_text())
+    other["split"] = "validation"
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "summary.json").write_text(json.dumps(other))
+    with pytest.raises(SdmvaeError, match="one split"):
+        ordering_steps(read_summaries(paths + [tmp_path / "val" / "summary.json"]))
+    (tmp_path / "dup").mkdir()
+    (tmp_path / "dup" / "summary.json").write_text(paths[0].read_text())
+    with pytest.raises(SdmvaeError, match="two summaries of one seed"):
+        ordering_steps(read_summaries(paths + [tmp_path / "dup" / "summary.json"]))
