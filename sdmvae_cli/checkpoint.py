@@ -170,18 +170,24 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
     if unit and any(m.get("model") == "threshold" for m in models):
         raise SdmvaeError("thresholded candidates with different loss weights (beta, beta2): their validation losses "
                           "are not comparable; choose among runs of one weighting")
-    losses = {str(f): _validation_loss(f, d, unit) for f, d in zip(files, datas)}
+    stops = {(d["config"].get("train") or {}).get("stop_on", "mean") for d in datas}
+    if len(stops) > 1 or (unit and stops == {"median"}):
+        raise SdmvaeError("the candidates were stopped on different validation statistics (mean, median) or on the median "
+                          "with different loss weights: their validation losses are not comparable")
+    key = "val_median" if stops == {"median"} else "val_total"
+    losses = {str(f): _validation_loss(f, d, unit, key) for f, d in zip(files, datas)}
     best = min(files, key=lambda f: losses[str(f)])
     crit = ("validation IS reconstruction + KL at unit weights (the candidates' beta/coherence differ)" if unit
+            else "median per-frame validation loss (the runs' early-stopping statistic)" if key == "val_median"
             else "validation loss (the training objective)")
     return Choice(best, losses, crit)
 
 
-def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool) -> float:
+def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool, key: str = "val_total") -> float:
     rec = next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
-    if rec is None:
+    if rec is None or key not in rec:
         raise SdmvaeError(f"{f}: no validation loss recorded for its epoch; cannot choose by validation")
-    val = rec["val_recon"] + rec["val_kl"] if unit_weights else rec["val_total"]
+    val = rec["val_recon"] + rec["val_kl"] if unit_weights else rec[key]
     if not isinstance(val, (int, float)) or not math.isfinite(val):
         raise SdmvaeError(f"{f}: its validation loss is {val}; cannot choose by validation")
     return float(val)

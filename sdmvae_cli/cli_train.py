@@ -24,7 +24,7 @@ MODEL_PARAMS = {"arch": "model", "latent": "latent", "hidden": "hidden", "activa
                 "c_start": "c_start", "c_end": "c_end", "c_warmup": "c_warmup", "base": "base", "threshold": "threshold",
                 "learn_threshold": "learn_threshold", "gamma_shape": "gamma_shape", "gamma_rate": "gamma_rate", "beta2": "beta2",
                 "samples": "samples"}
-TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "seed": "seed",
+TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "stop_on": "stop_on", "seed": "seed",
                 "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile"}
 #: how to run, not what to compute: always from this command line, never from --config (a run
 #: trained on a GPU is rerun on a laptop without --device cpu)
@@ -112,6 +112,8 @@ def train(
     batch_size: int = typer.Option(128, min=1, help="Frames per batch."),
     epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
     patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),
+    stop_on: Literal["mean", "median"] = typer.Option("mean", help="Validation statistic for early stopping and best.pt: mean "
+                                                      "(the paper's validation loss) or median of the per-frame losses (robust)."),
     seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
     device: str = typer.Option("auto", callback=device_name, help=DEVICE_HELP),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),

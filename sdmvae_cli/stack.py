@@ -185,21 +185,28 @@ class Stack:
     def _make_loss_fns(self) -> None:
         template = self.template
 
-        def member_loss(params, hp, x, noise):
+        def member_terms(params, hp, x, noise):
             template._hp = hp
             try:
-                t = functional_call(template, (params, self.buffers), (x, noise))
+                return functional_call(template, (params, self.buffers), (x, noise))
             finally:
                 template._hp = None
+
+        def member_loss(params, hp, x, noise):
+            t = member_terms(params, hp, x, noise)
             return t.total.mean(), torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
+
+        def member_val(params, hp, x, noise):  # per-frame totals too: the median needs them
+            t = member_terms(params, hp, x, noise)
+            return t.total, torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
 
         if len(self.members) == 1 and not self.always_vmap:
             # a stack of one (`sdmvae train`): the same computation without vmap, whose per-op
             # batching rules cost more than the step itself on a CPU (docs/benchmarks.md)
-            train_fn, self.val_fn = _unstacked(member_loss, x_stacked=True), _unstacked(member_loss, x_stacked=False)
+            train_fn, self.val_fn = _unstacked(member_loss, x_stacked=True), _unstacked(member_val, x_stacked=False)
         else:
             train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
-            self.val_fn = vmap(member_loss, in_dims=(0, 0, None, 0))
+            self.val_fn = vmap(member_val, in_dims=(0, 0, None, 0))
         self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
@@ -276,7 +283,10 @@ class Stack:
 
     @torch.no_grad()
     def validate(self) -> torch.Tensor:
-        """Per-member mean (total, recon, kl) per validation frame, with fixed noise: (N, 3)."""
+        """Per member, with fixed noise: the mean (total, recon, kl) per validation frame and the
+        median of the per-frame total, (N, 4). The median is the robust early-stopping statistic
+        (``stop_on="median"``): a VAE's mean validation loss can be dominated by a handful of
+        loud frames (docs/results.md)."""
         self.template.eval()
         n_val = self.val.shape[0]
         if self._val_noise is None:
@@ -286,13 +296,16 @@ class Stack:
             self._val_noise = {k: torch.stack([p[k] for p in per]) for k in spec}
         vb = max(256, self.opts.val_batch // max(1, len(self.members)))
         sums = torch.zeros((len(self.members), 3), dtype=torch.float64, device=self.device)
+        totals = []
         for s in range(0, n_val, vb):
             e = min(n_val, s + vb)
             noise = {k: _slice_frames(v, s, e) for k, v in self._val_noise.items()}
-            _, part = self.val_fn(self.params, self.hp, self.val[s:e], noise)
+            frame_totals, part = self.val_fn(self.params, self.hp, self.val[s:e], noise)
             sums += part.double()
+            totals.append(frame_totals)
         self.template.train()
-        return sums / n_val
+        median = torch.cat(totals, 1).median(dim=1).values.double()
+        return torch.cat([sums / n_val, median[:, None]], 1)
 
     # -- per-member state ------------------------------------------------------------------------
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
@@ -312,7 +325,7 @@ class Stack:
 
 
 def _unstacked(member_loss: Callable, x_stacked: bool) -> Callable:
-    """``member_loss`` over a stack of exactly one member, called directly: the leading member
+    """``member_loss`` (or ``member_val``) over a stack of exactly one member, called directly: the leading member
     dimension is squeezed off (a view, so the gradient lands in the stacked parameters at the
     cost of a reshape) and put back on the outputs: the same signature and shapes as the vmap."""
 
@@ -377,9 +390,10 @@ def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], 
         if cb.on_done:
             cb.on_done(m)
         return
-    improved = va[0] < m.best_val
+    crit = va[3] if m.opts.stop_on == "median" else va[0]
+    improved = crit < m.best_val
     if improved:
-        m.best_val, m.best_epoch, m.since_best = va[0], epoch, 0
+        m.best_val, m.best_epoch, m.since_best = crit, epoch, 0
     else:
         m.since_best += 1
     rec = EpochRecord(epoch, *tr, *va, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved)

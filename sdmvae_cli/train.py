@@ -120,7 +120,8 @@ def write_history(run_dir: Path, history: list[dict]) -> None:
     if not history:
         return
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    fields = list(dict.fromkeys(k for h in history for k in h))  # a resumed older run lacks the newer columns
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows(history)
     write_text(run_dir / "history.csv", buf.getvalue())

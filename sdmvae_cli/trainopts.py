@@ -20,6 +20,7 @@ class TrainOptions:
     device: str = "auto"  # auto | cpu | cuda
     cuda_graph: bool = True
     compile: str = "auto"  # auto (= on with CUDA) | on | off: torch.compile of the stacked loss
+    stop_on: str = "mean"  # validation statistic for early stopping and best.pt: mean (the paper) | median of per-frame losses
     graph_steps: int = 32  # steps per CUDA graph replay, and per block of pre-drawn noise
     val_batch: int = 16384
     max_device_fraction: float = 0.5  # of free device memory (or host RAM) for resident frames
@@ -40,6 +41,8 @@ class TrainOptions:
                 raise SdmvaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.patience < 1:
             raise SdmvaeError(f"--patience must be >= 1, got {self.patience}")
+        if self.stop_on not in ("mean", "median"):
+            raise SdmvaeError(f"--stop-on must be mean or median, got {self.stop_on!r}")
         if self.compile not in ("auto", "on", "off"):
             raise SdmvaeError(f"--compile must be auto, on or off, got {self.compile!r}")
 
@@ -57,6 +60,7 @@ class EpochRecord:
     val_total: float
     val_recon: float
     val_kl: float
+    val_median: float  # median over validation frames of the per-frame total
     seconds: float
     frames_per_s: float
     best: bool = False

@@ -140,3 +140,38 @@ def test_cli_sweep_bad_inputs_leave_nothing(synthetic_prepared, tmp_path):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == code and len(lines) == 1 and words in lines[0] and not r.stdout, (args, r.stderr)
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_validation_mean_and_median_per_member(synthetic_prepared, tmp_path):
+    """Stack.validate gives each member's mean (total, recon, kl) and the median per-frame total,
+    equal to the member's model run alone on the validation frames with the same noise; with
+    stop_on="median" the best epoch is the one of lowest median."""
+    import numpy as np
+
+    from sdmvae_cli.frames import FrameSource, open_frames
+    from sdmvae_cli.nets import build_model
+    from sdmvae_cli.stack import Member, Stack, init_state
+
+    cfg = ModelConfig(model="vae", latent=8)
+    members = []
+    for i in range(2):
+        m = Member(f"m{i}", cfg, TrainOptions(seed=i, batch_size=64), tmp_path)
+        m.perm_gen, m.noise_gen = torch.Generator().manual_seed(i), torch.Generator().manual_seed(9 + i)
+        members.append(m)
+    src = FrameSource.create(open_frames(synthetic_prepared, "train"), torch.device("cpu"), 1 << 30)
+    val = torch.from_numpy(np.array(open_frames(synthetic_prepared, "validation")))
+    stack = Stack(members, [init_state(cfg, i) for i in range(2)], [None, None], src, val, torch.device("cpu"), False, False)
+    stack.run_epoch(0)
+    got = stack.validate()
+    for i in range(2):
+        alone = build_model(cfg)
+        alone.load_state_dict(stack.member_state(i))
+        alone.eval()
+        with torch.no_grad():
+            t = alone.loss(val, {k: v[i] for k, v in stack._val_noise.items()})
+        want = [t.total.mean(), t.recon.mean(), t.kl.mean(), t.total.median()]
+        assert got[i].tolist() == pytest.approx([float(w) for w in want], rel=1e-4)
+    r = train(synthetic_prepared, cfg, TrainOptions(**{**COMMON, "epochs": 4, "device": "cpu", "stop_on": "median"}), tmp_path / "med")
+    medians = [h["val_median"] for h in r.history]
+    assert r.best_epoch == int(np.argmin(medians)) and r.best_val == pytest.approx(min(medians))
+    assert "val_median" in (tmp_path / "med" / "history.csv").read_text().splitlines()[0]
