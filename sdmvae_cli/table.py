@@ -154,11 +154,13 @@ def read_summary(p: Path) -> RunRow:
     else:
         m = s["model"]
         train = s.get("train") or {}
+        stop_on = train.get("stop_on", "mean")
         ident = {"model": m, "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
-                 "data": s.get("data_fingerprint")}
+                 "data": s.get("data_fingerprint"), "stop_on": stop_on}
         label = row_label(m)
-        if train.get("lr") not in (None, 1e-4):
-            label = label[:-1] + f", lr={train['lr']:g}]" if label.endswith("]") else f"{label} [lr={train['lr']:g}]"
+        for note, show in ((f"lr={train.get('lr', 1e-4):g}", train.get("lr") not in (None, 1e-4)), ("median stop", stop_on != "mean")):
+            if show:
+                label = label[:-1] + f", {note}]" if label.endswith("]") else f"{label} [{note}]"
         row = RunRow(_run_name(p), str(p), label, int(m["latent"]), train.get("seed"),
                      json.dumps(ident, sort_keys=True), row_key(m))
     row.values = {k: _metric(s, k) for k, _, _ in COLUMNS}
