@@ -325,15 +325,16 @@ class Stack:
 
 
 def _unstacked(member_loss: Callable, x_stacked: bool) -> Callable:
-    """``member_loss`` (or ``member_val``) over a stack of exactly one member, called directly: the leading member
-    dimension is squeezed off (a view, so the gradient lands in the stacked parameters at the
-    cost of a reshape) and put back on the outputs: the same signature and shapes as the vmap."""
+    """``member_loss`` (or ``member_val``) over a stack of exactly one member, called directly:
+    the leading member dimension is squeezed off (a view, so the gradient lands in the stacked
+    parameters at the cost of a reshape) and put back on the outputs: the same signature and
+    shapes as the vmap."""
 
     def fn(params, hp, x, noise):
         one = {n: p.squeeze(0) for n, p in params.items()}
-        mean, sums = member_loss(one, {h: v.squeeze(0) for h, v in hp.items()}, x.squeeze(0) if x_stacked else x,
-                                 {k: v.squeeze(0) for k, v in noise.items()})
-        return mean.unsqueeze(0), sums.unsqueeze(0)
+        first, sums = member_loss(one, {h: v.squeeze(0) for h, v in hp.items()}, x.squeeze(0) if x_stacked else x,
+                                  {k: v.squeeze(0) for k, v in noise.items()})
+        return first.unsqueeze(0), sums.unsqueeze(0)  # the mean loss, or the per-frame totals
 
     return fn
 
