@@ -74,20 +74,16 @@ def export(
 ) -> None:
     """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
     Given several (e.g. the seeds of one configuration), release the best by validation loss."""
-    from sdmvae_cli.checkpoint import best_by_validation, check_export_destination, checkpoint_file, export_checkpoint
+    from sdmvae_cli.checkpoint import best_by_validation, export_checkpoint
 
-    if len(checkpoints) == 1:
-        export_checkpoint(checkpoints[0], dst, overwrite=overwrite)
-        src = checkpoints[0]
-    else:
-        # every candidate is an input: a forgotten DST must not turn the last candidate into one
-        inputs = [checkpoint_file(c) for c in checkpoints]
-        check_export_destination(dst, inputs, overwrite)
-        choice = best_by_validation(checkpoints)
+    choice = best_by_validation(checkpoints) if len(checkpoints) > 1 else None
+    # every candidate is an input: a forgotten DST must not turn the last candidate into one
+    inputs = [Path(p) for p in choice.losses] if choice else None
+    src = choice.best if choice else checkpoints[0]
+    export_checkpoint(src, dst, overwrite=overwrite, choice=choice, inputs=inputs)
+    if choice:
         for path, val in choice.losses.items():
             err.print(f"{'*' if path == str(choice.best) else ' '} {escape(path)}: {val:.4f}", highlight=False)
         err.print(f"chosen by the {choice.criterion}", highlight=False)
-        src = choice.best
-        export_checkpoint(src, dst, overwrite=overwrite, choice=choice, inputs=inputs)
     err.print(f"wrote {escape(str(dst))} from {escape(str(src))} ({dst.stat().st_size / 1e6:.2f} MB)")
     emit(dst)

@@ -39,7 +39,7 @@ from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.frames import FrameSource
 from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
 from sdmvae_cli.nets.base import SCALAR_HPARAMS, draw_noise
-from sdmvae_cli.trainopts import EpochRecord, TrainOptions
+from sdmvae_cli.trainopts import PER_MEMBER_OPTIONS, EpochRecord, TrainOptions
 
 log = logging.getLogger("sdmvae")
 
@@ -114,7 +114,7 @@ def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
     import json
 
     structural = {k: v for k, v in cfg.to_dict().items() if k not in SCALAR_HPARAMS}
-    shared_opts = {k: v for k, v in opts.to_dict().items() if k not in ("lr", "seed", "patience", "epochs")}
+    shared_opts = {k: v for k, v in opts.to_dict().items() if k not in PER_MEMBER_OPTIONS}
     return json.dumps([structural, shared_opts], sort_keys=True)
 
 

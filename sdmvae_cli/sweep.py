@@ -9,7 +9,7 @@ A spec (JSON, or TOML by suffix) names runs by any ModelConfig / TrainOptions fi
 
 ``grid`` (one dict or a list of dicts) is the cartesian product of its list values (``hidden``,
 itself a list, is given as a list of lists there); ``name`` is a format string over the run's
-options. Runs that differ only in seed, lr, patience, epochs or scalar hyper-parameters share
+options. Runs that differ only in seed, lr, patience, epochs, stop_on or scalar hyper-parameters share
 one stack (:mod:`sdmvae_cli.stack`); each writes ``OUT/<name>/`` exactly as `sdmvae train`.
 """
 

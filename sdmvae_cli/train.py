@@ -210,7 +210,7 @@ def train_runs(
     on_group: Callable[[list[Member]], None] | None = None,
     on_open: Callable[[list[Member]], None] | None = None,
 ) -> list[Member]:
-    """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs or scalar
+    """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs, stop_on or scalar
     hyper-parameters share a stack; stacks run one after another. Returns the members in order
     (also given to ``on_open`` as soon as they exist, for callers that must see them after a
     Ctrl-C). Ctrl-C: every running member keeps its last completed epoch in last.pt;

@@ -47,8 +47,9 @@ class TrainOptions:
             raise SdmvaeError(f"--compile must be auto, on or off, got {self.compile!r}")
 
 
-#: options that may differ between members of one stack (the rest must be equal)
-PER_MEMBER_OPTIONS = ("lr", "seed", "patience", "epochs")
+#: options that may differ between members of one stack (the rest must be equal): each member
+#: has its own learning rate, generators, early-stopping state and statistic, and epoch cap
+PER_MEMBER_OPTIONS = ("lr", "seed", "patience", "epochs", "stop_on")
 
 
 @dataclass

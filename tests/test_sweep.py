@@ -175,3 +175,12 @@ def test_validation_mean_and_median_per_member(synthetic_prepared, tmp_path):
     medians = [h["val_median"] for h in r.history]
     assert r.best_epoch == int(np.argmin(medians)) and r.best_val == pytest.approx(min(medians))
     assert "val_median" in (tmp_path / "med" / "history.csv").read_text().splitlines()[0]
+    # one stack may mix the statistics: each member stops on its own
+    runs = [{"name": "on-mean", "model": "vae", "latent": 8, "epochs": 4},
+            {"name": "on-median", "model": "vae", "latent": 8, "epochs": 4, "seed": 1, "stop_on": "median"}]
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu")
+    assert s["stacks"] == [2]
+    for name, key in (("on-mean", "val_total"), ("on-median", "val_median")):
+        ck = read_checkpoint(tmp_path / "sw" / name / "last.pt")
+        vals = [h[key] for h in ck["history"]]
+        assert ck["best_epoch"] == int(np.argmin(vals)) and ck["best_val"] == pytest.approx(min(vals))
