@@ -7,7 +7,17 @@ Output layout (OUT_DIR)::
     <split>/manifest.jsonl       one line per utterance (id, speaker, path, rates, frames)
     <split>/frames.npy           float32 (frames x 513), opened as a memmap by training
     <split>/speakers.txt
-    <split>/.done.json           the split's key: a re-run with the same inputs skips it
+    <split>/.done.json           the split's keys: a re-run with the same inputs skips it
+
+Two keys per split, for two jobs. The *skip key* (options, utterance ids, file sizes and
+mtimes) is cheap to recompute and says whether a re-run has anything to do. The *content key*
+(options that shape the frames, utterance ids and speakers, and the SHA-256 of each audio
+file's bytes) is what the data fingerprint in ``prepare.json`` is made of: no paths and no
+mtimes, so the same corpus prepared on two machines (say a laptop and a GPU box) has one
+fingerprint, and runs trained on either can be compared by ``export``. A preparation made
+before content keys existed gets them on its next run without recomputing any frame, and its
+old fingerprint is kept in ``previous_fingerprints`` so that ``train --resume`` still accepts
+its checkpoints.
 
 float32 because full-scale power exceeds float16's range (65504): a peak-normalised tone
 reaches (sum of the window)^2 / 4 ~ 1e5 in its bin.
@@ -48,7 +58,7 @@ from sdmvae_cli.errors import AudioError, SdmvaeError, check_interrupt
 from sdmvae_cli.stft import StftConfig, min_samples
 
 log = logging.getLogger("sdmvae")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: content-based fingerprint, per-file sha256 in manifests
 
 
 @dataclass
@@ -91,7 +101,7 @@ def _process(args: tuple[int, str, str, str, dict, bool, float]) -> FileResult:
 
     index, utt_id, speaker, path, cfg_d, trim, top_db = args
     cfg = StftConfig.from_dict(cfg_d)
-    meta = {"id": utt_id, "speaker": speaker, "path": path}
+    meta = {"id": utt_id, "speaker": speaker, "path": path, "sha256": file_sha256(path)}
     try:
         audio = load_audio(path, cfg, warn_stereo=False)
     except AudioError as exc:
@@ -136,10 +146,35 @@ def _results(tasks: list[tuple], jobs: int) -> Iterator[FileResult]:
 
 
 def _split_key(utts: Sequence[Utterance], opts: PrepareOptions) -> str:
+    """The skip key: cheap (stat only), so it may use mtimes; never used as the fingerprint."""
     h = hashlib.sha256(json.dumps(opts.key_dict(), sort_keys=True).encode())
     for u in utts:
         st = u.path.stat()
         h.update(f"{u.utt_id}|{u.speaker}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """SHA-256 of a file's bytes (None when it cannot be read: the decoder says why)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def content_key(files: Sequence[tuple[str, str, str | None]], opts: PrepareOptions) -> str:
+    """A split's identity from what shapes its frames: the options (less the split file's
+    path, which differs between machines; the split it describes is in the utterance list)
+    and each (utterance id, speaker, file sha256), in any order."""
+    d = opts.key_dict()
+    d.pop("split_file")
+    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+    for uid, spk, digest in sorted(files, key=lambda t: (t[0], t[1], t[2] or "")):
+        h.update(f"{uid}|{spk}|{digest}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -192,6 +227,9 @@ def prepare_split(
         done = json.loads(done_file.read_text())
         if done.get("key") == key:
             _absolute_manifest(split_dir, utts)
+            if "content_key" not in done:  # prepared before content keys: hash the files, keep the frames
+                done["content_key"] = content_key([(u.utt_id, u.speaker, file_sha256(u.path)) for u in utts], opts)
+                write_json(done_file, done)
             if progress:
                 progress(len(utts))
             return done["summary"] | {"skipped_run": True}
@@ -199,6 +237,7 @@ def prepare_split(
     tasks = [(i, u.utt_id, u.speaker, str(u.path), opts.stft.to_dict(), opts.trim, opts.top_db) for i, u in enumerate(utts)]
     manifest_lines: list[str] = []
     skipped: list[dict] = []
+    files: list[tuple[str, str, str | None]] = []
     n_rows = 0
     n_bins = opts.stft.n_bins
     check_interrupt()
@@ -208,6 +247,7 @@ def prepare_split(
                 check_interrupt()
                 if progress:
                     progress(1)
+                files.append((res.meta["id"], res.meta["speaker"], res.meta["sha256"]))
                 if res.error is not None:
                     log.warning("skipped: %s", res.error)
                     skipped.append({"id": res.meta["id"], "reason": res.error})
@@ -230,7 +270,7 @@ def prepare_split(
         "frames": n_rows,
         "skipped": skipped,
     }
-    write_json(done_file, {"key": key, "summary": summary})
+    write_json(done_file, {"key": key, "content_key": content_key(files, opts), "summary": summary})
     return summary
 
 
@@ -288,12 +328,28 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         "options": opts.key_dict(),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
         "fingerprint": hashlib.sha256(
-            "".join(json.loads((out_dir / s / ".done.json").read_text())["key"] for s in summaries).encode()
+            "".join(json.loads((out_dir / s / ".done.json").read_text())["content_key"] for s in summaries).encode()
         ).hexdigest()[:16],
     }
     info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())
+    previous = _previous_fingerprints(out_dir, info["fingerprint"], same_frames=info["up_to_date"])
+    if previous:
+        info["previous_fingerprints"] = previous
     write_json(out_dir / "prepare.json", {k: v for k, v in info.items() if k != "up_to_date"})
     return info
+
+
+def _previous_fingerprints(out_dir: Path, fingerprint: str, same_frames: bool) -> list[str]:
+    """Earlier fingerprints of these very frames (an up-to-date re-run that only re-keyed them),
+    so that checkpoints trained before the re-keying still resume; dropped once frames change."""
+    try:
+        old = json.loads((out_dir / "prepare.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not same_frames or not isinstance(old, dict):
+        return []
+    names = [f for f in [*old.get("previous_fingerprints", []), old.get("fingerprint")] if isinstance(f, str)]
+    return list(dict.fromkeys(f for f in names if f != fingerprint))
 
 
 def check_prepare_destination(corpus_dir: Path, out_dir: Path) -> None:

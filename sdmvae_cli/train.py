@@ -53,7 +53,6 @@ class TrainResult:
     best_val: float
     stopped_early: bool
     interrupted: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,7 +145,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     if not last.exists():
         raise SdmvaeError(f"--resume: {last} does not exist")
     state = read_checkpoint(last)
-    if state.get("data_fingerprint") != info.get("fingerprint"):
+    if state.get("data_fingerprint") not in {info.get("fingerprint"), *info.get("previous_fingerprints", [])}:
         raise SdmvaeError(f"--resume: {prepared_dir} is not the prepared data {spec.run_dir} was trained on (fingerprint differs)")
     if StftConfig.from_dict(state["config"]["stft"]) != stft:
         raise SdmvaeError("--resume: the prepared data uses another STFT config than the checkpoint")

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,67 @@ def test_all_files_bad_fails_the_split(tmp_path):
         prepare(root, tmp_path / "o", PrepareOptions(val_speakers="1", test_speakers="1"))
     assert not (tmp_path / "o" / "prepare.json").exists()
     assert not list((tmp_path / "o").rglob("frames.npy"))
+
+
+def _tiny_corpus(d, seeds=(30, 31, 32)):
+    for s, seed in enumerate(seeds):
+        write_wav(d / f"s{s}" / "u.wav", source_filter_speech(1.5, seed=seed))
+    return d
+
+
+def test_fingerprint_is_the_content_not_the_place_or_the_time(tmp_path):
+    """Two copies of one corpus (another folder, other mtimes: a GPU box) share a fingerprint;
+    changing one file's samples changes it; manifests record each file's sha256."""
+    import hashlib
+    import shutil
+
+    opts = PrepareOptions(val_speakers="1", test_speakers="1")
+    a = _tiny_corpus(tmp_path / "a")
+    fa = prepare(a, tmp_path / "pa", opts)["fingerprint"]
+    b = Path(shutil.copytree(a, tmp_path / "elsewhere" / "b"))
+    for f in b.rglob("*.wav"):
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    assert prepare(b, tmp_path / "pb", opts)["fingerprint"] == fa
+    rows = [r for rs in manifests(tmp_path / "pb").values() for r in rs]
+    assert rows and all(r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest() for r in rows)
+    write_wav(b / "s1" / "u.wav", source_filter_speech(1.5, seed=99))
+    assert prepare(b, tmp_path / "pb", opts)["fingerprint"] != fa
+    assert prepare(a, tmp_path / "pa", PrepareOptions(val_speakers="1", test_speakers="1", top_db=20))["fingerprint"] != fa
+
+
+def test_an_older_preparation_is_rekeyed_without_recomputing_and_its_runs_still_resume(tmp_path):
+    """A preparation keyed the old way (mtimes in its fingerprint) gets a content fingerprint on
+    its next run, frames untouched; a run trained on the old fingerprint still resumes."""
+    from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
+    from sdmvae_cli.nets import ModelConfig
+    from sdmvae_cli.train import TrainOptions, train
+
+    opts = PrepareOptions(val_speakers="1", test_speakers="1")
+    corpus, out = _tiny_corpus(tmp_path / "c"), tmp_path / "p"
+    content = prepare(corpus, out, opts)["fingerprint"]
+    for s in ("train", "validation", "test"):  # what an older sdmvae left
+        done = json.loads((out / s / ".done.json").read_text())
+        del done["content_key"]
+        (out / s / ".done.json").write_text(json.dumps(done))
+    old = json.loads((out / "prepare.json").read_text()) | {"fingerprint": "0123456789abcdef"}
+    (out / "prepare.json").write_text(json.dumps(old))
+    topts = TrainOptions(epochs=1, lr=1e-3, batch_size=16, device="cpu")
+    train(out, ModelConfig(model="vae", latent=4, hidden=[16]), topts, tmp_path / "run")
+    last = tmp_path / "run" / "last.pt"
+    assert read_checkpoint(last)["data_fingerprint"] == "0123456789abcdef"
+
+    mtime = (out / "train" / "frames.npy").stat().st_mtime_ns
+    again = prepare(corpus, out, opts)
+    assert again["up_to_date"] and (out / "train" / "frames.npy").stat().st_mtime_ns == mtime
+    assert again["fingerprint"] == content and again["previous_fingerprints"] == ["0123456789abcdef"]
+    assert prepare(corpus, out, opts)["previous_fingerprints"] == ["0123456789abcdef"]  # kept over re-runs
+    res = train(out, ModelConfig(model="vae", latent=4, hidden=[16]), TrainOptions(epochs=2, lr=1e-3, batch_size=16, device="cpu"),
+                tmp_path / "run", resume=True)
+    assert len(res.history) == 2
+    ck = read_checkpoint(last)
+    save_checkpoint(last, ck | {"data_fingerprint": "something else"})
+    with pytest.raises(SdmvaeError, match="fingerprint differs"):
+        train(out, ModelConfig(model="vae", latent=4, hidden=[16]), TrainOptions(epochs=3, lr=1e-3, batch_size=16, device="cpu"),
+              tmp_path / "run", resume=True)
+    prepare(corpus, out, PrepareOptions(val_speakers="1", test_speakers="1", force=True))
+    assert "previous_fingerprints" not in json.loads((out / "prepare.json").read_text())  # frames recomputed: no alias
