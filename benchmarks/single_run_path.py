@@ -1,10 +1,13 @@
-"""A stack of one member (what `sdmvae train` runs) with and without vmap, in the same process.
+"""A stack of one member (what `sdmvae train` runs) on the CPU, three ways, in the same process:
+
+- ``engine``: what ``sdmvae train`` does now: no vmap, torch's fused Adam kernel;
+- ``foreach-adam``: no vmap, the stacked Adam as multi-tensor foreach ops (what CUDA graphs capture);
+- ``vmap``: vmap and foreach Adam (the path a one-member stack took before 2026-11-23).
 
     python benchmarks/single_run_path.py --models vae sdm --frames 20000 --epochs 3
 
-Both paths are the same maths; the difference is vmap's per-op batching overhead, which on a
-CPU costs more than these small matrix products. Epochs alternate between the two stacks and the
-fastest of --epochs is kept for each, so background load hits both alike.
+All three are the same maths (to rounding). Epochs alternate between the stacks and the fastest
+of --epochs is kept for each, so background load hits them alike.
 """
 
 from __future__ import annotations
@@ -40,21 +43,25 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.frames} frames, batch 128")
     for model in a.models:
         cfg = ModelConfig(model=model, latent=64, **({"dictionary": "dct", "k": 64} if model == "sdm" else {}))
-        fast = make_stack(1, cfg, src, val, dev, False)
+        stacks = {"engine": make_stack(1, cfg, src, val, dev, False)}
+        stacks["foreach-adam"] = make_stack(1, cfg, src, val, dev, False)
+        stacks["foreach-adam"].opt.fused = False
         Stack.always_vmap = True
-        slow = make_stack(1, cfg, src, val, dev, False)
+        stacks["vmap"] = make_stack(1, cfg, src, val, dev, False)
+        stacks["vmap"].opt.fused = False
         Stack.always_vmap = False
-        times = {"fast": [], "vmap": []}
-        for st in (fast, slow):
+        times: dict[str, list[float]] = {k: [] for k in stacks}
+        for st in stacks.values():
             st.run_epoch(0)
         for e in range(a.epochs):
-            for name, st in (("fast", fast), ("vmap", slow)):
+            for name, st in stacks.items():
                 t0 = time.perf_counter()
                 st.run_epoch(e + 1)
                 times[name].append(time.perf_counter() - t0)
-        f, v = min(times["fast"]), min(times["vmap"])
-        print(f"{model}: one member without vmap {a.frames / f:,.0f} frames/s, with vmap {a.frames / v:,.0f} frames/s "
-              f"-> {v / f:.2f}x", flush=True)
+        best = {k: min(v) for k, v in times.items()}
+        print(f"{model}: " + ", ".join(f"{k} {a.frames / t:,.0f} frames/s" for k, t in best.items())
+              + f" -> engine {best['foreach-adam'] / best['engine']:.2f}x foreach-adam, {best['vmap'] / best['engine']:.2f}x vmap",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -76,21 +76,40 @@ class StackedAdam:
     """Adam (Kingma & Ba 2015, torch.optim.Adam's update) over stacked parameters, with a
     learning rate and a step count per member. Everything is a tensor op: CUDA-graph safe."""
 
-    def __init__(self, params: dict[str, torch.Tensor], lrs: dict[str, torch.Tensor], steps: torch.Tensor):
+    def __init__(self, params: dict[str, torch.Tensor], lrs: dict[str, torch.Tensor], steps: torch.Tensor,
+                 fused: bool | None = None):
         self.params, self.lrs, self.steps = params, lrs, steps  # steps: (N,) float
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        on_cpu = all(p.device.type == "cpu" for p in params.values())
+        self.fused = (on_cpu and hasattr(torch, "_fused_adam_")) if fused is None else fused
+        # member i's parameter names by learning rate (constant for the stack's life): the fused
+        # kernel takes one float lr per call
+        self._lr_groups: list[dict[float, list[str]]] = []
+        for i in range(steps.shape[0]):
+            groups: dict[float, list[str]] = {}
+            for n in params:
+                groups.setdefault(float(lrs[n][i]), []).append(n)
+            self._lr_groups.append(groups)
 
     @torch.no_grad()
     def step(self) -> None:
-        """One Adam update of every member, as a handful of multi-tensor (``_foreach``) kernels:
-        inside a CUDA graph each kernel costs a few microseconds whatever its size, so the
-        update must not be one kernel per parameter per operation."""
-        b1, b2 = ADAM_BETAS
+        """One Adam update of every member.
+
+        CUDA: a handful of multi-tensor (``_foreach``) kernels over the stacked tensors: inside
+        a CUDA graph each kernel costs a few microseconds whatever its size, so the update must
+        not be one kernel per parameter per operation. CPU: torch's fused Adam kernel (the one
+        behind ``torch.optim.Adam(fused=True)``), one call per member and learning rate on the
+        member's slices: one pass over memory instead of nine element-wise ops (same update to
+        rounding; ``tests/test_sweep.py``)."""
         self.steps += 1
         names = [n for n, p in self.params.items() if p.grad is not None]  # unused ones: skipped, as torch.optim.Adam
         if not names:
             return
+        if self.fused:
+            self._fused_step(set(names))
+            return
+        b1, b2 = ADAM_BETAS
         ps = [self.params[n] for n in names]
         gs = [p.grad for p in ps]
         ms = [self.exp_avg[n] for n in names]
@@ -107,6 +126,20 @@ class StackedAdam:
         upd = torch._foreach_div(ms, denom)
         torch._foreach_mul_(upd, [(self.lrs[n] / bc1).view(v) for n, v in zip(names, views)])
         torch._foreach_sub_(ps, upd)
+
+    def _fused_step(self, names: set[str]) -> None:
+        b1, b2 = ADAM_BETAS
+        for i, groups in enumerate(self._lr_groups):
+            step = self.steps[i]  # read, not incremented, by the kernel
+            for lr, group in groups.items():
+                g = [n for n in group if n in names]
+                if not g:
+                    continue
+                ps = [self.params[n][i] for n in g]
+                torch._fused_adam_(ps, [p.grad[i] for p in (self.params[n] for n in g)],
+                                   [self.exp_avg[n][i] for n in g], [self.exp_avg_sq[n][i] for n in g], [],
+                                   [step] * len(g), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS,
+                                   amsgrad=False, maximize=False)
 
 
 def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
@@ -211,7 +244,7 @@ class Stack:
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
-        x = self.data[idx]
+        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # a CPU gather ~5x faster than data[idx]
         # CUDA graphs: gradients allocated inside the capture (the documented pattern); CPU: the
         # buffers are kept and zeroed, which saves an allocation per parameter per step
         for p in self.params.values():

@@ -92,26 +92,37 @@ def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
     assert sw["member_frames_per_s"] > 0 and {p.name for p in (tmp_path / "sw" / "v1").iterdir()} >= {"best.pt", "last.pt", "history.csv", "config.json"}
 
 
-def test_stacked_adam_is_torch_adam_per_member():
-    """Adam is elementwise: the stacked update with a learning rate per member equals
-    torch.optim.Adam run on each member alone."""
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused-cpu"])
+def test_stacked_adam_is_torch_adam_per_member(fused):
+    """Adam is elementwise: the stacked update with a learning rate per member and parameter
+    equals torch.optim.Adam run on each member alone, in both paths (the foreach kernels that
+    CUDA graphs capture, and the fused kernel used on the CPU); a parameter without a gradient
+    is left alone in both."""
     from sdmvae_cli.stack import StackedAdam
 
     torch.manual_seed(0)
-    lrs = torch.tensor([1e-2, 3e-3, 1e-4])
-    p = torch.randn(3, 5, 4, requires_grad=True)
-    alone = [p[i].detach().clone().requires_grad_(True) for i in range(3)]
-    opt = StackedAdam({"w": p}, {"w": lrs}, torch.zeros(3))
-    refs = [torch.optim.Adam([a], lr=float(lr)) for a, lr in zip(alone, lrs)]
+    lrs = {"w": torch.tensor([1e-2, 3e-3, 1e-4]), "b": torch.tensor([1e-3, 3e-3, 1e-2]), "unused": torch.full((3,), 1e-2)}
+    params = {"w": torch.randn(3, 5, 4), "b": torch.randn(3, 4), "unused": torch.randn(3, 2)}
+    start = {n: t.clone() for n, t in params.items()}
+    params = {n: t.requires_grad_(True) for n, t in params.items()}
+    alone = [{n: t[i].detach().clone().requires_grad_(True) for n, t in params.items() if n != "unused"} for i in range(3)]
+    opt = StackedAdam(params, lrs, torch.zeros(3), fused=fused)
+    assert opt.fused == fused
+    refs = [torch.optim.Adam([{"params": [a[n]], "lr": float(lrs[n][i])} for n in a]) for i, a in enumerate(alone)]
     for _ in range(25):
-        g = torch.randn(3, 5, 4)
-        p.grad = g.clone()
+        g = {"w": torch.randn(3, 5, 4), "b": torch.randn(3, 4)}
+        for n in g:
+            params[n].grad = g[n].clone()
         opt.step()
         for i, (a, r) in enumerate(zip(alone, refs)):
-            a.grad = g[i].clone()
+            for n in a:
+                a[n].grad = g[n][i].clone()
             r.step()
     for i in range(3):
-        torch.testing.assert_close(p[i].detach(), alone[i].detach(), atol=1e-6, rtol=1e-5)
+        for n in ("w", "b"):
+            torch.testing.assert_close(params[n][i].detach(), alone[i][n].detach(), atol=1e-6, rtol=1e-5)
+            assert (params[n][i] - start[n][i]).abs().max() > 1e-4  # it moved
+    assert torch.equal(params["unused"].detach(), start["unused"])
 
 
 def test_a_diverging_member_stops_alone(synthetic_prepared, tmp_path):
