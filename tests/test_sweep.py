@@ -195,3 +195,27 @@ def test_validation_mean_and_median_per_member(synthetic_prepared, tmp_path):
         ck = read_checkpoint(tmp_path / "sw" / name / "last.pt")
         vals = [h[key] for h in ck["history"]]
         assert ck["best_epoch"] == int(np.argmin(vals)) and ck["best_val"] == pytest.approx(min(vals))
+
+
+def test_the_shipped_table1_specs_expand_to_valid_unique_runs():
+    """scripts/reproduce_table1.sh trains these on a GPU nobody here can test on: a typo in an
+    option or a repeated name must fail here, not after the machine is lent. Names are unique
+    across every spec of a folder (they share one runs/ tree and one eval/ tree)."""
+    from pathlib import Path
+
+    from sdmvae_cli.sweep import read_spec
+
+    root = Path(__file__).resolve().parents[1] / "scripts"
+    for folder in ("table1_sweep", "table1_sweep_cpu"):
+        names = []
+        for f in sorted((root / folder).glob("*.json")):
+            runs = expand_spec(read_spec(f))
+            assert runs, f
+            for name, cfg, opts in runs:
+                opts.validate()
+                assert opts.epochs == 500 and opts.patience == 20 and opts.batch_size == 128, name  # the paper's schedule
+                assert opts.lr == 1e-4 or f"-lr{opts.lr:g}-" in name, name  # swept only where the name says so
+                assert (opts.stop_on == "median") == ("median" in name), name
+                assert (cfg.input_transform == "power") == name.startswith("power-"), name
+            names += [n for n, _, _ in runs]
+        assert len(names) == len(set(names)), folder
