@@ -162,7 +162,7 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
     thresholded model stores its KL already weighted: refused). Other data: refused."""
     files = list(dict.fromkeys(checkpoint_file(c) for c in candidates))
     datas = [read_checkpoint(f) for f in files]
-    if len({d.get("data_fingerprint") for d in datas}) > 1:
+    if len({_current_fingerprint(d) for d in datas}) > 1:
         raise SdmvaeError("the candidates were trained on different prepared data (data fingerprints differ): "
                           "their validation losses are not comparable")
     models = [d["config"].get("model", {}) for d in datas]
@@ -181,6 +181,17 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
             else "median per-frame validation loss (the runs' early-stopping statistic)" if key == "val_median"
             else "validation loss (the training objective)")
     return Choice(best, losses, crit)
+
+
+def _current_fingerprint(data: dict[str, Any]) -> str | None:
+    """The checkpoint's data fingerprint, mapped to its prepared folder's current one when the
+    folder was re-keyed since (``previous_fingerprints``): runs stopped before a re-keying and
+    runs resumed after it are runs on the same data."""
+    from sdmvae_cli.prepare import fingerprint_aliases
+
+    fp = data.get("data_fingerprint")
+    current, aliases = fingerprint_aliases(data["prepared_dir"]) if data.get("prepared_dir") else (None, set())
+    return current if fp in aliases else fp
 
 
 def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool, key: str = "val_total") -> float:

@@ -11,13 +11,14 @@ Output layout (OUT_DIR)::
 
 Two keys per split, for two jobs. The *skip key* (options, utterance ids, file sizes and
 mtimes) is cheap to recompute and says whether a re-run has anything to do. The *content key*
-(options that shape the frames, utterance ids and speakers, and the SHA-256 of each audio
-file's bytes) is what the data fingerprint in ``prepare.json`` is made of: no paths and no
-mtimes, so the same corpus prepared on two machines (say a laptop and a GPU box) has one
-fingerprint, and runs trained on either can be compared by ``export``. A preparation made
-before content keys existed gets them on its next run without recomputing any frame, and its
-old fingerprint is kept in ``previous_fingerprints`` so that ``train --resume`` still accepts
-its checkpoints.
+(trimming and STFT options, utterance ids and speakers, whether each file was skipped, and
+the SHA-256 of each audio file's bytes) is what the data fingerprint in ``prepare.json`` is
+made of: no paths and no mtimes, so the same corpus prepared on two machines (say a laptop and
+a GPU box) has one fingerprint, and runs trained on either can be compared by ``export``. A
+preparation made before content keys existed gets them on its next run without recomputing
+any frame and, if its files and their mtimes are unchanged (which is what proves that its old
+fingerprint describes these frames), keeps the old fingerprint in ``previous_fingerprints``,
+so that ``train --resume`` and ``export`` still accept its checkpoints.
 
 float32 because full-scale power exceeds float16's range (65504): a peak-normalised tone
 reaches (sum of the window)^2 / 4 ~ 1e5 in its bin.
@@ -166,16 +167,38 @@ def file_sha256(path: str | Path) -> str | None:
     return h.hexdigest()
 
 
-def content_key(files: Sequence[tuple[str, str, str | None]], opts: PrepareOptions) -> str:
-    """A split's identity from what shapes its frames: the options (less the split file's
-    path, which differs between machines; the split it describes is in the utterance list)
-    and each (utterance id, speaker, file sha256), in any order."""
-    d = opts.key_dict()
-    d.pop("split_file")
+#: options that decide which utterances land in which split, not what their frames are: the
+#: content key leaves them out (the utterance list it hashes already says where each one went)
+SPLIT_CHOICE_OPTIONS = ("layout", "val_speakers", "test_speakers", "seed", "split_file", "include_lipspeakers")
+
+
+def content_key(files: Sequence[tuple[str, str, str | None, bool]], opts: PrepareOptions) -> str:
+    """A split's identity from what shapes its frames: the frame options (trimming, STFT) and
+    each (utterance id, speaker, file sha256, skipped), in any order. No paths, no mtimes and
+    no split-choosing options (a split file's path differs between machines)."""
+    d = {k: v for k, v in opts.key_dict().items() if k not in SPLIT_CHOICE_OPTIONS}
     h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
-    for uid, spk, digest in sorted(files, key=lambda t: (t[0], t[1], t[2] or "")):
-        h.update(f"{uid}|{spk}|{digest}\n".encode())
+    for uid, spk, digest, skipped in sorted(files, key=lambda t: (t[0], t[1], t[2] or "", t[3])):
+        h.update(f"{uid}|{spk}|{digest}|{int(skipped)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _legacy_fingerprint(keys: Sequence[str]) -> str:
+    """The fingerprint format 1 wrote (from the skip keys, so with mtimes): only used to prove
+    that an old prepare.json describes exactly the frames on disk."""
+    return hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+
+
+def fingerprint_aliases(prepared_dir: str | Path) -> tuple[str | None, set[str]]:
+    """(current fingerprint, every fingerprint these frames have had) of a prepared folder;
+    (None, empty) when it has no readable prepare.json."""
+    try:
+        info = json.loads((Path(prepared_dir) / "prepare.json").read_text())
+        cur = info["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, set()
+    prev = info.get("previous_fingerprints", [])
+    return cur, {cur, *(f for f in prev if isinstance(f, str))}
 
 
 def _write_npy_from_raw(raw: Path, n_rows: int, n_cols: int, target: Path) -> None:
@@ -228,7 +251,9 @@ def prepare_split(
         if done.get("key") == key:
             _absolute_manifest(split_dir, utts)
             if "content_key" not in done:  # prepared before content keys: hash the files, keep the frames
-                done["content_key"] = content_key([(u.utt_id, u.speaker, file_sha256(u.path)) for u in utts], opts)
+                skipped = {s["id"] for s in done["summary"].get("skipped", [])}
+                done["content_key"] = content_key(
+                    [(u.utt_id, u.speaker, file_sha256(u.path), u.utt_id in skipped) for u in utts], opts)
                 write_json(done_file, done)
             if progress:
                 progress(len(utts))
@@ -237,7 +262,7 @@ def prepare_split(
     tasks = [(i, u.utt_id, u.speaker, str(u.path), opts.stft.to_dict(), opts.trim, opts.top_db) for i, u in enumerate(utts)]
     manifest_lines: list[str] = []
     skipped: list[dict] = []
-    files: list[tuple[str, str, str | None]] = []
+    files: list[tuple[str, str, str | None, bool]] = []
     n_rows = 0
     n_bins = opts.stft.n_bins
     check_interrupt()
@@ -247,7 +272,7 @@ def prepare_split(
                 check_interrupt()
                 if progress:
                     progress(1)
-                files.append((res.meta["id"], res.meta["speaker"], res.meta["sha256"]))
+                files.append((res.meta["id"], res.meta["speaker"], res.meta["sha256"], res.error is not None))
                 if res.error is not None:
                     log.warning("skipped: %s", res.error)
                     skipped.append({"id": res.meta["id"], "reason": res.error})
@@ -320,6 +345,7 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
+    dones = [json.loads((out_dir / s / ".done.json").read_text()) for s in summaries]
     info = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
@@ -327,29 +353,31 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         "stft": opts.stft.to_dict(),
         "options": opts.key_dict(),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
-        "fingerprint": hashlib.sha256(
-            "".join(json.loads((out_dir / s / ".done.json").read_text())["content_key"] for s in summaries).encode()
-        ).hexdigest()[:16],
+        "fingerprint": hashlib.sha256("".join(d["content_key"] for d in dones).encode()).hexdigest()[:16],
     }
     info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())
-    previous = _previous_fingerprints(out_dir, info["fingerprint"], same_frames=info["up_to_date"])
+    previous = _previous_fingerprints(out_dir, info["fingerprint"], _legacy_fingerprint([d["key"] for d in dones]))
     if previous:
         info["previous_fingerprints"] = previous
     write_json(out_dir / "prepare.json", {k: v for k, v in info.items() if k != "up_to_date"})
     return info
 
 
-def _previous_fingerprints(out_dir: Path, fingerprint: str, same_frames: bool) -> list[str]:
-    """Earlier fingerprints of these very frames (an up-to-date re-run that only re-keyed them),
-    so that checkpoints trained before the re-keying still resume; dropped once frames change."""
+def _previous_fingerprints(out_dir: Path, fingerprint: str, legacy: str) -> list[str]:
+    """Earlier fingerprints of these very frames, so that checkpoints trained before a re-keying
+    still resume. Kept only with proof that the old prepare.json described the frames on disk:
+    its fingerprint is the format-1 one of the current skip keys (so of these files, with these
+    mtimes), or it is already this content fingerprint (its own aliases carry over). A stale
+    prepare.json (a run killed after a split was recomputed) proves neither."""
     try:
         old = json.loads((out_dir / "prepare.json").read_text())
     except (OSError, ValueError):
         return []
-    if not same_frames or not isinstance(old, dict):
+    if not isinstance(old, dict) or not isinstance(old.get("fingerprint"), str):
         return []
-    names = [f for f in [*old.get("previous_fingerprints", []), old.get("fingerprint")] if isinstance(f, str)]
-    return list(dict.fromkeys(f for f in names if f != fingerprint))
+    if old["fingerprint"] == fingerprint:
+        return [f for f in old.get("previous_fingerprints", []) if isinstance(f, str) and f != fingerprint]
+    return [old["fingerprint"]] if old["fingerprint"] == legacy else []
 
 
 def check_prepare_destination(corpus_dir: Path, out_dir: Path) -> None:

@@ -136,7 +136,7 @@ class StackedAdam:
                 if not g:
                     continue
                 ps = [self.params[n][i] for n in g]
-                torch._fused_adam_(ps, [p.grad[i] for p in (self.params[n] for n in g)],
+                torch._fused_adam_(ps, [self.params[n].grad[i].contiguous() for n in g],  # the kernel reads raw strides
                                    [self.exp_avg[n][i] for n in g], [self.exp_avg_sq[n][i] for n in g], [],
                                    [step] * len(g), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS,
                                    amsgrad=False, maximize=False)
@@ -162,6 +162,8 @@ class Stack:
 
     #: use vmap even for a single member (benchmarks/single_run_path.py compares both paths)
     always_vmap: bool = False
+    #: torch's fused Adam kernel on the CPU (False: the foreach path; for the same benchmark)
+    cpu_fused_adam: bool = True
 
     def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
                  val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
@@ -189,7 +191,7 @@ class Stack:
             vals = [float(getattr(m.cfg, field_name)) if field_name else float(m.opts.lr) for m in self.members]
             lrs[n] = torch.tensor(vals, device=dev)
         steps = torch.tensor([float(o["step"]) if o else 0.0 for o in optim_states], device=dev)
-        self.opt = StackedAdam(self.params, lrs, steps)
+        self.opt = StackedAdam(self.params, lrs, steps, fused=None if self.cpu_fused_adam else False)
         for i, o in enumerate(optim_states):
             if o:
                 for n in self.param_names:
@@ -244,7 +246,7 @@ class Stack:
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
-        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # a CPU gather ~5x faster than data[idx]
+        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # a CPU gather 2-5x faster than data[idx]
         # CUDA graphs: gradients allocated inside the capture (the documented pattern); CPU: the
         # buffers are kept and zeroed, which saves an allocation per parameter per step
         for p in self.params.values():

@@ -198,39 +198,79 @@ def test_fingerprint_is_the_content_not_the_place_or_the_time(tmp_path):
     assert prepare(a, tmp_path / "pa", PrepareOptions(val_speakers="1", test_speakers="1", top_db=20))["fingerprint"] != fa
 
 
+def _as_format_1(out):
+    """Make a preparation look like one by sdmvae before content keys: no content_key in the
+    done-markers, and the format-1 fingerprint (sha256 of the split keys, which hold mtimes)."""
+    import hashlib
+
+    keys = []
+    for s in ("train", "validation", "test"):
+        done = json.loads((out / s / ".done.json").read_text())
+        del done["content_key"]
+        (out / s / ".done.json").write_text(json.dumps(done))
+        keys.append(done["key"])
+    old = json.loads((out / "prepare.json").read_text()) | {"fingerprint": hashlib.sha256("".join(keys).encode()).hexdigest()[:16]}
+    (out / "prepare.json").write_text(json.dumps(old))
+    return old
+
+
 def test_an_older_preparation_is_rekeyed_without_recomputing_and_its_runs_still_resume(tmp_path):
     """A preparation keyed the old way (mtimes in its fingerprint) gets a content fingerprint on
     its next run, frames untouched; a run trained on the old fingerprint still resumes."""
-    from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
+    from sdmvae_cli.checkpoint import best_by_validation, read_checkpoint, save_checkpoint
     from sdmvae_cli.nets import ModelConfig
     from sdmvae_cli.train import TrainOptions, train
 
     opts = PrepareOptions(val_speakers="1", test_speakers="1")
     corpus, out = _tiny_corpus(tmp_path / "c"), tmp_path / "p"
     content = prepare(corpus, out, opts)["fingerprint"]
-    for s in ("train", "validation", "test"):  # what an older sdmvae left
-        done = json.loads((out / s / ".done.json").read_text())
-        del done["content_key"]
-        (out / s / ".done.json").write_text(json.dumps(done))
-    old = json.loads((out / "prepare.json").read_text()) | {"fingerprint": "0123456789abcdef"}
-    (out / "prepare.json").write_text(json.dumps(old))
+    old = _as_format_1(out)["fingerprint"]
+    assert old != content
     topts = TrainOptions(epochs=1, lr=1e-3, batch_size=16, device="cpu")
     train(out, ModelConfig(model="vae", latent=4, hidden=[16]), topts, tmp_path / "run")
+    train(out, ModelConfig(model="vae", latent=4, hidden=[16]), topts, tmp_path / "before")  # never resumed
     last = tmp_path / "run" / "last.pt"
-    assert read_checkpoint(last)["data_fingerprint"] == "0123456789abcdef"
+    assert read_checkpoint(last)["data_fingerprint"] == old
 
     mtime = (out / "train" / "frames.npy").stat().st_mtime_ns
     again = prepare(corpus, out, opts)
     assert again["up_to_date"] and (out / "train" / "frames.npy").stat().st_mtime_ns == mtime
-    assert again["fingerprint"] == content and again["previous_fingerprints"] == ["0123456789abcdef"]
-    assert prepare(corpus, out, opts)["previous_fingerprints"] == ["0123456789abcdef"]  # kept over re-runs
+    assert again["fingerprint"] == content and again["previous_fingerprints"] == [old]
+    assert prepare(corpus, out, opts)["previous_fingerprints"] == [old]  # kept over re-runs
     res = train(out, ModelConfig(model="vae", latent=4, hidden=[16]), TrainOptions(epochs=2, lr=1e-3, batch_size=16, device="cpu"),
                 tmp_path / "run", resume=True)
     assert len(res.history) == 2
+    train(out, ModelConfig(model="vae", latent=4, hidden=[16]), topts, tmp_path / "after")
+    assert read_checkpoint(tmp_path / "after" / "best.pt")["data_fingerprint"] == content
+    choice = best_by_validation([tmp_path / "before" / "best.pt", tmp_path / "after" / "best.pt"])  # same data
+    assert set(choice.losses) == {str(tmp_path / "before" / "best.pt"), str(tmp_path / "after" / "best.pt")}
     ck = read_checkpoint(last)
     save_checkpoint(last, ck | {"data_fingerprint": "something else"})
     with pytest.raises(SdmvaeError, match="fingerprint differs"):
         train(out, ModelConfig(model="vae", latent=4, hidden=[16]), TrainOptions(epochs=3, lr=1e-3, batch_size=16, device="cpu"),
               tmp_path / "run", resume=True)
     prepare(corpus, out, PrepareOptions(val_speakers="1", test_speakers="1", force=True))
-    assert "previous_fingerprints" not in json.loads((out / "prepare.json").read_text())  # frames recomputed: no alias
+    # recomputed from the same audio: the same content fingerprint, so its aliases stay valid
+    assert json.loads((out / "prepare.json").read_text())["previous_fingerprints"] == [old]
+
+
+def test_a_stale_prepare_json_earns_no_fingerprint_alias(tmp_path):
+    """A run killed after a split was recomputed but before prepare.json was rewritten leaves
+    the old fingerprint on disk: the next (up-to-date) run must not adopt it as an alias of
+    the new frames, or runs trained on the old audio would resume on the new."""
+    from sdmvae_cli.prepare import content_key
+
+    opts = PrepareOptions(val_speakers="1", test_speakers="1")
+    corpus, out = _tiny_corpus(tmp_path / "c"), tmp_path / "p"
+    prepare(corpus, out, opts)
+    legacy = _as_format_1(out)
+    train_speaker = json.loads((out / "splits.json").read_text())["train"][0]
+    write_wav(corpus / train_speaker / "u.wav", source_filter_speech(1.5, seed=77))  # new audio
+    info = prepare(corpus, out, opts)
+    assert not info["up_to_date"] and "previous_fingerprints" not in info
+    (out / "prepare.json").write_text(json.dumps(legacy))  # as if killed before the last write
+    again = prepare(corpus, out, opts)
+    assert again["up_to_date"] and again["fingerprint"] == info["fingerprint"] and "previous_fingerprints" not in again
+    # a file that fails to decode is part of the identity, not only its bytes
+    assert content_key([("u", "s", "ab", False)], opts) != content_key([("u", "s", "ab", True)], opts)
+    assert content_key([("u", "s", "ab", False)], opts) == content_key([("u", "s", "ab", False)], PrepareOptions(seed=5))
