@@ -396,7 +396,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
 
     ``device``: where the split's codes (the batched encoder pass for the pooled Hoyer) are
     computed; the per-file resynthesis and metrics (PESQ/STOI: CPU code) run in CPU workers."""
-    from sdmvae_cli.checkpoint import load_model
+    from sdmvae_cli.checkpoint import load_model, validation_record
     from sdmvae_cli.prepare import load_prepare_info, read_manifest
 
     prepared_dir = Path(prepared_dir)
@@ -435,6 +435,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
         "model": lm.model_config.to_dict(),
         "train": lm.checkpoint["config"].get("train", {}),
         "best_epoch": lm.checkpoint.get("epoch"),
+        "validation": validation_record(lm.checkpoint),
         "prepared_dir": str(prepared_dir.resolve()),
         "data_fingerprint": info.get("fingerprint"),
         "split": split,

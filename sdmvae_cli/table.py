@@ -15,6 +15,9 @@ Two layouts:
 Column headers say which numbers are comparable with the paper: ``pesq_nb`` (raw P.862
 narrow-band, the paper's PESQ), ``estoi`` (the paper's "STOI" column) and ``hoyer`` (eq. 12,
 the paper's protocol). PESQ-WB, STOI, SI-SDR and the pooled-trimmed Hoyer are modern extras.
+The last column of the ``runs`` layout is the run's validation loss at the epoch its file holds
+(its early-stopping statistic: the mean per-frame loss, or the median for "[median stop]" runs),
+the number seeds and settings are chosen by, so a sweep table shows the rule beside the scores.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("stoi", "STOI", 3),
     ("si_sdr", "SI-SDR dB", 1),
     ("hoyer_pooled", "Hoyer pooled-trimmed", 3),
+    ("val_loss", "val. loss (selection)", 1),
 )
 PAPER_KEYS = ("pesq_nb", "estoi", "hoyer")
 HEADERS = {k: h for k, h, _ in COLUMNS}
@@ -117,6 +121,9 @@ class RunRow:
 def _metric(s: dict, key: str) -> Stat:
     """A metric's mean/std over files, reading old summaries too (``pesq`` = PESQ-WB there)."""
     metrics, sp = s.get("metrics", {}), s.get("sparsity") or {}
+    if key == "val_loss":  # what the run was selected by: its early-stopping statistic on validation
+        v = s.get("validation") or {}
+        return Stat(v.get("median") if v.get("stop_on") == "median" else v.get("total"))
     if key == "hoyer_pooled":
         v = sp.get("hoyer_pooled", sp.get("hoyer_mean"))
         return Stat(v, sp.get("hoyer_pooled_std", sp.get("hoyer_std")), sp.get("frames", 0))

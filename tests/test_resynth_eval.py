@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -173,7 +175,7 @@ def test_evaluate_folders_cli_json_and_failures(tmp_path):
 
 def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
     from sdmvae_cli.prepare import PrepareOptions, prepare
-    from sdmvae_cli.checkpoint import load_model
+    from sdmvae_cli.checkpoint import load_model, read_checkpoint
     from sdmvae_cli.prepare import read_manifest
     from sdmvae_cli.resynth import model_power_fn, resynthesise_audio
     from sdmvae_cli.table import render
@@ -186,6 +188,11 @@ def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
     res = evaluate_checkpoint(tiny_ckpt, tmp_path / "prep", "test", tmp_path / "ev", jobs=1)
     s = res.summary
     assert res.ok and s["scored"] == 1 and s["model"]["model"] == "threshold"
+    # the validation loss the run was selected by, from the checkpoint's own history
+    ck = read_checkpoint(tiny_ckpt)
+    rec = next(h for h in ck["history"] if h["epoch"] == ck["epoch"])
+    assert s["validation"] == {"epoch": ck["epoch"], "total": rec["val_total"], "median": rec["val_median"], "stop_on": "mean"}
+    assert rec["val_total"] == min(h["val_total"] for h in ck["history"])  # best.pt: the best epoch's
     assert 0 <= s["sparsity"]["hoyer_pooled"] <= 1
     assert np.load(tmp_path / "ev" / "hoyer_frames.npy").shape == (s["sparsity"]["frames"],)
     # the paper's Hoyer protocol: every frame of the UNTRIMMED utterance, mean per file
@@ -199,6 +206,9 @@ def test_evaluate_checkpoint_and_table(tiny_ckpt, tmp_path):
     assert "Thresholded (gaussian, lambda=0.3)" in md and "m=16 PESQ P.862 raw (paper)" in md and "ESTOI (paper's STOI)" in md
     r = subprocess.run([*CLI, "table", str(tmp_path / "ev" / "summary.json"), "--format", "csv"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("run,path,model,m,seed,pesq_nb,pesq_nb_std,pesq_nb_n,estoi")
+    row = next(csv.DictReader(io.StringIO(r.stdout)))
+    assert float(row["val_loss"]) == pytest.approx(rec["val_total"]) and row["val_loss_std"] == ""
+    assert "val. loss (selection)" in render([tmp_path / "ev" / "summary.json"], "markdown", "runs")
     with pytest.raises(SdmvaeError, match="another STFT"):
         info = json.loads((tmp_path / "prep" / "prepare.json").read_text())
         info["stft"]["hop_length"] = 512

@@ -85,3 +85,20 @@ def test_orderings_pair_the_seeds_of_the_whole_chain_and_refuse_mixtures(three_s
     (tmp_path / "dup" / "summary.json").write_text(paths[0].read_text())
     with pytest.raises(SdmvaeError, match="two summaries of one seed"):
         ordering_steps(read_summaries(paths + [tmp_path / "dup" / "summary.json"]))
+
+
+def test_runs_show_the_validation_statistic_each_run_was_selected_by(tmp_path):
+    """The runs layout ends with the validation loss of the epoch the file holds: the mean for
+    runs stopped on the mean, the median for "[median stop]" runs; older summaries: no column."""
+    a = _summary(tmp_path / "a" / "summary.json", {"model": "vae"}, 0, {"pesq_nb": 3.0})
+    b = _summary(tmp_path / "b" / "summary.json", {"model": "vae"}, 1, {"pesq_nb": 3.1})
+    assert "val_loss" not in render([a, b], "csv", "runs").splitlines()[0]
+    for p, stop, total, median in ((a, "mean", -1500.25, -1400.0), (b, "median", -900.0, -1450.75)):
+        s = json.loads(p.read_text())
+        s["validation"] = {"epoch": 7, "total": total, "median": median, "stop_on": stop}
+        s["train"]["stop_on"] = stop
+        p.write_text(json.dumps(s))
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO(render([a, b], "csv", "runs")))}
+    assert float(rows["a"]["val_loss"]) == -1500.25 and float(rows["b"]["val_loss"]) == -1450.75
+    md = render([a, b], "markdown", "runs")
+    assert "-1500.2" in md and "-1450.8" in md and "[median stop]" in md
