@@ -197,15 +197,20 @@ def _current_fingerprint(data: dict[str, Any]) -> str | None:
 def validation_record(data: dict[str, Any]) -> dict[str, Any] | None:
     """The validation losses of the epoch whose weights a checkpoint holds (None when its
     history does not have them): what the run was selected by, for tables beside test scores."""
-    rec = next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
+    rec = _epoch_record(data)
     if rec is None or "val_total" not in rec:
         return None
     stop_on = ((data.get("config") or {}).get("train") or {}).get("stop_on", "mean")
     return {"epoch": rec["epoch"], "total": rec["val_total"], "median": rec.get("val_median"), "stop_on": stop_on}
 
 
+def _epoch_record(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The history line of the epoch whose weights the checkpoint holds."""
+    return next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
+
+
 def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool, key: str = "val_total") -> float:
-    rec = next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
+    rec = _epoch_record(data)
     if rec is None or key not in rec:
         raise SdmvaeError(f"{f}: no validation loss recorded for its epoch; cannot choose by validation")
     val = rec["val_recon"] + rec["val_kl"] if unit_weights else rec[key]
