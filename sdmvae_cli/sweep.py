@@ -97,6 +97,12 @@ def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptio
     return out
 
 
+def _never_started(run_dir: Path) -> bool:
+    """A member folder holding only what is written for every member before the first stack
+    trains (config.json): a sweep interrupted before this member's stack ran. --resume starts it."""
+    return {p.name for p in run_dir.iterdir()} <= {"config.json"}
+
+
 def run_sweep(
     prepared_dir: str | Path,
     spec_path: str | Path,
@@ -125,7 +131,7 @@ def run_sweep(
             opts.epochs = epochs
         run_dir = out_dir / name
         has_last = (run_dir / "last.pt").exists()
-        if run_dir.exists() and any(run_dir.iterdir()) and not (resume and has_last):
+        if run_dir.exists() and not (resume and (has_last or _never_started(run_dir))) and any(run_dir.iterdir()):
             raise SdmvaeError(f"{run_dir} already exists; use --resume to continue the sweep, or another --out")
         specs.append(RunSpec(name, run_dir, cfg, opts, resume=resume and has_last))
     out_dir.mkdir(parents=True, exist_ok=True)

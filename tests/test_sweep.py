@@ -70,6 +70,32 @@ def test_early_stopping_per_member_and_resume(synthetic_prepared, tmp_path):
     assert [h["val_total"] for h in resumed] == pytest.approx([h["val_total"] for h in full.history], rel=1e-5, abs=1e-3)
 
 
+def test_resume_starts_the_members_whose_stack_never_ran(synthetic_prepared, tmp_path):
+    """Stacks run one after another, so a sweep interrupted in its first stack leaves the later
+    stacks' members with only a config.json: --resume must start them (it once refused them as
+    existing folders), and a folder holding anything else is still never overwritten."""
+    runs = [{"name": "first", "model": "vae", "latent": 8, "epochs": 3},
+            {"name": "second", "model": "vae", "latent": 6, "epochs": 2}]  # another m: another stack
+
+    def interrupt(m, rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", on_epoch=interrupt)
+    assert {p.name for p in (tmp_path / "sw" / "second").iterdir()} == {"config.json"}
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", resume=True)
+    assert [(m["name"], m["status"], m["epochs"]) for m in s["members"]] == [("first", "finished", 3), ("second", "finished", 2)]
+    alone = train(synthetic_prepared, ModelConfig(model="vae", latent=6), TrainOptions(**{**COMMON, "epochs": 2, "device": "cpu"}),
+                  tmp_path / "alone")
+    hist = read_checkpoint(tmp_path / "sw" / "second" / "last.pt")["history"]
+    assert [h["val_total"] for h in hist] == pytest.approx([h["val_total"] for h in alone.history], rel=1e-5, abs=1e-3)
+    (tmp_path / "sw2" / "second").mkdir(parents=True)
+    (tmp_path / "sw2" / "second" / "notes.txt").write_text("mine")
+    with pytest.raises(SdmvaeError, match="already exists"):
+        run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw2", device="cpu", resume=True)
+    assert (tmp_path / "sw2" / "second" / "notes.txt").read_text() == "mine"
+
+
 def test_spec_grid_and_errors(tmp_path):
     runs = expand_spec({"common": {"latent": 16}, "grid": {"name": "vsc-a{alpha}-s{seed}", "model": "vsc", "alpha": [0.1, 0.5],
                                                             "seed": [0, 1, 2]}})
