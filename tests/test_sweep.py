@@ -74,17 +74,24 @@ def test_resume_starts_the_members_whose_stack_never_ran(synthetic_prepared, tmp
     """Stacks run one after another, so a sweep interrupted in its first stack leaves the later
     stacks' members with only a config.json: --resume must start them (it once refused them as
     existing folders), and a folder holding anything else is still never overwritten."""
-    runs = [{"name": "first", "model": "vae", "latent": 8, "epochs": 3},
+    runs = [{"name": "first", "model": "vae", "latent": 8, "epochs": 4},
+            {"name": "frozen", "model": "vae", "latent": 8, "lr": 0.0, "patience": 1, "epochs": 4},  # stops after epoch 1
             {"name": "second", "model": "vae", "latent": 6, "epochs": 2}]  # another m: another stack
 
     def interrupt(m, rec):
-        raise KeyboardInterrupt
+        if m.name == "first" and rec.epoch == 2:
+            raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", on_epoch=interrupt)
     assert {p.name for p in (tmp_path / "sw" / "second").iterdir()} == {"config.json"}
+    sw = {m["name"]: m for m in json.loads((tmp_path / "sw" / "sweep.json").read_text())["members"]}
+    assert (sw["frozen"]["status"], sw["frozen"]["epochs"]) == ("stopped", 2)  # its own status survives the Ctrl-C
+    assert sw["first"]["status"] == "interrupted" and sw["first"]["epochs"] >= 2
+    assert (sw["second"]["status"], sw["second"]["epochs"]) == ("interrupted", 0) and "before its stack" in sw["second"]["message"]
     s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", resume=True)
-    assert [(m["name"], m["status"], m["epochs"]) for m in s["members"]] == [("first", "finished", 3), ("second", "finished", 2)]
+    assert [(m["name"], m["status"], m["epochs"]) for m in s["members"]] == [
+        ("first", "finished", 4), ("frozen", "stopped", 2), ("second", "finished", 2)]
     alone = train(synthetic_prepared, ModelConfig(model="vae", latent=6), TrainOptions(**{**COMMON, "epochs": 2, "device": "cpu"}),
                   tmp_path / "alone")
     hist = read_checkpoint(tmp_path / "sw" / "second" / "last.pt")["history"]
