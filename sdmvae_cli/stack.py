@@ -413,6 +413,18 @@ def train_stack(stack: Stack, cb: StackCallbacks) -> None:
         raise
 
 
+def median_still_improving(history: list[dict], best_epoch: int, patience: int) -> int | None:
+    """When a run stopped on the mean validation loss: the epoch of the best median per-frame
+    loss if that came well after the mean's best (in the second half of the patience window),
+    i.e. the model was still improving for most frames while a few frames made the mean spike
+    (the VAE's failure mode on our data, docs/results.md); else None."""
+    meds = [(h["val_median"], h["epoch"]) for h in history if h.get("val_median") is not None]
+    if not meds:
+        return None
+    _, e = min(meds)
+    return e if e - best_epoch >= max(1, patience // 2) else None
+
+
 def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], va: list[float], secs: float, n_seen: int,
                   cb: StackCallbacks) -> None:
     if not all(math.isfinite(v) for v in (*tr, *va)):
@@ -437,6 +449,11 @@ def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], 
     m.epoch = epoch + 1
     if m.since_best >= m.opts.patience:
         m.status, m.message = "stopped", f"early stopping: no improvement for {m.opts.patience} epochs"
+        late = median_still_improving(m.history, m.best_epoch, m.opts.patience) if m.opts.stop_on == "mean" else None
+        if late is not None:
+            m.message += (f" of the mean validation loss (best epoch {m.best_epoch}), but the median per-frame loss was still "
+                          f"improving (best at epoch {late}): a few validation frames dominate the mean; "
+                          "--stop-on median is robust to them (docs/results.md)")
     elif m.epoch >= m.opts.epochs:
         m.status, m.message = "finished", f"reached the epoch cap ({m.opts.epochs})"
     if cb.save:

@@ -53,6 +53,7 @@ class TrainResult:
     best_val: float
     stopped_early: bool
     interrupted: bool = False
+    message: str = ""  # why it ended (early stopping's note on the median, when it has one)
 
 
 @dataclass
@@ -291,7 +292,7 @@ def train(
     m = members[0]
     if m.status == "diverged":
         raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
-    return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted)
+    return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.message)
 
 
 def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:

@@ -252,3 +252,40 @@ def test_the_shipped_table1_specs_expand_to_valid_unique_runs():
                 assert (cfg.input_transform == "power") == name.startswith("power-"), name
             names += [n for n, _, _ in runs]
         assert len(names) == len(set(names)), folder
+
+
+def test_stopping_on_a_spiky_mean_says_the_median_was_still_improving():
+    """The VAE's failure mode: the mean validation loss spikes (a few frames) and stops the run
+    while the median per-frame loss keeps falling; the stop message then says so."""
+    from sdmvae_cli.stack import median_still_improving
+
+    def hist(means, medians):
+        return [{"epoch": e, "val_total": a, "val_median": b} for e, (a, b) in enumerate(zip(means, medians))]
+
+    spiky = hist([-10, -12, 5, 90, 40, 70], [-10, -12, -13, -14, -15, -16])
+    assert median_still_improving(spiky, best_epoch=1, patience=4) == 5
+    plateau = hist([-10, -12, -11, -11, -11, -11], [-10, -12, -11.5, -11.9, -11.8, -11.7])
+    assert median_still_improving(plateau, best_epoch=1, patience=4) is None
+    assert median_still_improving([{"epoch": 0, "val_total": 1.0}], best_epoch=0, patience=4) is None  # older histories
+
+
+def test_a_run_stopped_while_its_median_improved_gets_the_note(synthetic_prepared, tmp_path, monkeypatch):
+    """End to end through the stack: the note lands in the member's message (sweep.json, the
+    CLI's stop line). The validation statistics are forced: mean worsens, median improves."""
+    import sdmvae_cli.stack as stack_mod
+
+    calls = {"n": 0}
+    real = stack_mod.Stack.validate
+
+    def fake(self):
+        v = real(self)
+        calls["n"] += 1
+        v[:, 0] = 100.0 * calls["n"]  # the mean only gets worse after epoch 0
+        v[:, 3] = -1.0 * calls["n"]  # the median keeps improving
+        return v
+
+    monkeypatch.setattr(stack_mod.Stack, "validate", fake)
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "patience": 2, "epochs": 9}]),
+                  tmp_path / "sw", device="cpu")
+    m = s["members"][0]
+    assert m["status"] == "stopped" and m["best_epoch"] == 0 and "median per-frame loss was still improving (best at epoch 2)" in m["message"]
