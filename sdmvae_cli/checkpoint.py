@@ -187,11 +187,9 @@ def _current_fingerprint(data: dict[str, Any]) -> str | None:
     """The checkpoint's data fingerprint, mapped to its prepared folder's current one when the
     folder was re-keyed since (``previous_fingerprints``): runs stopped before a re-keying and
     runs resumed after it are runs on the same data."""
-    from sdmvae_cli.prepare import fingerprint_aliases
+    from sdmvae_cli.prepare import current_fingerprint
 
-    fp = data.get("data_fingerprint")
-    current, aliases = fingerprint_aliases(data["prepared_dir"]) if data.get("prepared_dir") else (None, set())
-    return current if fp in aliases else fp
+    return current_fingerprint(data.get("data_fingerprint"), data.get("prepared_dir"))
 
 
 def validation_record(data: dict[str, Any]) -> dict[str, Any] | None:

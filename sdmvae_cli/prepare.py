@@ -189,6 +189,17 @@ def _legacy_fingerprint(keys: Sequence[str]) -> str:
     return hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
 
 
+def current_fingerprint(fingerprint: str | None, prepared_dir: str | Path | None) -> str | None:
+    """``fingerprint`` as its prepared folder calls it now: the folder's current fingerprint if
+    ``fingerprint`` is one of its aliases (re-keyed since), else unchanged (also when the folder
+    is gone or on another machine). Lets checkpoints and summaries made before and after a
+    re-keying count as the same data."""
+    if not prepared_dir:
+        return fingerprint
+    current, aliases = fingerprint_aliases(prepared_dir)
+    return current if fingerprint in aliases else fingerprint
+
+
 def fingerprint_aliases(prepared_dir: str | Path) -> tuple[str | None, set[str]]:
     """(current fingerprint, every fingerprint these frames have had) of a prepared folder;
     (None, empty) when it has no readable prepare.json."""

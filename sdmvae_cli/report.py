@@ -33,6 +33,7 @@ from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.evaluate import package_version
+from sdmvae_cli.prepare import current_fingerprint
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 
@@ -189,7 +190,8 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
 def group_key(summary: dict) -> str:
     """Runs that differ only in their seed (and in how they were executed) share a row."""
     train = {k: v for k, v in summary.get("train", {}).items() if k not in NOT_CONFIG}
-    return json.dumps({"model": summary["model"], "train": train, "data": summary.get("data_fingerprint"),
+    return json.dumps({"model": summary["model"], "train": train,
+                       "data": current_fingerprint(summary.get("data_fingerprint"), summary.get("prepared_dir")),
                        "split": summary.get("split")}, sort_keys=True)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.prepare import current_fingerprint
 
 #: (key, header, decimals); paper-comparable first
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -163,7 +164,7 @@ def read_summary(p: Path) -> RunRow:
         train = s.get("train") or {}
         stop_on = train.get("stop_on", "mean")
         ident = {"model": m, "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
-                 "data": s.get("data_fingerprint"), "stop_on": stop_on}
+                 "data": current_fingerprint(s.get("data_fingerprint"), s.get("prepared_dir")), "stop_on": stop_on}
         label = row_label(m)
         for note, show in ((f"lr={train.get('lr', 1e-4):g}", train.get("lr") not in (None, 1e-4)), ("median stop", stop_on != "mean")):
             if show:

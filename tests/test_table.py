@@ -102,3 +102,22 @@ def test_runs_show_the_validation_statistic_each_run_was_selected_by(tmp_path):
     assert float(rows["a"]["val_loss"]) == -1500.25 and float(rows["b"]["val_loss"]) == -1450.75
     md = render([a, b], "markdown", "runs")
     assert "-1500.2" in md and "-1450.8" in md and "[median stop]" in md
+
+
+def test_summaries_scored_before_and_after_a_rekeying_are_one_dataset(tmp_path):
+    """A seed scored before its prepared folder was re-keyed (old fingerprint) and one scored
+    after share a row; a summary of really other data does not."""
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    (prep / "prepare.json").write_text(json.dumps({"fingerprint": "new", "previous_fingerprints": ["old"]}))
+    paths = []
+    for seed, fp in ((0, "old"), (1, "new")):
+        p = _summary(tmp_path / f"vae-s{seed}" / "summary.json", {"model": "vae"}, seed, {"pesq_nb": 3.0 + seed / 10})
+        s = json.loads(p.read_text()) | {"data_fingerprint": fp, "prepared_dir": str(prep)}
+        p.write_text(json.dumps(s))
+        paths.append(p)
+    rows = list(csv.DictReader(io.StringIO(render(paths, "csv", "table1"))))
+    assert len(rows) == 1 and rows[0]["seeds"] == "2", rows
+    other = _summary(tmp_path / "vae-s2" / "summary.json", {"model": "vae"}, 2, {"pesq_nb": 3.5})
+    other.write_text(json.dumps(json.loads(other.read_text()) | {"data_fingerprint": "elsewhere", "prepared_dir": str(prep)}))
+    assert len(list(csv.DictReader(io.StringIO(render([*paths, other], "csv", "table1"))))) == 2
