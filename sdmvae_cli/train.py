@@ -153,6 +153,9 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     optim = state.get("optimizer_state")
     if not isinstance(optim, dict) or optim.get("kind") != OPTIMIZER_KIND:
         raise SdmvaeError(f"--resume: {last} has no optimizer state of this sdmvae version (an exported or older checkpoint)")
+    from sdmvae_cli.outputs import remove_stale_temporaries
+
+    remove_stale_temporaries(spec.run_dir)  # a checkpoint write cut by kill -9 (one process per run folder)
     cfg = ModelConfig.from_dict(state["config"]["model"])
     saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
     opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})

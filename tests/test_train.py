@@ -46,7 +46,10 @@ def test_early_stopping_triggers_at_the_patience(synthetic_prepared, tmp_path):
 def test_resume_equals_uninterrupted_run(synthetic_prepared, tmp_path):
     full = train(synthetic_prepared, SMALL, opts(epochs=4), tmp_path / "full")
     train(synthetic_prepared, SMALL, opts(epochs=2), tmp_path / "part")
+    stale = tmp_path / "part" / ".best.pt.x1y2z3.pt.tmp"  # a checkpoint write cut by kill -9
+    stale.write_bytes(b"half a checkpoint")
     resumed = train(synthetic_prepared, None, opts(epochs=4), tmp_path / "part", resume=True)
+    assert not stale.exists()
     assert [h["val_total"] for h in resumed.history] == [h["val_total"] for h in full.history]
     a = read_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
     b = read_checkpoint(tmp_path / "part" / "last.pt")["model_state"]
