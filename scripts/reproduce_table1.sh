@@ -67,7 +67,7 @@ for stage in $STAGES; do
       rel sdm-dct-k64-m64 "$R"/b_sdm/sdm-dct-k64-m64-s*/best.pt
       rel sdm-learned-k64-m64 "$R"/b_sdm/sdm-learned-k64-m64-s*/best.pt
       rel threshold-m64 "$R"/c_threshold/*/best.pt
-      rel laplace-m64 "$R"/d_heavy/laplace-m64-s*/best.pt
+      rel laplace-m64 "$R"/f_median_stop/laplace-m64-median-s*/best.pt   # its mean spikes as the VAE's
       rel cauchy-m64 "$R"/d_heavy/cauchy-*/best.pt
       # the default model: chosen on the VALIDATION split by the paper's PESQ (pesq_nb) of the
       # resynthesis: validation losses of different families are not one yardstick (SDM-VAE fits

@@ -68,8 +68,8 @@ def test_released_models_by_name(tmp_path):
     r = cli("models", "--released", "--json")
     rows = json.loads(r.stdout)
     names = {row["name"] for row in rows}
-    assert names == {"vae-m64", "vsc-a0.5-m64", "sdm-identity-m64", "sdm-dct-k64-m64", "sdm-learned-k64-m64", "threshold-learned-m64",
-                     "cauchy-m64"}
+    assert names == {"vae-m64", "vsc-a0.5-m64", "sdm-identity-m64", "sdm-dct-k64-m64", "sdm-learned-k64-m64", "threshold-m64",
+                     "cauchy-m64", "laplace-m64"}
     assert sum(row["default"] for row in rows) == 1 and all(row["scores"]["stoi"] > 0.8 and row["data"] for row in rows)
     wav = DEMO_AUDIO / "3331-159605-0006.flac"
     r = cli("resynth", wav, tmp_path / "o.wav", "-m", "vae-m64", cwd=tmp_path)
