@@ -166,8 +166,8 @@ def train(
     if not (run_dir / "best.pt").exists():
         raise SdmvaeError(f"no epoch completed: no checkpoint was written in {run_dir}")
     why = "early stopping" if result.stopped_early else "epoch limit"
-    if result.stopped_early and "median" in result.message:
-        err.print(f"[yellow]warning:[/yellow] {escape(result.message)}", highlight=False)
+    if result.advice:
+        err.print(f"[yellow]warning:[/yellow] {escape(result.advice)}", highlight=False)
     err.print(f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {escape(str(run_dir))}/best.pt",
               highlight=False)
     if as_json:

@@ -196,20 +196,19 @@ def current_fingerprint(fingerprint: str | None, prepared_dir: str | Path | None
     re-keying count as the same data."""
     if not prepared_dir:
         return fingerprint
-    current, aliases = fingerprint_aliases(prepared_dir)
-    return current if fingerprint in aliases else fingerprint
-
-
-def fingerprint_aliases(prepared_dir: str | Path) -> tuple[str | None, set[str]]:
-    """(current fingerprint, every fingerprint these frames have had) of a prepared folder;
-    (None, empty) when it has no readable prepare.json."""
     try:
         info = json.loads((Path(prepared_dir) / "prepare.json").read_text())
-        cur = info["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, set()
-    prev = info.get("previous_fingerprints", [])
-    return cur, {cur, *(f for f in prev if isinstance(f, str))}
+    except (OSError, ValueError):
+        return fingerprint
+    if not isinstance(info, dict) or "fingerprint" not in info:
+        return fingerprint
+    return info["fingerprint"] if fingerprint in fingerprint_aliases(info) else fingerprint
+
+
+def fingerprint_aliases(info: dict) -> set:
+    """Every fingerprint the frames of a ``prepare.json`` (its content, ``info``) have had: the
+    current one and its ``previous_fingerprints``."""
+    return {info.get("fingerprint"), *(f for f in info.get("previous_fingerprints", []) if isinstance(f, str))}
 
 
 def _write_npy_from_raw(raw: Path, n_rows: int, n_cols: int, target: Path) -> None:

@@ -63,6 +63,7 @@ class Member:
     since_best: int = 0
     status: str = "running"  # running | stopped (early) | finished (epoch cap) | diverged | interrupted
     message: str = ""
+    advice: str = ""  # a stop on the mean while the median still improved (also ends ``message``)
     wrote_checkpoint: bool = False
     perm_gen: torch.Generator | None = None
     noise_gen: torch.Generator | None = None
@@ -451,9 +452,10 @@ def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], 
         m.status, m.message = "stopped", f"early stopping: no improvement for {m.opts.patience} epochs"
         late = median_still_improving(m.history, m.best_epoch, m.opts.patience) if m.opts.stop_on == "mean" else None
         if late is not None:
-            m.message += (f" of the mean validation loss (best epoch {m.best_epoch}), but the median per-frame loss was still "
-                          f"improving (best at epoch {late}): a few validation frames dominate the mean; "
-                          "--stop-on median is robust to them (docs/results.md)")
+            m.advice = (f"stopped on the mean validation loss (best epoch {m.best_epoch}), but the median per-frame loss was "
+                        f"still improving (best at epoch {late}): a few validation frames dominate the mean; "
+                        "--stop-on median is robust to them (docs/results.md)")
+            m.message += f"; {m.advice}"
     elif m.epoch >= m.opts.epochs:
         m.status, m.message = "finished", f"reached the epoch cap ({m.opts.epochs})"
     if cb.save:

@@ -150,9 +150,6 @@ def run_sweep(
         members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open)
     except KeyboardInterrupt:
         interrupted = True
-        for m in members:  # the members of stacks that had not started yet
-            if m.status == "running":
-                m.status, m.message = "interrupted", "interrupted before its stack started; --resume starts it"
         raise
     finally:
         summary = _summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)

@@ -28,7 +28,7 @@ from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.frames import FrameSource, device_budget, open_frames
 from sdmvae_cli.nets import ModelConfig, build_model
-from sdmvae_cli.prepare import load_prepare_info
+from sdmvae_cli.prepare import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.stack import OPTIMIZER_KIND, Member, Stack, StackCallbacks, group_key, init_state, train_stack
 from sdmvae_cli.stft import StftConfig
 from sdmvae_cli.trainopts import EpochRecord, TrainOptions, resolve_device
@@ -53,7 +53,7 @@ class TrainResult:
     best_val: float
     stopped_early: bool
     interrupted: bool = False
-    message: str = ""  # why it ended (early stopping's note on the median, when it has one)
+    advice: str = ""  # stopped on the mean while the median per-frame loss still improved (stack.Member.advice)
 
 
 @dataclass
@@ -146,7 +146,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     if not last.exists():
         raise SdmvaeError(f"--resume: {last} does not exist")
     state = read_checkpoint(last)
-    if state.get("data_fingerprint") not in {info.get("fingerprint"), *info.get("previous_fingerprints", [])}:
+    if state.get("data_fingerprint") not in fingerprint_aliases(info):
         raise SdmvaeError(f"--resume: {prepared_dir} is not the prepared data {spec.run_dir} was trained on (fingerprint differs)")
     if StftConfig.from_dict(state["config"]["stft"]) != stft:
         raise SdmvaeError("--resume: the prepared data uses another STFT config than the checkpoint")
@@ -250,18 +250,24 @@ def train_runs(
         key = group_key(m.cfg, m.opts) + f"|{m.epoch}"
         groups.setdefault(key, []).append(item)
     cb = StackCallbacks(on_epoch=on_epoch, save=_saver(info, stft, prepared_dir, device), on_done=on_done)
-    for items in groups.values():
-        running = [it for it in items if not it[0].done]
-        if not running:
-            continue
-        members = [it[0] for it in running]
-        if on_group:
-            on_group(members)
-        o = members[0].opts
-        compile_loss = device.type == "cuda" if o.compile == "auto" else o.compile == "on"
-        use_graph = device.type == "cuda" and o.cuda_graph
-        stack = Stack(members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss)
-        train_stack(stack, cb)
+    try:
+        for items in groups.values():
+            running = [it for it in items if not it[0].done]
+            if not running:
+                continue
+            members = [it[0] for it in running]
+            if on_group:
+                on_group(members)
+            o = members[0].opts
+            compile_loss = device.type == "cuda" if o.compile == "auto" else o.compile == "on"
+            use_graph = device.type == "cuda" and o.cuda_graph
+            stack = Stack(members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss)
+            train_stack(stack, cb)
+    except KeyboardInterrupt:  # train_stack marked its own members; these are the later stacks'
+        for m, _, _ in opened:
+            if m.status == "running":
+                m.status, m.message = "interrupted", "interrupted before its stack started; --resume starts it"
+        raise
     return [it[0] for it in opened]
 
 
@@ -295,7 +301,7 @@ def train(
     m = members[0]
     if m.status == "diverged":
         raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
-    return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.message)
+    return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.advice)
 
 
 def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:

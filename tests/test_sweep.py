@@ -289,3 +289,7 @@ def test_a_run_stopped_while_its_median_improved_gets_the_note(synthetic_prepare
                   tmp_path / "sw", device="cpu")
     m = s["members"][0]
     assert m["status"] == "stopped" and m["best_epoch"] == 0 and "median per-frame loss was still improving (best at epoch 2)" in m["message"]
+    calls["n"] = 0  # the same through `train` (whose CLI prints the advice as a warning)
+    res = train(synthetic_prepared, ModelConfig(model="vae", latent=8), TrainOptions(**{**COMMON, "patience": 2, "epochs": 9, "device": "cpu"}),
+                tmp_path / "alone")
+    assert res.stopped_early and res.best_epoch == 0 and "still improving (best at epoch 2)" in res.advice
