@@ -146,6 +146,18 @@ def _run_name(p: Path) -> str:
     return parent.name or str(p)
 
 
+def _check_fields(p: Path, s: dict) -> None:
+    """One clear line for a corrupt or hand-edited summary (a field of the wrong type), instead
+    of an internal error deep in the table code."""
+    needed = ("metrics", "model") if s["kind"] == "checkpoint" else ("metrics",)
+    for k in ("metrics", "model", "train", "sparsity", "settings", "validation"):
+        if (k in needed or s.get(k) is not None) and not isinstance(s.get(k), dict):
+            raise SdmvaeError(f"{p}: its {k!r} field is not what `sdmvae evaluate` writes (a corrupt or edited summary)")
+    v = s.get("validation") or {}
+    if any(v.get(k) is not None and not isinstance(v.get(k), (int, float)) for k in ("total", "median")):
+        raise SdmvaeError(f"{p}: its 'validation' losses are not numbers (a corrupt or edited summary)")
+
+
 def read_summary(p: Path) -> RunRow:
     p = Path(p)
     try:
@@ -156,6 +168,7 @@ def read_summary(p: Path) -> RunRow:
         raise SdmvaeError(f"{p}: not a JSON summary from `sdmvae evaluate`") from None
     if not isinstance(s, dict) or s.get("kind") not in ("checkpoint", "folders") or "metrics" not in s:
         raise SdmvaeError(f"{p}: not a summary.json written by `sdmvae evaluate`")
+    _check_fields(p, s)
     if s["kind"] == "folders":
         label = f"folders: {Path(s.get('est_dir', '?')).name}"
         row = RunRow(_run_name(p), str(p), label, None, None, f"folders:{s.get('est_dir')}", (len(MODEL_ORDER) + 1,))

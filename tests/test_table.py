@@ -121,3 +121,14 @@ def test_summaries_scored_before_and_after_a_rekeying_are_one_dataset(tmp_path):
     other = _summary(tmp_path / "vae-s2" / "summary.json", {"model": "vae"}, 2, {"pesq_nb": 3.5})
     other.write_text(json.dumps(json.loads(other.read_text()) | {"data_fingerprint": "elsewhere", "prepared_dir": str(prep)}))
     assert len(list(csv.DictReader(io.StringIO(render([*paths, other], "csv", "table1"))))) == 2
+
+
+@pytest.mark.parametrize("field,bad", [("validation", "x"), ("validation", {"stop_on": "median", "median": "NaN?"}),
+                                       ("metrics", "x"), ("train", [1]), ("model", "x")])
+def test_a_corrupt_summary_field_is_one_clear_line(tmp_path, field, bad):
+    p = _summary(tmp_path / "a" / "summary.json", {"model": "vae"}, 0, {"pesq_nb": 3.0})
+    p.write_text(json.dumps(json.loads(p.read_text()) | {field: bad}))
+    with pytest.raises(SdmvaeError, match=f"{field}.*(not what `sdmvae evaluate` writes|not numbers)"):
+        read_summaries([p])
+    r = subprocess.run([*CLI, "table", str(p)], capture_output=True, text=True)
+    assert r.returncode == 1 and "internal error" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
