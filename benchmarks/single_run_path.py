@@ -44,11 +44,11 @@ def main() -> None:
     for model in a.models:
         cfg = ModelConfig(model=model, latent=64, **({"dictionary": "dct", "k": 64} if model == "sdm" else {}))
         stacks = {"engine": make_stack(1, cfg, src, val, dev, False)}
-        Stack.cpu_fused_adam = False
+        Stack.fused_adam = False
         stacks["foreach-adam"] = make_stack(1, cfg, src, val, dev, False)
         Stack.always_vmap = True
         stacks["vmap"] = make_stack(1, cfg, src, val, dev, False)
-        Stack.always_vmap, Stack.cpu_fused_adam = False, True
+        Stack.always_vmap, Stack.fused_adam = False, True
         times: dict[str, list[float]] = {k: [] for k in stacks}
         for st in stacks.values():
             st.run_epoch(0)

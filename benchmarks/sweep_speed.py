@@ -1,7 +1,14 @@
 """Stacked training throughput: aggregate member-frames/s against the number of members.
 
-    python benchmarks/sweep_speed.py --device cuda --members 1 4 16 64 --frames 270000
+    python benchmarks/sweep_speed.py --device cuda --members 1 4 16 64 --frames 270000 --variants before,engine
     python benchmarks/sweep_speed.py --device cpu --members 1 4 8 --frames 60000 --sequential
+
+Variants (--variants, timed in the same process, one after another per member count):
+``engine`` is what `sdmvae sweep` runs (compile per --compile, fused Adam, permutations drawn in
+threads, TF32 on CUDA); ``before`` is the engine as the third session measured it (foreach Adam,
+permutations in turn, full fp32); ``no-tf32``, ``foreach``, ``serial-perm`` each take one
+change back from ``engine``. --check trains one epoch of ``before`` and of ``no-tf32`` from the
+same start and prints how far their weights end apart (the fused Adam is the same update).
 
 Each point trains a stack of N members (vae or --model, m=64, batch 128) on random frames for
 --epochs timed epochs after one warm-up epoch (CUDA graph capture, compilation). With
@@ -27,10 +34,22 @@ from sdmvae_cli.stack import Member, Stack, init_state  # noqa: E402
 from sdmvae_cli.trainopts import TrainOptions  # noqa: E402
 
 
-def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool) -> Stack:
+VARIANTS = {  # name -> (fused Adam, threaded permutations, TF32)
+    "engine": (True, True, True),
+    "before": (False, False, False),
+    "no-tf32": (True, True, False),
+    "foreach": (False, True, True),
+    "serial-perm": (True, False, True),
+}
+
+
+def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool,
+               variant: str = "engine") -> Stack:
+    fused, threaded, tf32 = VARIANTS[variant]
+    Stack.fused_adam, Stack.threaded_permutations = fused, threaded
     members = []
     for i in range(n):
-        m = Member(f"m{i}", cfg, TrainOptions(seed=i), Path("."))
+        m = Member(f"m{i}", cfg, TrainOptions(seed=i, tf32=tf32), Path("."))
         m.perm_gen = torch.Generator().manual_seed(i)
         m.noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
         members.append(m)
@@ -59,6 +78,8 @@ def main() -> None:
     ap.add_argument("--model", default="vae")
     ap.add_argument("--compile", choices=["on", "off"], default="off")
     ap.add_argument("--sequential", action="store_true")
+    ap.add_argument("--variants", default="engine", help="comma-separated: " + ", ".join(VARIANTS))
+    ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     device = torch.device(a.device)
     rng = np.random.default_rng(0)
@@ -69,16 +90,35 @@ def main() -> None:
     cfg = ModelConfig(model=a.model, latent=64, **kw)
     print(f"device {device} {torch.cuda.get_device_name() if device.type == 'cuda' else ''} torch {torch.__version__} "
           f"model {a.model} frames {a.frames} compile {a.compile}")
+    if a.check:
+        check(cfg, src, val, device, a.compile == "on")
     for n in a.members:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        secs = time_epochs(make_stack(n, cfg, src, val, device, a.compile == "on"), a.epochs)
-        peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-        line = f"members {n:3d}: {secs:7.3f} s/epoch, aggregate {n * a.frames / secs / 1e6:7.2f} M frames/s, peak {peak:8.0f} MiB"
-        if a.sequential:
-            seq = sum(time_epochs(make_stack(1, cfg, src, val, device, a.compile == "on"), a.epochs) for _ in range(n))
-            line += f"; one after another {seq:7.3f} s -> stacked is {seq / secs:4.2f}x faster"
-        print(line, flush=True)
+        first = None
+        for variant in a.variants.split(","):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            secs = time_epochs(make_stack(n, cfg, src, val, device, a.compile == "on", variant), a.epochs)
+            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+            first = first or secs
+            line = (f"{variant:>12s} members {n:3d}: {secs:7.3f} s/epoch, aggregate {n * a.frames / secs / 1e6:7.2f} M frames/s, "
+                    f"peak {peak:8.0f} MiB, {first / secs:5.2f}x the first variant")
+            if a.sequential:
+                seq = sum(time_epochs(make_stack(1, cfg, src, val, device, a.compile == "on", variant), a.epochs) for _ in range(n))
+                line += f"; one after another {seq:7.3f} s -> stacked is {seq / secs:4.2f}x faster"
+            print(line, flush=True)
+
+
+def check(cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool) -> None:
+    """One epoch of 4 members from the same start with the foreach and the fused Adam (both fp32)."""
+    out = {}
+    for variant in ("before", "no-tf32"):
+        st = make_stack(4, cfg, src, val, device, compile_loss, variant)
+        st.run_epoch(0)
+        out[variant] = {k: v.detach().clone() for k, v in st.params.items()}
+        start = init_state(cfg, 0)
+    diff = max((out["before"][k] - out["no-tf32"][k]).abs().max().item() for k in out["before"])
+    moved = max((out["before"][k][0].cpu() - start[k]).abs().max().item() for k in out["before"])
+    print(f"check: after one epoch, foreach vs fused Adam weights differ by at most {diff:.2e} (weights moved {moved:.2e})", flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def _register() -> None:
     app.command("models")(cli_models.models)
     app.command("train")(cli_train.train)
     app.command("sweep")(cli_sweep.sweep)
+    app.command("sweep-stacks")(cli_sweep.sweep_stacks)
     app.command("resynth")(cli_resynth.resynth)
     app.command("evaluate")(cli_evaluate.evaluate)
     app.command("table")(cli_evaluate.table)

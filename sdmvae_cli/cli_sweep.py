@@ -49,3 +49,17 @@ def sweep(
               f"{summary['member_frames_per_s']:,.0f} member-frames/s", highlight=False)
     if any(m["status"] == "diverged" for m in summary["members"]):
         sys.exit(1)
+
+
+def sweep_stacks(
+    spec: Path = typer.Argument(..., help="Sweep spec (JSON or .toml)."),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Folder for the per-stack specs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace per-stack specs already there."),
+) -> None:
+    """Split a sweep spec into one spec per stack, to train the stacks side by side (one `sweep` each).
+
+    stdout: the written specs, one per line."""
+    from sdmvae_cli.sweep import split_by_stack
+
+    for p in split_by_stack(spec, out_dir, overwrite):
+        print(p)

@@ -25,10 +25,10 @@ MODEL_PARAMS = {"arch": "model", "latent": "latent", "hidden": "hidden", "activa
                 "learn_threshold": "learn_threshold", "gamma_shape": "gamma_shape", "gamma_rate": "gamma_rate", "beta2": "beta2",
                 "samples": "samples"}
 TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "stop_on": "stop_on", "seed": "seed",
-                "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile"}
+                "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile", "tf32": "tf32"}
 #: how to run, not what to compute: always from this command line, never from --config (a run
 #: trained on a GPU is rerun on a laptop without --device cpu)
-EXECUTION = ("device", "cuda_graph", "compile")
+EXECUTION = ("device", "cuda_graph", "compile", "tf32")
 
 
 def read_run_config(path: Path) -> dict:
@@ -118,6 +118,7 @@ def train(
     device: str = typer.Option("auto", callback=device_name, help=DEVICE_HELP),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
     compile_: Literal["auto", "on", "off"] = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA), on, off."),
+    tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
 ) -> None:

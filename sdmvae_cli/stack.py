@@ -12,7 +12,8 @@ alone:
 - its own permutation generator (seeded with its seed) draws its batches;
 - its own noise generator draws all of its sampling noise, a block of ``graph_steps`` steps
   at a time, through :func:`sdmvae_cli.nets.base.draw_noise` (fixed order and shapes);
-- its own Adam state and learning rate (Adam is elementwise: a stacked Adam is N Adams);
+- its own Adam state and learning rate (Adam is elementwise: a stacked Adam is N Adams, one
+  fused kernel call over the stacked tensors where the members share a learning rate);
 - its own scalar hyper-parameters (``SCALAR_HPARAMS``: beta, alpha, threshold, ...), passed
   to the model as 0-d tensors under vmap;
 - its own validation noise, fixed for the whole run (drawn once from seed + 1);
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -82,27 +85,22 @@ class StackedAdam:
         self.params, self.lrs, self.steps = params, lrs, steps  # steps: (N,) float
         self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
-        on_cpu = all(p.device.type == "cpu" for p in params.values())
-        self.fused = (on_cpu and hasattr(torch, "_fused_adam_")) if fused is None else fused
-        # member i's parameter names by learning rate (constant for the stack's life): the fused
-        # kernel takes one float lr per call
-        self._lr_groups: list[dict[float, list[str]]] = []
-        for i in range(steps.shape[0]):
-            groups: dict[float, list[str]] = {}
-            for n in params:
-                groups.setdefault(float(lrs[n][i]), []).append(n)
-            self._lr_groups.append(groups)
+        devices = {p.device.type for p in params.values()}
+        self.fused = (hasattr(torch, "_fused_adam_") and devices <= {"cpu", "cuda"}) if fused is None else fused
+        self._runs = equal_runs(lrs, steps)
 
     @torch.no_grad()
     def step(self) -> None:
         """One Adam update of every member.
 
-        CUDA: a handful of multi-tensor (``_foreach``) kernels over the stacked tensors: inside
-        a CUDA graph each kernel costs a few microseconds whatever its size, so the update must
-        not be one kernel per parameter per operation. CPU: torch's fused Adam kernel (the one
-        behind ``torch.optim.Adam(fused=True)``), one call per member and learning rate on the
-        member's slices: one pass over memory instead of nine element-wise ops (same update to
-        rounding; ``tests/test_sweep.py``)."""
+        Fused (CPU and CUDA): torch's fused Adam kernel (the one behind
+        ``torch.optim.Adam(fused=True)``), one pass over memory instead of nine element-wise
+        passes, called once per run of consecutive members that share their learning rates and
+        step count (usually one call for the whole stack: the kernel takes one float lr) on
+        leading-dimension slices of the stacked tensors. On CUDA it reads the step count from
+        device memory, so CUDA graphs capture it. Foreach (``fused=False``, for comparison):
+        nine multi-tensor element-wise ops with a learning rate per member. Both equal
+        ``torch.optim.Adam`` per member to rounding (``tests/test_sweep.py``)."""
         self.steps += 1
         names = [n for n, p in self.params.items() if p.grad is not None]  # unused ones: skipped, as torch.optim.Adam
         if not names:
@@ -130,17 +128,34 @@ class StackedAdam:
 
     def _fused_step(self, names: set[str]) -> None:
         b1, b2 = ADAM_BETAS
-        for i, groups in enumerate(self._lr_groups):
-            step = self.steps[i]  # read, not incremented, by the kernel
+        for a, b, groups in self._runs:
+            step = self.steps[a]  # read, not incremented, by the kernel
             for lr, group in groups.items():
                 g = [n for n in group if n in names]
                 if not g:
                     continue
-                ps = [self.params[n][i] for n in g]
-                torch._fused_adam_(ps, [self.params[n].grad[i].contiguous() for n in g],  # the kernel reads raw strides
-                                   [self.exp_avg[n][i] for n in g], [self.exp_avg_sq[n][i] for n in g], [],
+                torch._fused_adam_([self.params[n][a:b] for n in g],
+                                   [self.params[n].grad[a:b].contiguous() for n in g],  # the kernel reads raw strides
+                                   [self.exp_avg[n][a:b] for n in g], [self.exp_avg_sq[n][a:b] for n in g], [],
                                    [step] * len(g), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS,
                                    amsgrad=False, maximize=False)
+
+
+def equal_runs(lrs: dict[str, torch.Tensor], steps: torch.Tensor) -> list[tuple[int, int, dict[float, list[str]]]]:
+    """Maximal runs [a, b) of consecutive members with the same learning rate for every
+    parameter and the same step count, each with its parameter names grouped by learning rate.
+    Constant for a stack's life: every member steps every step."""
+    n = int(steps.shape[0])
+    keys = [(float(steps[i]), tuple(float(v[i]) for v in lrs.values())) for i in range(n)]
+    runs, a = [], 0
+    for i in range(1, n + 1):
+        if i == n or keys[i] != keys[a]:
+            groups: dict[float, list[str]] = {}
+            for name, v in lrs.items():
+                groups.setdefault(float(v[a]), []).append(name)
+            runs.append((a, i, groups))
+            a = i
+    return runs
 
 
 def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
@@ -163,8 +178,10 @@ class Stack:
 
     #: use vmap even for a single member (benchmarks/single_run_path.py compares both paths)
     always_vmap: bool = False
-    #: torch's fused Adam kernel on the CPU (False: the foreach path; for the same benchmark)
-    cpu_fused_adam: bool = True
+    #: torch's fused Adam kernel (False: the foreach path; for benchmarks/sweep_speed.py)
+    fused_adam: bool = True
+    #: draw the members' permutations in threads (False: one after another; for the same benchmark)
+    threaded_permutations: bool = True
 
     def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
                  val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
@@ -179,6 +196,11 @@ class Stack:
             raise SdmvaeError("a stack of several members needs the train split resident in memory (raise --max-device-fraction)")
         self.src, self.data, self.val = src, src.buffer, val
         self.use_graph, self.compile_loss = use_graph, compile_loss
+        if device.type == "cuda":
+            # TF32 matrix products (10-bit mantissa, fp32 range): the stacked products are most
+            # of a large stack's step (docs/benchmarks.md); --no-tf32 keeps full fp32. A process
+            # setting, as torch offers it: it also holds for the stack's validation passes.
+            torch.backends.cuda.matmul.allow_tf32 = bool(self.opts.tf32)
         self._build(states, optim_states)
 
     # -- construction and compaction ---------------------------------------------------------
@@ -192,7 +214,7 @@ class Stack:
             vals = [float(getattr(m.cfg, field_name)) if field_name else float(m.opts.lr) for m in self.members]
             lrs[n] = torch.tensor(vals, device=dev)
         steps = torch.tensor([float(o["step"]) if o else 0.0 for o in optim_states], device=dev)
-        self.opt = StackedAdam(self.params, lrs, steps, fused=None if self.cpu_fused_adam else False)
+        self.opt = StackedAdam(self.params, lrs, steps, fused=None if self.fused_adam else False)
         for i, o in enumerate(optim_states):
             if o:
                 for n in self.param_names:
@@ -243,6 +265,12 @@ class Stack:
         else:
             train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
             self.val_fn = vmap(member_val, in_dims=(0, 0, None, 0))
+        if self.compile_loss:
+            # a fresh compile per stack: torch.compile caches per code object, and this closure's
+            # code is shared by every stack of the process; past its recompile limit (8) dynamo
+            # silently falls back to eager, which halved the speed of later stacks on an H100
+            # (benchmarks/train_speed.py with eight models in one process, docs/benchmarks.md)
+            torch._dynamo.reset()
         self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
@@ -298,8 +326,8 @@ class Stack:
     def _run_chunk(self, rows: int) -> int:
         b, gsteps = self.opts.batch_size, self.opts.graph_steps
         nb = rows // b
-        idx = torch.stack([torch.randperm(rows, generator=m.perm_gen)[: nb * b].view(nb, b) for m in self.members], 1)
-        idx = idx.to(self.device)  # (nb, N, B)
+        perms = permutations(rows, [m.perm_gen for m in self.members], self.threaded_permutations)
+        idx = torch.stack([p[: nb * b].view(nb, b) for p in perms], 1).to(self.device)  # (nb, N, B)
         done_eager = 0
         for s in range(0, nb, gsteps):
             k = min(gsteps, nb - s)
@@ -358,6 +386,17 @@ class Stack:
             "exp_avg": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg.items()},
             "exp_avg_sq": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg_sq.items()},
         }
+
+
+def permutations(rows: int, gens: list[torch.Generator], threaded: bool = True) -> list[torch.Tensor]:
+    """One random permutation of ``rows`` per generator. Why threads: 64 members' permutations
+    of a 270k-frame split take a quarter of a second one after another on one core while the
+    GPU waits at the start of every epoch; torch releases the GIL in randperm, and each member
+    keeps its own generator, so the result is the same as drawing them in turn."""
+    if not threaded or len(gens) == 1:
+        return [torch.randperm(rows, generator=g) for g in gens]
+    with ThreadPoolExecutor(max_workers=min(len(gens), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda g: torch.randperm(rows, generator=g), gens))
 
 
 def _unstacked(member_loss: Callable, x_stacked: bool) -> Callable:

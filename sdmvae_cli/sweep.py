@@ -97,6 +97,32 @@ def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptio
     return out
 
 
+def split_by_stack(spec_path: str | Path, out_dir: str | Path, overwrite: bool = False) -> list[Path]:
+    """One spec per stack of ``spec_path`` (runs that would train stacked), written as
+    ``OUT_DIR/<spec stem>.<k>.json`` with every option spelled out; returns their paths.
+
+    Why: a sweep trains its stacks one after another, and a stack of a few members leaves a GPU
+    mostly idle; specs split this way train side by side, one process each (under CUDA MPS the
+    processes' kernels overlap), with the same numbers (a member's computation does not depend
+    on the rest of its sweep). Existing files are refused unless ``overwrite``."""
+    from sdmvae_cli.stack import group_key
+
+    spec_path, out_dir = Path(spec_path), Path(out_dir)
+    stacks: dict[str, list[dict[str, Any]]] = {}
+    for name, cfg, opts in expand_spec(read_spec(spec_path)):
+        run = {"name": name, **cfg.to_dict(), **{k: v for k, v in opts.to_dict().items() if k in TRAIN_FIELDS}}
+        stacks.setdefault(group_key(cfg, opts), []).append(run)
+    paths = [out_dir / f"{spec_path.stem}.{k}.json" for k in range(len(stacks))]
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise SdmvaeError(f"{p} already exists; use --overwrite or another --out-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for p, runs in zip(paths, stacks.values()):
+        write_json(p, {"_comment": f"stack {p.stem.rsplit('.', 1)[1]} of {spec_path.name} (sdmvae sweep-stacks)", "runs": runs})
+    return paths
+
+
 def _never_started(run_dir: Path) -> bool:
     """A member folder holding only what is written for every member before the first stack
     trains (config.json): a sweep interrupted before this member's stack ran. --resume starts it."""

@@ -21,6 +21,7 @@ class TrainOptions:
     cuda_graph: bool = True
     compile: str = "auto"  # auto (= on with CUDA) | on | off: torch.compile of the stacked loss
     stop_on: str = "mean"  # validation statistic for early stopping and best.pt: mean (the paper) | median of per-frame losses
+    tf32: bool = True  # CUDA matrix products in TF32 (no effect on a CPU); False: full fp32
     graph_steps: int = 32  # steps per CUDA graph replay, and per block of pre-drawn noise
     val_batch: int = 16384
     max_device_fraction: float = 0.5  # of free device memory (or host RAM) for resident frames

@@ -125,22 +125,26 @@ def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
     assert sw["member_frames_per_s"] > 0 and {p.name for p in (tmp_path / "sw" / "v1").iterdir()} >= {"best.pt", "last.pt", "history.csv", "config.json"}
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused-cpu"])
-def test_stacked_adam_is_torch_adam_per_member(fused):
+@pytest.mark.parametrize("fused,shared", [(False, False), (True, False), (True, True)],
+                         ids=["foreach", "fused-per-member", "fused-shared-lr"])
+def test_stacked_adam_is_torch_adam_per_member(fused, shared):
     """Adam is elementwise: the stacked update with a learning rate per member and parameter
-    equals torch.optim.Adam run on each member alone, in both paths (the foreach kernels that
-    CUDA graphs capture, and the fused kernel used on the CPU); a parameter without a gradient
-    is left alone in both."""
+    equals torch.optim.Adam run on each member alone, in both paths (the foreach kernels, and
+    the fused kernel called once per run of members sharing their learning rates: here three
+    runs of one, or a run of two and one); a parameter without a gradient is left alone."""
     from sdmvae_cli.stack import StackedAdam
 
     torch.manual_seed(0)
     lrs = {"w": torch.tensor([1e-2, 3e-3, 1e-4]), "b": torch.tensor([1e-3, 3e-3, 1e-2]), "unused": torch.full((3,), 1e-2)}
+    if shared:
+        lrs = {"w": torch.tensor([3e-3, 3e-3, 1e-4]), "b": torch.tensor([1e-2, 1e-2, 1e-2]), "unused": torch.full((3,), 1e-2)}
     params = {"w": torch.randn(3, 5, 4), "b": torch.randn(3, 4), "unused": torch.randn(3, 2)}
     start = {n: t.clone() for n, t in params.items()}
     params = {n: t.requires_grad_(True) for n, t in params.items()}
     alone = [{n: t[i].detach().clone().requires_grad_(True) for n, t in params.items() if n != "unused"} for i in range(3)]
     opt = StackedAdam(params, lrs, torch.zeros(3), fused=fused)
     assert opt.fused == fused
+    assert [(a, b) for a, b, _ in opt._runs] == ([(0, 2), (2, 3)] if shared else [(0, 1), (1, 2), (2, 3)])
     refs = [torch.optim.Adam([{"params": [a[n]], "lr": float(lrs[n][i])} for n in a]) for i, a in enumerate(alone)]
     for _ in range(25):
         g = {"w": torch.randn(3, 5, 4), "b": torch.randn(3, 4)}
@@ -156,6 +160,26 @@ def test_stacked_adam_is_torch_adam_per_member(fused):
             torch.testing.assert_close(params[n][i].detach(), alone[i][n].detach(), atol=1e-6, rtol=1e-5)
             assert (params[n][i] - start[n][i]).abs().max() > 1e-4  # it moved
     assert torch.equal(params["unused"].detach(), start["unused"])
+
+
+def test_equal_runs_split_on_learning_rate_and_step():
+    """The fused Adam takes one learning rate and one step count per call: members are cut
+    into maximal consecutive runs that agree on both, names grouped by learning rate."""
+    from sdmvae_cli.stack import equal_runs
+
+    lrs = {"w": torch.tensor([1e-3, 1e-3, 1e-3, 1e-3]), "d": torch.tensor([1e-2, 1e-2, 1e-2, 1e-3])}
+    runs = equal_runs(lrs, torch.tensor([4.0, 4.0, 7.0, 7.0]))
+    assert [(a, b) for a, b, _ in runs] == [(0, 2), (2, 3), (3, 4)]
+    assert list(runs[0][2].values()) == [["w"], ["d"]] and list(runs[2][2].values()) == [["w", "d"]]
+
+
+def test_threaded_permutations_are_each_generators_own():
+    """Drawing the members' permutations in threads gives what drawing them in turn gives."""
+    from sdmvae_cli.stack import permutations
+
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(6)]  # noqa: E731
+    a, b = permutations(1000, gens(), threaded=True), permutations(1000, gens(), threaded=False)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], a[1])
 
 
 def test_a_diverging_member_stops_alone(synthetic_prepared, tmp_path):
@@ -293,3 +317,31 @@ def test_a_run_stopped_while_its_median_improved_gets_the_note(synthetic_prepare
     res = train(synthetic_prepared, ModelConfig(model="vae", latent=8), TrainOptions(**{**COMMON, "patience": 2, "epochs": 9, "device": "cpu"}),
                 tmp_path / "alone")
     assert res.stopped_early and res.best_epoch == 0 and "still improving (best at epoch 2)" in res.advice
+
+
+def test_sweep_stacks_splits_a_spec_into_its_stacks(tmp_path):
+    """`sdmvae sweep-stacks`: every run lands in exactly one per-stack spec, with its options
+    unchanged, each per-stack spec is one stack, and an existing file is not overwritten."""
+    from pathlib import Path
+
+    from sdmvae_cli.stack import group_key
+    from sdmvae_cli.sweep import read_spec
+
+    spec = Path(__file__).resolve().parents[1] / "scripts" / "table1_sweep" / "b_sdm.json"
+    r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "sweep-stacks", str(spec), "--out-dir", str(tmp_path / "s")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    paths = r.stdout.split()
+    assert len(paths) == 7  # identity m32, identity m64, dct k32/k64 x m32/m64, learned
+    whole = {n: (c, o) for n, c, o in expand_spec(read_spec(spec))}
+    seen = []
+    for p in paths:
+        runs = expand_spec(read_spec(p))
+        assert len({group_key(c, o) for _, c, o in runs}) == 1
+        for n, c, o in runs:
+            assert (c, o) == whole[n]
+            seen.append(n)
+    assert sorted(seen) == sorted(whole)
+    again = subprocess.run([sys.executable, "-m", "sdmvae_cli", "sweep-stacks", str(spec), "--out-dir", str(tmp_path / "s")],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1

@@ -117,10 +117,11 @@ def test_checkpoint_of_another_kind_is_rejected(synthetic_prepared, tmp_path):
 def test_cli_train_end_to_end(synthetic_prepared, tmp_path):
     run = tmp_path / "run"
     r = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "vsc", "--alpha", "0.5", "--latent", "8",
-                        "--epochs", "3", "--lr", "1e-3", "--device", "cpu", "--out", str(run)], capture_output=True, text=True)
+                        "--epochs", "3", "--lr", "1e-3", "--device", "cpu", "--no-tf32", "--out", str(run)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert {"best.pt", "last.pt", "history.csv", "loss.png", "config.json"} <= {p.name for p in run.iterdir()}
-    assert json.loads((run / "config.json").read_text())["model"]["alpha"] == 0.5
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["alpha"] == 0.5 and cfg["train"]["tf32"] is False
     assert "epoch    2" in r.stderr and "done" in r.stderr and r.stdout.splitlines() == [str(run), str(run / "best.pt")]
     bad = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "sdm", "--dict", "identity", "--k", "32",
                           "--latent", "64", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
