@@ -34,6 +34,7 @@ from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.evaluate import package_version
 from sdmvae_cli.prepare import current_fingerprint
+from sdmvae_cli.table import load_summary
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 
@@ -76,8 +77,6 @@ def metric_stats(summary: dict, key: str) -> dict[str, Any] | None:
     metrics, sp = summary.get("metrics", {}), summary.get("sparsity") or {}
     if key == "hoyer_pooled":
         v = sp.get("hoyer_pooled", sp.get("hoyer_mean"))
-        if isinstance(v, dict):
-            return v if v.get("mean") is not None else None
         if v is None:
             return None
         std = sp.get("hoyer_pooled_std", sp.get("hoyer_std"))
@@ -101,6 +100,7 @@ class Run:
     rows: list[dict]
     checkpoint: Path
     run_dir: Path | None = None
+    hoyer: np.ndarray | None = None  # hoyer_frames.npy, where the evaluation wrote one
 
     @property
     def model_name(self) -> str:
@@ -156,6 +156,42 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def read_per_file(eval_dir: Path) -> list[dict]:
+    """per_file.csv of an evaluation; one clear line where it is missing, unreadable or lacks
+    the columns the page needs (a corrupt or edited file)."""
+    f = eval_dir / "per_file.csv"
+    if not f.is_file():
+        raise SdmvaeError(f"{eval_dir}: no per_file.csv")
+    try:
+        with open(f, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error):
+        raise SdmvaeError(f"{f}: not a CSV written by `sdmvae evaluate` (a corrupt or edited file)") from None
+    if not columns:
+        raise SdmvaeError(f"{f}: empty (a corrupt or truncated file)")
+    missing = [c for c in ("id", "path") if c not in columns]
+    if missing:
+        raise SdmvaeError(f"{f}: no {' or '.join(repr(c) for c in missing)} column (a corrupt or edited file)")
+    return rows
+
+
+def read_hoyer_frames(eval_dir: Path) -> np.ndarray | None:
+    """hoyer_frames.npy of an evaluation (None where there is none): a 1-D array of numbers, or one
+    clear line for a file that is not one (it is optional: deleting it leaves the histogram out)."""
+    f = eval_dir / "hoyer_frames.npy"
+    if not f.is_file():
+        return None
+    try:
+        h = np.load(f, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        h = None
+    if not isinstance(h, np.ndarray) or h.ndim != 1 or not (np.issubdtype(h.dtype, np.integer) or np.issubdtype(h.dtype, np.floating)):
+        raise SdmvaeError(f"{f}: not the per-frame Hoyer array `sdmvae evaluate` writes (corrupt; delete it to leave the histogram out)")
+    return h
+
+
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
     """Read every input (evaluation dir or run dir) into a :class:`Run`, with unique slugs."""
     if not paths:
@@ -168,21 +204,20 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
         if key in seen:
             raise SdmvaeError(f"{p}: the same evaluation as {seen[key]} (given twice)")
         seen[key] = Path(p)
-        try:
-            summary = json.loads((eval_dir / "summary.json").read_text())
-        except json.JSONDecodeError:
-            raise SdmvaeError(f"{eval_dir}/summary.json: not valid JSON") from None
-        if summary.get("kind") != "checkpoint" or "model" not in summary:
+        summary = load_summary(eval_dir / "summary.json")  # checked as `sdmvae table` checks it
+        if summary["kind"] != "checkpoint":
             raise SdmvaeError(f"{eval_dir}: not a checkpoint evaluation (folder-mode evaluations have no model to show)")
-        if not (eval_dir / "per_file.csv").is_file():
-            raise SdmvaeError(f"{eval_dir}: no per_file.csv")
+        if not summary.get("checkpoint"):
+            raise SdmvaeError(f"{eval_dir}/summary.json: no 'checkpoint' field (a corrupt or edited summary)")
+        rows = read_per_file(eval_dir)
+        hoyer = read_hoyer_frames(eval_dir)
         ckpt = _checkpoint_of(summary, eval_dir, run_dir)
         slug = _slug(run_dir, ckpt)
         taken = {r.slug for r in runs}
         base, i = slug, 2
         while slug in taken:
             slug, i = f"{base}-{i}", i + 1
-        runs.append(Run(slug, eval_dir, summary, read_rows(eval_dir / "per_file.csv"), ckpt, run_dir))
+        runs.append(Run(slug, eval_dir, summary, rows, ckpt, run_dir, hoyer))
     return runs
 
 
@@ -274,6 +309,8 @@ def choose_utterances(runs: Sequence[Run], n: int) -> list[dict]:
     out = []
     for i in picked:
         row, entry = scored[0][i], manifest.get(i, {})
+        if not (entry.get("path") or row.get("path")):
+            raise SdmvaeError(f"utterance {i}: no source path in {runs[0].eval_dir / 'per_file.csv'} (a truncated or edited file)")
         path = Path(entry.get("path") or row["path"])
         if not path.is_file():
             raise SdmvaeError(f"utterance {i}: source audio {path} does not exist")
@@ -302,7 +339,10 @@ def data_sources(runs: Sequence[Run]) -> list[dict]:
         corpus = None
         info = Path(s["prepared_dir"]) / "prepare.json" if s.get("prepared_dir") else None
         if info is not None and info.is_file():
-            corpus = json.loads(info.read_text()).get("corpus_dir")
+            try:  # shown for information only: a damaged prepare.json leaves it out
+                corpus = json.loads(info.read_text()).get("corpus_dir")
+            except (ValueError, AttributeError):
+                corpus = None
         out[k] = {"prepared_dir": s.get("prepared_dir"), "split": s.get("split"), "fingerprint": s.get("data_fingerprint"),
                   "corpus_dir": corpus, "files": s.get("files"), "scored": s.get("scored"), "models": [r.slug]}
     return list(out.values())
@@ -412,16 +452,16 @@ def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress:
         if codes_first and codes_first[i] is not None:
             plot_codes(codes_first[i], hop_s, d / "codes.png", f"{run.label}: |code| of utterance 1", vmax=assets.codes_vmax)
             m["codes"] = f"models/{run.slug}/codes.png"
-        hf = run.eval_dir / "hoyer_frames.npy"
-        if hf.is_file():
-            plot_hoyer_histogram(np.load(hf), d / "hoyer.png", f"{run.label}: {run.summary.get('split', '')} frames")
+        h = None if run.hoyer is None else run.hoyer[np.isfinite(run.hoyer)]
+        if h is not None and h.size:
+            plot_hoyer_histogram(h, d / "hoyer.png", f"{run.label}: {run.summary.get('split', '')} frames")
             m["hoyer"] = f"models/{run.slug}/hoyer.png"
         hist = _history(run, lm.checkpoint)
         if hist:
             plot_history(d, hist)
             m["loss"] = f"models/{run.slug}/loss.png"
         assets.models.append(m)
-    with_frames = [r.eval_dir for r in runs if (r.eval_dir / "hoyer_frames.npy").is_file()]
+    with_frames = [r.eval_dir for r in runs if r.hoyer is not None and r.hoyer.size and np.isfinite(r.hoyer).all()]
     if len(with_frames) > 1:
         plot_hoyer_histograms(with_frames, out / "img" / "hoyer-all.png")
         assets.overview = "img/hoyer-all.png"

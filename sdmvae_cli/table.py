@@ -146,19 +146,45 @@ def _run_name(p: Path) -> str:
     return parent.name or str(p)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _check_fields(p: Path, s: dict) -> None:
     """One clear line for a corrupt or hand-edited summary (a field of the wrong type), instead
-    of an internal error deep in the table code."""
+    of an internal error deep in the table or report code."""
+    def bad(what: str) -> SdmvaeError:
+        return SdmvaeError(f"{p}: its {what} is not what `sdmvae evaluate` writes (a corrupt or edited summary)")
+
     needed = ("metrics", "model") if s["kind"] == "checkpoint" else ("metrics",)
-    for k in ("metrics", "model", "train", "sparsity", "settings", "validation"):
+    for k in ("metrics", "model", "train", "sparsity", "settings", "validation", "versions"):
         if (k in needed or s.get(k) is not None) and not isinstance(s.get(k), dict):
-            raise SdmvaeError(f"{p}: its {k!r} field is not what `sdmvae evaluate` writes (a corrupt or edited summary)")
+            raise bad(f"{k!r} field")
+    for k in ("checkpoint", "prepared_dir", "split", "data_fingerprint", "est_dir"):
+        if s.get(k) is not None and not isinstance(s[k], str):
+            raise bad(f"{k!r} field")
+    for k, d in s["metrics"].items():
+        if d is not None and (not isinstance(d, dict) or any(d.get(x) is not None and not _number(d[x]) for x in ("mean", "std", "n"))):
+            raise bad(f"metric {k!r}")
+    sp = s.get("sparsity") or {}
+    if any(sp.get(k) is not None and not _number(sp[k]) for k in ("hoyer_pooled", "hoyer_pooled_std", "hoyer_mean", "hoyer_std", "frames")):
+        raise bad("'sparsity' field")
     v = s.get("validation") or {}
-    if any(v.get(k) is not None and not isinstance(v.get(k), (int, float)) for k in ("total", "median")):
+    if any(v.get(k) is not None and not _number(v[k]) for k in ("total", "median")):
         raise SdmvaeError(f"{p}: its 'validation' losses are not numbers (a corrupt or edited summary)")
+    if s["kind"] == "checkpoint":
+        m = s["model"]
+        try:  # what the rows are labelled and ordered by
+            ok = isinstance(m["latent"], int) and not isinstance(m["latent"], bool) and bool(row_label(m)) and bool(row_key(m))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise bad("'model' field")
 
 
-def read_summary(p: Path) -> RunRow:
+def load_summary(p: Path) -> dict:
+    """The content of a summary.json of `sdmvae evaluate`, checked (also read so by `sdmvae
+    report`): a missing, unreadable, corrupt or hand-edited file is one clear error line."""
     p = Path(p)
     try:
         s = json.loads(p.read_text())
@@ -169,6 +195,12 @@ def read_summary(p: Path) -> RunRow:
     if not isinstance(s, dict) or s.get("kind") not in ("checkpoint", "folders") or "metrics" not in s:
         raise SdmvaeError(f"{p}: not a summary.json written by `sdmvae evaluate`")
     _check_fields(p, s)
+    return s
+
+
+def read_summary(p: Path) -> RunRow:
+    p = Path(p)
+    s = load_summary(p)
     if s["kind"] == "folders":
         label = f"folders: {Path(s.get('est_dir', '?')).name}"
         row = RunRow(_run_name(p), str(p), label, None, None, f"folders:{s.get('est_dir')}", (len(MODEL_ORDER) + 1,))

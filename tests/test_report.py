@@ -208,6 +208,96 @@ def test_cli_errors_are_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+# -- corrupt or hand-edited evaluation outputs ----------------------------------------------------
+def _edit_summary(**changes):
+    def edit(d: Path):
+        s = json.loads((d / "summary.json").read_text())
+        for k, v in changes.items():
+            if v is _DROP:
+                s.pop(k)
+            else:
+                s[k] = v(s[k]) if callable(v) else v
+        (d / "summary.json").write_text(json.dumps(s))
+    return edit
+
+
+_DROP = object()
+
+
+def _write(name: str, data):
+    def edit(d: Path):
+        (d / name).write_bytes(data) if isinstance(data, bytes) else (d / name).write_text(data)
+    return edit
+
+
+def _truncate_csv(d: Path):
+    text = (d / "per_file.csv").read_text()
+    (d / "per_file.csv").write_text(text[: text.index("\n") + 8])  # the first row cut inside its path
+
+
+CORRUPT = {
+    "summary-list": (_write("summary.json", "[1, 2]"), "not a summary.json written by"),
+    "summary-binary": (_write("summary.json", b"\xff\xfe\x00 garbage"), "not a JSON summary"),
+    "metrics-string": (_edit_summary(metrics="x"), "'metrics' field"),
+    "metric-mean-string": (_edit_summary(metrics=lambda m: m | {"estoi": {"mean": "0.9", "std": 0.1, "n": 3}}), "metric 'estoi'"),
+    "metric-entry-number": (_edit_summary(metrics=lambda m: m | {"stoi": 0.9}), "metric 'stoi'"),
+    "no-checkpoint": (_edit_summary(checkpoint=_DROP), "no 'checkpoint' field"),
+    "checkpoint-gone": (_edit_summary(checkpoint="/nowhere/gone.pt"), "checkpoint /nowhere/gone.pt does not exist"),
+    "latent-string": (_edit_summary(model=lambda m: m | {"latent": "sixty"}), "'model' field"),
+    "model-no-name": (_edit_summary(model=lambda m: {k: v for k, v in m.items() if k != "model"}), "'model' field"),
+    "split-number": (_edit_summary(split=3), "'split' field"),
+    "versions-string": (_edit_summary(versions="0.1"), "'versions' field"),
+    "pooled-hoyer-string": (_edit_summary(sparsity=lambda s: s | {"hoyer_pooled": "x"}), "'sparsity' field"),
+    "csv-columns": (lambda d: (d / "per_file.csv").write_text((d / "per_file.csv").read_text().replace("id,speaker,path", "ID,Speaker,Path", 1)), "no 'id' or 'path' column"),
+    "csv-binary": (_write("per_file.csv", b"\xff\xfe\x00\x01 garbage\n"), "not a CSV written by"),
+    "csv-empty": (_write("per_file.csv", ""), "per_file.csv: empty"),
+    "csv-truncated": (_truncate_csv, "no source path"),  # and the prepared dir is gone (as fake_eval writes it)
+    "audio-gone": (lambda d: (d / "per_file.csv").write_text((d / "per_file.csv").read_text().replace("/audio/", "/gone/")), "source audio"),
+    "hoyer-garbage": (_write("hoyer_frames.npy", b"not an npy file"), "hoyer_frames.npy: not the per-frame Hoyer array"),
+    "hoyer-2d": (lambda d: np.save(d / "hoyer_frames.npy", np.ones((3, 4))), "hoyer_frames.npy: not the per-frame Hoyer array"),
+}
+
+
+@pytest.fixture(scope="module")
+def good_eval(tmp_path_factory):
+    """One evaluation directory as `sdmvae evaluate` writes it (around synthetic audio)."""
+    from sdmvae_cli.synthetic import source_filter_speech
+
+    root = tmp_path_factory.mktemp("corrupt")
+    utts = [(f"a/u{i}", "a", write_wav(root / "audio" / "a" / f"u{i}.flac", 0.5 * source_filter_speech(1.0, seed=i))) for i in range(2)]
+    return fake_eval(root / "good", MODEL_CFG["vae"], utts, 0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT))
+def test_corrupt_evaluation_is_one_clear_line_and_no_output(good_eval, tmp_path, capsys, case):
+    """A hand-edited or damaged summary.json, per_file.csv or hoyer_frames.npy: exit 1, one line
+    that names the problem (no internal error), and no --out folder, whole or half-written."""
+    from sdmvae_cli.cli import run
+
+    edit, needle = CORRUPT[case]
+    bad = shutil.copytree(good_eval, tmp_path / "bad")
+    edit(bad)
+    out = tmp_path / "o" / "report"
+    code = run(["report", str(bad), str(good_eval), "--out", str(out), "-n", "1"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert needle in lines[0] and "internal error" not in lines[0], lines[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("frames", [np.zeros(0, np.float32), np.full(20, np.nan, np.float32)])
+def test_empty_or_nan_hoyer_frames_leave_the_histogram_out_quietly(good_eval, tmp_path, capsys, frames):
+    from sdmvae_cli.cli import run
+
+    ev = shutil.copytree(good_eval, tmp_path / "ev")
+    np.save(ev / "hoyer_frames.npy", frames)
+    assert run(["report", str(good_eval), str(ev), "--out", str(tmp_path / "r"), "-n", "0"]) == 0
+    assert capsys.readouterr().err.strip() == ""
+    models = json.loads((tmp_path / "r" / "report.json").read_text())["models"]
+    assert [m["hoyer"] is None for m in models] == [False, True]
+
+
 # -- real speech ---------------------------------------------------------------------------------
 @needs_shared
 def test_real_speech_report(tmp_path):
