@@ -27,7 +27,7 @@ SDMVAE=${SDMVAE:-sdmvae}
 # Training goes through `sdmvae sweep`: each spec in scripts/table1_sweep/ lists Table 1's rows
 # (m in {32, 64}) and the other families at m = 64 with 3 seeds; members that differ only in
 # their seed or scalar hyper-parameters train stacked in one process. `sdmvae sweep-stacks` splits
-# each spec into one spec per stack (24 in all) so that -P N trains N stacks side by side: on a
+# each spec into one spec per stack (24 for a_ to f_, 33 with g_) so that -P N trains N stacks side by side: on a
 # GPU, start CUDA MPS first (`nvidia-cuda-mps-control -d`) so their kernels overlap.
 SPECS=${SPECS:-scripts/table1_sweep/*.json}
 mkdir -p "$OUT/runs" "$OUT/eval" "$OUT/logs" "$OUT/specs"
@@ -36,13 +36,14 @@ for stage in $STAGES; do
     prepare)
       $SDMVAE prepare folder "$DATA" "$OUT/prep" --split-file "$SPLIT" -j "$(nproc)" ;;
     train)
-      for spec in $SPECS; do $SDMVAE sweep-stacks "$spec" --out-dir "$OUT/specs" --overwrite > /dev/null; done
-      ls "$OUT"/specs/*.json | xargs -P "$P" -I{} bash -c '
+      # exactly the per-stack specs of $SPECS (not whatever an earlier run left in $OUT/specs)
+      for spec in $SPECS; do $SDMVAE sweep-stacks "$spec" --out-dir "$OUT/specs" --overwrite; done > "$OUT/specs.txt"
+      xargs -P "$P" -I{} bash -c '
         spec=$1; name=$(basename "$spec" .json)
         resume=""; [ -f "'"$OUT"'/runs/$name/sweep.json" ] && resume="--resume"
         '"$SDMVAE"' sweep "'"$OUT"'/prep" "$spec" --out "'"$OUT"'/runs/$name" --epochs '"$EPOCHS"' --device '"$DEVICE"' $resume \
           > "'"$OUT"'/logs/$name.sweep.log" 2>&1 || echo "sweep $name: see logs/$name.sweep.log"
-      ' _ {} ;;
+      ' _ {} < "$OUT/specs.txt" ;;
     evaluate)
       jobs=$(( $(nproc) / P )); [ "$jobs" -ge 1 ] || jobs=1
       ls "$OUT"/runs/*/*/best.pt | xargs -P "$P" -I{} bash -c '

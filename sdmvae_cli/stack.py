@@ -201,6 +201,12 @@ class Stack:
             # of a large stack's step (docs/benchmarks.md); --no-tf32 keeps full fp32. A process
             # setting, as torch offers it: it also holds for the stack's validation passes.
             torch.backends.cuda.matmul.allow_tf32 = bool(self.opts.tf32)
+        if compile_loss:
+            # a fresh compile per stack (a compaction recompiles with a dynamic member count):
+            # torch.compile caches per code object, and the loss closure's code is shared by every
+            # stack of the process; past its recompile limit (8) dynamo silently falls back to
+            # eager, which halved the speed of later stacks on an H100 (docs/benchmarks.md)
+            torch._dynamo.reset()
         self._build(states, optim_states)
 
     # -- construction and compaction ---------------------------------------------------------
@@ -265,12 +271,6 @@ class Stack:
         else:
             train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
             self.val_fn = vmap(member_val, in_dims=(0, 0, None, 0))
-        if self.compile_loss:
-            # a fresh compile per stack: torch.compile caches per code object, and this closure's
-            # code is shared by every stack of the process; past its recompile limit (8) dynamo
-            # silently falls back to eager, which halved the speed of later stacks on an H100
-            # (benchmarks/train_speed.py with eight models in one process, docs/benchmarks.md)
-            torch._dynamo.reset()
         self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:

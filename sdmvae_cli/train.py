@@ -158,6 +158,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     remove_stale_temporaries(spec.run_dir)  # a checkpoint write cut by kill -9 (one process per run folder)
     cfg = ModelConfig.from_dict(state["config"]["model"])
     saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
+    saved.setdefault("tf32", False)  # checkpoints from before the option trained in full fp32: resume as they ran
     opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})
     m = Member(spec.name, cfg, opts, spec.run_dir, history=list(state["history"]), epoch=int(state["epoch"]) + 1,
                best_val=float(state["best_val"]), best_epoch=int(state["best_epoch"]), since_best=int(state["since_best"]),
@@ -250,6 +251,7 @@ def train_runs(
         key = group_key(m.cfg, m.opts) + f"|{m.epoch}"
         groups.setdefault(key, []).append(item)
     cb = StackCallbacks(on_epoch=on_epoch, save=_saver(info, stft, prepared_dir, device), on_done=on_done)
+    tf32_before = torch.backends.cuda.matmul.allow_tf32  # a stack sets it for its run; the caller's value comes back
     try:
         for items in groups.values():
             running = [it for it in items if not it[0].done]
@@ -268,6 +270,8 @@ def train_runs(
             if m.status == "running":
                 m.status, m.message = "interrupted", "interrupted before its stack started; --resume starts it"
         raise
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
     return [it[0] for it in opened]
 
 

@@ -56,6 +56,23 @@ def test_resume_equals_uninterrupted_run(synthetic_prepared, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_keeps_the_precision_a_run_was_trained_with(synthetic_prepared, tmp_path):
+    """TF32 is a training option of the run: resume takes it from the checkpoint, and a checkpoint
+    written before the option existed (trained in full fp32) resumes in fp32, not in the new
+    default."""
+    train(synthetic_prepared, SMALL, opts(epochs=1), tmp_path / "old")
+    last = tmp_path / "old" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    assert ck["config"]["train"]["tf32"] is True  # the default, recorded
+    del ck["config"]["train"]["tf32"]  # as an older sdmvae wrote it
+    torch.save(ck, last)
+    train(synthetic_prepared, None, opts(epochs=2), tmp_path / "old", resume=True)
+    assert read_checkpoint(last)["config"]["train"]["tf32"] is False
+    train(synthetic_prepared, SMALL, opts(epochs=1, tf32=False), tmp_path / "new")
+    train(synthetic_prepared, None, opts(epochs=2), tmp_path / "new", resume=True)  # opts() says tf32=True: not taken
+    assert read_checkpoint(tmp_path / "new" / "last.pt")["config"]["train"]["tf32"] is False
+
+
 def test_streaming_chunks_train_too(synthetic_prepared, tmp_path):
     r = train(synthetic_prepared, SMALL, opts(epochs=3, max_device_bytes=700 * 513 * 4), tmp_path / "run")
     assert r.history[-1]["val_total"] < r.history[0]["val_total"]
