@@ -115,7 +115,7 @@ def check(cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.d
         st = make_stack(4, cfg, src, val, device, compile_loss, variant)
         st.run_epoch(0)
         out[variant] = {k: v.detach().clone() for k, v in st.params.items()}
-        start = init_state(cfg, 0)
+    start = init_state(cfg, 0)
     diff = max((out["before"][k] - out["no-tf32"][k]).abs().max().item() for k in out["before"])
     moved = max((out["before"][k][0].cpu() - start[k]).abs().max().item() for k in out["before"])
     print(f"check: after one epoch, foreach vs fused Adam weights differ by at most {diff:.2e} (weights moved {moved:.2e})", flush=True)

@@ -107,7 +107,8 @@ def plot_hoyer_cmd(
 ) -> None:
     """Histograms of per-frame Hoyer sparsity, one per evaluated model (legend: run, n frames, mean)."""
     from sdmvae_cli.plots import plot_hoyer_histograms
+    from sdmvae_cli.report import load_hoyer
 
     _destination(fig, [], overwrite)
-    plot_hoyer_histograms(eval_dirs, fig, title)
+    plot_hoyer_histograms([load_hoyer(d) for d in eval_dirs], fig, title)
     emit(fig)

@@ -6,7 +6,6 @@ the file's suffix (.png, .pdf or .svg).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -147,23 +146,14 @@ def plot_hoyer_histogram(values: np.ndarray, path: Path, title: str) -> Path:
     return _save_small(fig, ax, "Hoyer sparsity per frame", "density", title, path)
 
 
-def plot_hoyer_histograms(eval_dirs: Sequence[Path], path: Path, title: str = "") -> Path:
-    """Per-frame Hoyer sparsity, one histogram per evaluated model (from `sdmvae evaluate` outputs)."""
-    from sdmvae_cli.errors import SdmvaeError
-    from sdmvae_cli.table import row_label
-
+def plot_hoyer_histograms(series: Sequence[tuple[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """Per-frame Hoyer sparsity, one histogram per evaluated model: (legend label, frames) pairs,
+    read from `sdmvae evaluate` outputs by :func:`sdmvae_cli.report.load_hoyer`."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     bins = np.linspace(0, 1, 51)
-    for d in eval_dirs:
-        d = Path(d)
-        if not (d / "hoyer_frames.npy").exists():
-            raise SdmvaeError(f"{d}: no hoyer_frames.npy (an output directory of `sdmvae evaluate CKPT PREPARED_DIR`)")
-        s = json.loads((d / "summary.json").read_text())
-        h = np.load(d / "hoyer_frames.npy")
-        run = Path(s.get("checkpoint", "")).parent.name or d.name
-        ax.hist(h, bins=bins, histtype="step", density=True,
-                label=f"{run}: {row_label(s['model'])}, m={s['model']['latent']} (n={h.size} frames, mean {h.mean():.3f})")
+    for label, h in series:
+        ax.hist(h, bins=bins, histtype="step", density=True, label=f"{label} (n={h.size} frames, mean {h.mean():.3f})")
     ax.set_xlabel("Hoyer sparsity of the interpretable code (per frame)")
     ax.set_ylabel("density")
     ax.set_title(title or "per-frame Hoyer sparsity", fontsize=10)

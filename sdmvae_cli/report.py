@@ -34,7 +34,7 @@ from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.evaluate import package_version
 from sdmvae_cli.prepare import current_fingerprint
-from sdmvae_cli.table import load_summary
+from sdmvae_cli.table import load_summary, row_label
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 
@@ -190,6 +190,23 @@ def read_hoyer_frames(eval_dir: Path) -> np.ndarray | None:
     if not isinstance(h, np.ndarray) or h.ndim != 1 or not (np.issubdtype(h.dtype, np.integer) or np.issubdtype(h.dtype, np.floating)):
         raise SdmvaeError(f"{f}: not the per-frame Hoyer array `sdmvae evaluate` writes (corrupt; delete it to leave the histogram out)")
     return h
+
+
+def hoyer_label(summary: dict, eval_dir: Path) -> str:
+    """A histogram's legend for an evaluation: its run folder (or evaluation folder), model, m."""
+    run = Path(summary.get("checkpoint") or "").parent.name or eval_dir.name
+    return f"{run}: {row_label(summary['model'])}, m={summary['model']['latent']}"
+
+
+def load_hoyer(eval_dir: Path) -> tuple[str, np.ndarray]:
+    """(legend label, per-frame Hoyer) of a checkpoint evaluation, read and checked as the report
+    reads them (`sdmvae plot hoyer`): anything else is one clear line."""
+    eval_dir = Path(eval_dir)
+    s = load_summary(eval_dir / "summary.json")
+    h = read_hoyer_frames(eval_dir) if s["kind"] == "checkpoint" else None
+    if h is None:
+        raise SdmvaeError(f"{eval_dir}: no hoyer_frames.npy (an output directory of `sdmvae evaluate CKPT PREPARED_DIR`)")
+    return hoyer_label(s, eval_dir), h
 
 
 def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -461,7 +478,8 @@ def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress:
             plot_history(d, hist)
             m["loss"] = f"models/{run.slug}/loss.png"
         assets.models.append(m)
-    with_frames = [r.eval_dir for r in runs if r.hoyer is not None and r.hoyer.size and np.isfinite(r.hoyer).all()]
+    with_frames = [(hoyer_label(r.summary, r.eval_dir), r.hoyer) for r in runs
+                   if r.hoyer is not None and r.hoyer.size and np.isfinite(r.hoyer).all()]
     if len(with_frames) > 1:
         plot_hoyer_histograms(with_frames, out / "img" / "hoyer-all.png")
         assets.overview = "img/hoyer-all.png"

@@ -118,8 +118,8 @@ def split_by_stack(spec_path: str | Path, out_dir: str | Path, overwrite: bool =
             if p.exists():
                 raise SdmvaeError(f"{p} already exists; use --overwrite or another --out-dir")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p, runs in zip(paths, stacks.values()):
-        write_json(p, {"_comment": f"stack {p.stem.rsplit('.', 1)[1]} of {spec_path.name} (sdmvae sweep-stacks)", "runs": runs})
+    for k, (p, runs) in enumerate(zip(paths, stacks.values())):
+        write_json(p, {"_comment": f"stack {k} of {spec_path.name} (sdmvae sweep-stacks)", "runs": runs})
     return paths
 
 

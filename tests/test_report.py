@@ -286,6 +286,25 @@ def test_corrupt_evaluation_is_one_clear_line_and_no_output(good_eval, tmp_path,
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
+@pytest.mark.parametrize("case", ["summary-list", "summary-binary", "latent-string", "model-no-name", "hoyer-garbage", "hoyer-2d",
+                                  "hoyer-gone"])
+def test_plot_hoyer_reads_evaluations_as_the_report_does(good_eval, tmp_path, capsys, case):
+    """`sdmvae plot hoyer` reads evaluations through the report's checked readers: a good one gives
+    the figure, a damaged one the report's one clear line (exit 1) and no figure."""
+    from sdmvae_cli.cli import run
+
+    assert run(["plot", "hoyer", str(good_eval), "--out", str(tmp_path / "ok.png")]) == 0
+    assert (tmp_path / "ok.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    bad = shutil.copytree(good_eval, tmp_path / "bad")
+    edit, needle = CORRUPT[case] if case in CORRUPT else (lambda d: (d / "hoyer_frames.npy").unlink(), "no hoyer_frames.npy")
+    edit(bad)
+    code = run(["plot", "hoyer", str(good_eval), str(bad), "--out", str(tmp_path / "h.png")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and needle in lines[0] and "internal error" not in lines[0], lines
+    assert not (tmp_path / "h.png").exists()
+
+
 @pytest.mark.parametrize("frames", [np.zeros(0, np.float32), np.full(20, np.nan, np.float32)])
 def test_empty_or_nan_hoyer_frames_leave_the_histogram_out_quietly(good_eval, tmp_path, capsys, frames):
     from sdmvae_cli.cli import run
