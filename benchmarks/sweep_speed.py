@@ -44,16 +44,17 @@ VARIANTS = {  # name -> (fused Adam, threaded permutations, TF32)
 
 
 def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool,
-               variant: str = "engine") -> Stack:
+               variant: str = "engine", seed: int = 0) -> Stack:
     fused, threaded, tf32 = VARIANTS[variant]
     Stack.fused_adam, Stack.threaded_permutations = fused, threaded
     members = []
-    for i in range(n):
+    seeds = range(seed, seed + n)
+    for i in seeds:
         m = Member(f"m{i}", cfg, TrainOptions(seed=i, tf32=tf32), Path("."))
         m.perm_gen = torch.Generator().manual_seed(i)
         m.noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
         members.append(m)
-    return Stack(members, [init_state(cfg, i) for i in range(n)], [None] * n, src, val, device,
+    return Stack(members, [init_state(cfg, i) for i in seeds], [None] * n, src, val, device,
                  use_graph=device.type == "cuda", compile_loss=compile_loss)
 
 

@@ -21,7 +21,9 @@ alone:
   zero) and dropped from the stack when a quarter of the stack is idle.
 
 On CUDA, ``graph_steps`` consecutive steps (forward, backward, Adam, projections) are captured
-in one CUDA graph and replayed; the host only fills the static index and noise buffers.
+in one CUDA graph and replayed; the host only fills the static index and noise buffers. On a
+CPU with compile, one step (forward, backward, Adam, projections) is one compiled function
+(:meth:`Stack._whole_step_fn`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,32 @@ class StackedAdam:
                                    amsgrad=False, maximize=False)
 
 
+def adam_scales(steps: torch.Tensor, lrs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Adam's bias corrections for the next step (``steps`` already counts it), per member:
+    the step size lr / (1 - beta1^t) of each parameter and sqrt(1 - beta2^t)."""
+    b1, b2 = ADAM_BETAS
+    bc1 = 1 - b1 ** steps
+    return {n: lr / bc1 for n, lr in lrs.items()}, (1 - b2 ** steps).sqrt()
+
+
+def adam_update_(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], exp_avg: dict[str, torch.Tensor],
+                 exp_avg_sq: dict[str, torch.Tensor], step_size: dict[str, torch.Tensor], bc2_sqrt: torch.Tensor) -> None:
+    """The same Adam update as :class:`StackedAdam`, written as plain tensor ops with per-member
+    scales from :func:`adam_scales`. Why a third spelling: inside the CPU whole-step compile
+    (:meth:`Stack._whole_step_fn`) torch.compile fuses these ops with the backward pass into a
+    few C++ loops. The scales come in as inputs, computed once per member and step: inductor
+    would otherwise inline them and evaluate two ``pow`` per vector of eight weights. Equal to
+    ``torch.optim.Adam`` per member to rounding (``tests/test_sweep.py``)."""
+    b1, b2 = ADAM_BETAS
+    for n, g in grads.items():
+        view = (-1,) + (1,) * (g.dim() - 1)
+        m, v = exp_avg[n], exp_avg_sq[n]
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v.sqrt() / bc2_sqrt.view(view)).add_(ADAM_EPS)
+        params[n].sub_(step_size[n].view(view) * m / denom)
+
+
 def equal_runs(lrs: dict[str, torch.Tensor], steps: torch.Tensor) -> list[tuple[int, int, dict[float, list[str]]]]:
     """Maximal runs [a, b) of consecutive members with the same learning rate for every
     parameter and the same step count, each with its parameter names grouped by learning rate.
@@ -196,6 +224,9 @@ class Stack:
             raise SdmvaeError("a stack of several members needs the train split resident in memory (raise --max-device-fraction)")
         self.src, self.data, self.val = src, src.buffer, val
         self.use_graph, self.compile_loss = use_graph, compile_loss
+        # a CPU with compile: forward, backward, Adam and projections as one compiled function
+        # (torch.func.grad, no autograd engine): see _whole_step_fn
+        self.whole_step = compile_loss and device.type == "cpu"
         if device.type == "cuda":
             # TF32 matrix products (10-bit mantissa, fp32 range): the stacked products are most
             # of a large stack's step (docs/benchmarks.md); --no-tf32 keeps full fp32. A process
@@ -212,7 +243,17 @@ class Stack:
     # -- construction and compaction ---------------------------------------------------------
     def _build(self, states: list[dict], optim_states: list[dict | None]) -> None:
         dev = self.device
-        self.params = {n: torch.stack([s[n] for s in states]).to(dev).requires_grad_(True) for n in self.param_names}
+        self.params = {n: torch.stack([s[n] for s in states]).to(dev) for n in self.param_names}
+        if self.whole_step:
+            for n in self._linear_weights():
+                # column-major per member: the compiled backward computes a linear layer's weight
+                # gradient as x^T g, laid out (in, out); with the weight (and so, through
+                # zeros_like, Adam's moments) laid out the same way, the fused update reads all
+                # four contiguously instead of gathering the gradient one float at a time
+                # (a 4x slower kernel: docs/benchmarks.md). Same shapes and values: only strides change.
+                self.params[n] = self.params[n].transpose(-1, -2).contiguous().transpose(-1, -2)
+        for p in self.params.values():
+            p.requires_grad_(not self.whole_step)
         self.hp = {h: torch.tensor([float(getattr(m.cfg, h)) for m in self.members], device=dev) for h in SCALAR_HPARAMS}
         lrs = {}
         for n in self.param_names:
@@ -233,6 +274,9 @@ class Stack:
         self.noise_buf: dict[str, torch.Tensor] | None = None
         self._val_noise: dict[str, torch.Tensor] | None = None
         self._make_loss_fns()
+
+    def _linear_weights(self) -> list[str]:
+        return [f"{name}.weight" for name, mod in self.template.named_modules() if isinstance(mod, torch.nn.Linear)]
 
     def compact(self) -> None:
         """Drop finished members from the stack (they cost no compute afterwards)."""
@@ -271,11 +315,48 @@ class Stack:
         else:
             train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
             self.val_fn = vmap(member_val, in_dims=(0, 0, None, 0))
-        self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
+        if self.whole_step:
+            self.loss_fn = train_fn  # used uncompiled only if compiling fails (see step)
+            self._compiled_step = torch.compile(self._whole_step_fn(train_fn), dynamic=None)
+        else:
+            self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
+
+    def _whole_step_fn(self, train_fn: Callable) -> Callable:
+        """One training step as a pure function of the stack's tensors, for torch.compile on a CPU.
+
+        Why: on a CPU the compiled loss alone still leaves autograd's engine, gradient
+        accumulation (a copy of every weight gradient, which the compiled backward lays out
+        transposed) and the Adam kernel as separate passes over memory; here the gradient comes
+        from ``torch.func.grad`` and the Adam update (:func:`adam_update_`), the projections and
+        the loss sums are fused into the same C++ loops (docs/benchmarks.md). The maths is that
+        of :meth:`step`'s eager path."""
+        template = self.template
+
+        def whole_step(params, hp, x, noise, active, acc, exp_avg, exp_avg_sq, step_size, bc2_sqrt):
+            def masked(ps):
+                means, sums = train_fn(ps, hp, x, noise)
+                return (means * active).sum(), sums
+
+            grads, sums = torch.func.grad(masked, has_aux=True)(params)
+            adam_update_(params, grads, exp_avg, exp_avg_sq, step_size, bc2_sqrt)
+            template.project_(params)
+            acc.add_(sums * active[:, None])
+
+        return whole_step
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
         x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # a CPU gather 2-5x faster than data[idx]
+        if self.whole_step:
+            o = self.opt  # noise made contiguous: a block's last, shorter slice would otherwise recompile
+            try:
+                step_size, bc2_sqrt = adam_scales(o.steps + 1, o.lrs)
+                self._compiled_step(self.params, self.hp, x, {k: v.contiguous() for k, v in noise.items()}, self.active, self.acc,
+                                    o.exp_avg, o.exp_avg_sq, step_size, bc2_sqrt)
+                o.steps += 1
+                return
+            except torch._dynamo.exc.TorchDynamoException as exc:  # e.g. no working C++ compiler
+                self._eager_fallback(exc)
         # CUDA graphs: gradients allocated inside the capture (the documented pattern); CPU: the
         # buffers are kept and zeroed, which saves an allocation per parameter per step
         for p in self.params.values():
@@ -288,6 +369,15 @@ class Stack:
         self.opt.step()
         self.template.project_(self.params)
         self.acc += sums.detach() * self.active[:, None]
+
+    def _eager_fallback(self, exc: Exception) -> None:
+        """Compiling failed before anything ran (inductor needs a working C++ compiler on a CPU):
+        say so once and go on with the eager step, the same maths."""
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        log.warning("torch.compile of the training step failed (%s); training without it (--compile off skips the attempt)", first)
+        self.whole_step = False
+        for p in self.params.values():
+            p.requires_grad_(True)
 
     # -- one epoch -------------------------------------------------------------------------------
     def _draw_block(self, steps: int) -> dict[str, torch.Tensor]:
@@ -376,15 +466,15 @@ class Stack:
         """Member i's state_dict in the single-model layout (loads with ``load_model``)."""
         out = {}
         for k, v in self.template.state_dict().items():
-            out[k] = (self.params[k][i] if k in self.params else v).detach().cpu().clone()
+            out[k] = (self.params[k][i] if k in self.params else v).detach().cpu().clone(memory_format=torch.contiguous_format)
         return out
 
     def optimizer_state(self, i: int) -> dict[str, Any]:
         return {
             "kind": OPTIMIZER_KIND,
             "step": float(self.opt.steps[i]),
-            "exp_avg": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg.items()},
-            "exp_avg_sq": {n: t[i].detach().cpu().clone() for n, t in self.opt.exp_avg_sq.items()},
+            "exp_avg": {n: t[i].detach().cpu().clone(memory_format=torch.contiguous_format) for n, t in self.opt.exp_avg.items()},
+            "exp_avg_sq": {n: t[i].detach().cpu().clone(memory_format=torch.contiguous_format) for n, t in self.opt.exp_avg_sq.items()},
         }
 
 

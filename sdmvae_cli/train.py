@@ -31,7 +31,7 @@ from sdmvae_cli.nets import ModelConfig, build_model
 from sdmvae_cli.prepare import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.stack import OPTIMIZER_KIND, Member, Stack, StackCallbacks, group_key, init_state, train_stack
 from sdmvae_cli.stft import StftConfig
-from sdmvae_cli.trainopts import EpochRecord, TrainOptions, resolve_device
+from sdmvae_cli.trainopts import EpochRecord, TrainOptions, compile_enabled, resolve_device
 
 __all__ = ["EpochRecord", "TrainOptions", "TrainResult", "TrainingDiverged", "RunSpec", "train", "train_runs", "resolve_device"]
 
@@ -261,7 +261,7 @@ def train_runs(
             if on_group:
                 on_group(members)
             o = members[0].opts
-            compile_loss = device.type == "cuda" if o.compile == "auto" else o.compile == "on"
+            compile_loss = compile_enabled(o.compile, device, len(members), len(train_src))
             use_graph = device.type == "cuda" and o.cuda_graph
             stack = Stack(members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss)
             train_stack(stack, cb)

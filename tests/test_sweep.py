@@ -125,6 +125,21 @@ def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
     assert sw["member_frames_per_s"] > 0 and {p.name for p in (tmp_path / "sw" / "v1").iterdir()} >= {"best.pt", "last.pt", "history.csv", "config.json"}
 
 
+def _step_alone(alone, refs, g):
+    """torch.optim.Adam on each member alone, with member i's slice of the stacked gradients."""
+    for i, (a, r) in enumerate(zip(alone, refs)):
+        for n in a:
+            a[n].grad = g[n][i].clone()
+        r.step()
+
+
+def _assert_moved_as_alone(params, alone, start):
+    for i in range(3):
+        for n in ("w", "b"):
+            torch.testing.assert_close(params[n][i].detach(), alone[i][n].detach(), atol=1e-6, rtol=1e-5)
+            assert (params[n][i] - start[n][i]).abs().max() > 1e-4  # it moved
+
+
 @pytest.mark.parametrize("fused,shared", [(False, False), (True, False), (True, True)],
                          ids=["foreach", "fused-per-member", "fused-shared-lr"])
 def test_stacked_adam_is_torch_adam_per_member(fused, shared):
@@ -151,15 +166,34 @@ def test_stacked_adam_is_torch_adam_per_member(fused, shared):
         for n in g:
             params[n].grad = g[n].clone()
         opt.step()
-        for i, (a, r) in enumerate(zip(alone, refs)):
-            for n in a:
-                a[n].grad = g[n][i].clone()
-            r.step()
-    for i in range(3):
-        for n in ("w", "b"):
-            torch.testing.assert_close(params[n][i].detach(), alone[i][n].detach(), atol=1e-6, rtol=1e-5)
-            assert (params[n][i] - start[n][i]).abs().max() > 1e-4  # it moved
+        _step_alone(alone, refs, g)
+    _assert_moved_as_alone(params, alone, start)
     assert torch.equal(params["unused"].detach(), start["unused"])
+
+
+def test_adam_as_tensor_ops_is_torch_adam_per_member():
+    """The spelling of Adam that the CPU whole-step compile fuses (adam_scales computed outside,
+    adam_update_ inside) is torch.optim.Adam per member too, with a learning rate per member and
+    parameter; here run eagerly, on a column-major weight as the compiled path lays it out."""
+    from sdmvae_cli.stack import adam_scales, adam_update_
+
+    torch.manual_seed(1)
+    lrs = {"w": torch.tensor([1e-2, 3e-3, 1e-4]), "b": torch.tensor([1e-3, 3e-3, 1e-2])}
+    params = {"w": torch.randn(3, 5, 4).transpose(-1, -2).contiguous().transpose(-1, -2), "b": torch.randn(3, 4)}
+    start = {n: t.clone() for n, t in params.items()}
+    m = {n: torch.zeros_like(t) for n, t in params.items()}
+    v = {n: torch.zeros_like(t) for n, t in params.items()}
+    assert m["w"].stride() == params["w"].stride() != torch.zeros(3, 5, 4).stride()  # moments follow the layout
+    alone = [{n: t[i].clone().requires_grad_(True) for n, t in params.items()} for i in range(3)]
+    refs = [torch.optim.Adam([{"params": [a[n]], "lr": float(lrs[n][i])} for n in a]) for i, a in enumerate(alone)]
+    steps = torch.zeros(3)
+    for _ in range(25):
+        g = {"w": torch.randn(3, 5, 4), "b": torch.randn(3, 4)}
+        step_size, bc2_sqrt = adam_scales(steps + 1, lrs)
+        adam_update_(params, g, m, v, step_size, bc2_sqrt)
+        steps += 1
+        _step_alone(alone, refs, g)
+    _assert_moved_as_alone(params, alone, start)
 
 
 def test_equal_runs_split_on_learning_rate_and_step():
@@ -345,3 +379,93 @@ def test_sweep_stacks_splits_a_spec_into_its_stacks(tmp_path):
     again = subprocess.run([sys.executable, "-m", "sdmvae_cli", "sweep-stacks", str(spec), "--out-dir", str(tmp_path / "s")],
                            capture_output=True, text=True)
     assert again.returncode == 1 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def _two_member_stack(cfg, frames, val, compile_loss, tmp_path):
+    from sdmvae_cli.frames import FrameSource
+    from sdmvae_cli.stack import Member, Stack, init_state
+
+    members = []
+    for i, lr in enumerate((1e-3, 3e-3)):
+        m = Member(f"m{i}", cfg, TrainOptions(seed=i, lr=lr, batch_size=64), tmp_path)
+        m.perm_gen, m.noise_gen = torch.Generator().manual_seed(i), torch.Generator().manual_seed(9 + i)
+        members.append(m)
+    src = FrameSource.create(frames, torch.device("cpu"), 1 << 30)
+    return Stack(members, [init_state(cfg, i) for i in range(2)], [None, None], src, val, torch.device("cpu"), False, compile_loss)
+
+
+def test_the_compiled_whole_step_on_a_cpu_is_the_eager_step(synthetic_prepared, tmp_path):
+    """--compile on a CPU runs forward, backward (torch.func.grad), Adam and the projection as one
+    compiled function, with the linear weights laid out column-major. From the same start and
+    batch, its first step's gradients (Adam's first moment), loss sums, weights and projection
+    equal the eager step's to float rounding, for the family with the most moving parts (a
+    learned dictionary with its own learning rate, a coherence penalty, unit-norm atoms); its
+    checkpoints come out in the usual layout; and a sweep through it trains."""
+    import numpy as np
+
+    from sdmvae_cli.frames import open_frames
+
+    cfg = ModelConfig(model="sdm", latent=8, k=12, dictionary="learned", coherence=0.1)
+    frames = np.array(open_frames(synthetic_prepared, "train"))
+    val = torch.from_numpy(np.array(open_frames(synthetic_prepared, "validation")))
+    eager, fused = (_two_member_stack(cfg, frames, val, c, tmp_path) for c in (False, True))
+    assert fused.whole_step and not eager.whole_step
+    w = fused.params["encoder.0.weight"]
+    assert w.stride()[-2:] == (1, w.shape[-2]) and fused.opt.exp_avg["encoder.0.weight"].stride() == w.stride()
+    idx = torch.randint(0, frames.shape[0], (2, 64), generator=torch.Generator().manual_seed(3))
+    noise = {k: v[:, 0] for k, v in eager._draw_block(1).items()}
+    for st in (eager, fused):
+        st.step(idx, noise)
+    assert fused.whole_step, "the compile fell back to eager"
+    for n in eager.param_names:
+        g_f, g_e = fused.opt.exp_avg[n], eager.opt.exp_avg[n]  # 0.1 x the first gradient
+        assert (g_f - g_e).abs().max() <= 1e-5 * g_e.abs().max(), n
+        # Adam's first step moves each weight by about lr x sign(gradient): rounding can flip the
+        # sign of a near-zero gradient (a bounded 2 lr), every other weight agrees to rounding
+        d = (fused.params[n] - eager.params[n]).detach().abs()
+        assert d.max() <= 2 * 3e-3 + 1e-6 and d.median() <= 1e-7, n
+    torch.testing.assert_close(fused.acc, eager.acc, rtol=1e-5, atol=1e-3)
+    assert torch.equal(fused.opt.steps, eager.opt.steps)
+    torch.testing.assert_close(fused.params["D"].norm(dim=-2), torch.ones(2, 12))  # atoms projected
+    state = fused.member_state(1)
+    assert state["encoder.0.weight"].is_contiguous() and torch.equal(state["encoder.0.weight"], fused.params["encoder.0.weight"][1])
+    # a sweep through the compiled path (the same shapes: inductor's cache serves the compile)
+    runs = [dict(model="sdm", latent=8, k=12, dictionary="learned", coherence=0.1, name=f"s{i}", seed=i) for i in range(2)]
+    p = tmp_path / "spec.json"
+    p.write_text(json.dumps({"common": {**COMMON, "epochs": 4, "compile": "on"}, "runs": runs}))
+    s = run_sweep(synthetic_prepared, p, tmp_path / "sw", device="cpu")
+    for m in s["members"]:
+        hist = read_checkpoint(tmp_path / "sw" / m["name"] / "last.pt")["history"]
+        assert m["status"] == "finished" and hist[-1]["train_total"] < hist[0]["train_total"]
+        assert load_model(tmp_path / "sw" / m["name"] / "best.pt").model.state_dict()["D"].shape == (8, 12)  # z = D a
+
+
+def test_without_a_cpp_compiler_compile_on_falls_back_to_eager(synthetic_prepared, tmp_path):
+    """Inductor needs a C++ compiler on a CPU. Without one, `--compile on` (or auto on a large
+    split) says so in one warning line and trains eagerly: same outputs, exit status 0."""
+    import os
+
+    runs = [{"name": f"v{i}", "model": "vae", "latent": 5, "seed": i} for i in range(2)]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"common": {**COMMON, "epochs": 2, "compile": "on"}, "runs": runs}))
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
+    r = subprocess.run([*CLI, "sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "sw"), "--device", "cpu"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    warned = [l for l in r.stderr.splitlines() if "torch.compile of the training step failed" in l]
+    assert len(warned) == 1 and "C++ compiler" in warned[0], r.stderr
+    sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [m["status"] for m in sw["members"]] == ["finished", "finished"]
+
+
+def test_compile_auto_follows_the_work_per_epoch():
+    """auto: always with CUDA; on a CPU once an epoch holds 100k member-frames (where the
+    compile is repaid, docs/benchmarks.md); on and off are what they say."""
+    from sdmvae_cli.trainopts import AUTO_COMPILE_MEMBER_FRAMES, compile_enabled
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_enabled("auto", cuda, 1, 10) and not compile_enabled("off", cuda, 64, 10**6)
+    assert not compile_enabled("auto", cpu, 1, 30_000) and not compile_enabled("auto", cpu, 3, 30_000)
+    assert compile_enabled("auto", cpu, 4, 30_000) and compile_enabled("auto", cpu, 1, AUTO_COMPILE_MEMBER_FRAMES)
+    assert compile_enabled("on", cpu, 1, 10)
