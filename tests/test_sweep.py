@@ -394,6 +394,8 @@ def _two_member_stack(cfg, frames, val, compile_loss, tmp_path):
     return Stack(members, [init_state(cfg, i) for i in range(2)], [None, None], src, val, torch.device("cpu"), False, compile_loss)
 
 
+@pytest.mark.skipif(not __import__("shutil").which(__import__("os").environ.get("CXX", "g++")),
+                    reason="torch.compile on a CPU needs a C++ compiler (g++ or $CXX); none was found")
 def test_the_compiled_whole_step_on_a_cpu_is_the_eager_step(synthetic_prepared, tmp_path):
     """--compile on a CPU runs forward, backward (torch.func.grad), Adam and the projection as one
     compiled function, with the linear weights laid out column-major. From the same start and
