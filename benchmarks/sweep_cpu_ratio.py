@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,11 +42,10 @@ from sdmvae_cli.nets import ModelConfig  # noqa: E402
 
 def child(n: int, seed: int, compile_on: bool, frames: int, epochs: int, model: str) -> dict:
     """Time one stack of n members (seeds seed..seed+n-1) in this process."""
-    from sweep_speed import make_stack
+    from sweep_speed import make_stack, random_frames
 
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    data = (rng.gamma(0.5, 1.0, (frames + frames // 10, 513)) * 1e-3).astype(np.float32)
+    data = random_frames(frames + frames // 10)
     src = FrameSource.create(data[:frames], torch.device("cpu"), 1 << 40)
     val = torch.from_numpy(data[frames:])
     kw = {"dictionary": "dct", "k": 64} if model == "sdm" else {}

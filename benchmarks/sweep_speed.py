@@ -43,6 +43,12 @@ VARIANTS = {  # name -> (fused Adam, threaded permutations, TF32)
 }
 
 
+def random_frames(n: int) -> np.ndarray:
+    """n frames of 513 bins with a speech-like spread of power (Gamma(0.5) x 1e-3), the same for every caller."""
+    rng = np.random.default_rng(0)
+    return (rng.gamma(0.5, 1.0, (n, 513)) * 1e-3).astype(np.float32)
+
+
 def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool,
                variant: str = "engine", seed: int = 0) -> Stack:
     fused, threaded, tf32 = VARIANTS[variant]
@@ -83,8 +89,7 @@ def main() -> None:
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     device = torch.device(a.device)
-    rng = np.random.default_rng(0)
-    frames = (rng.gamma(0.5, 1.0, (a.frames, 513)) * 1e-3).astype(np.float32)
+    frames = random_frames(a.frames)
     src = FrameSource.create(frames, device, 1 << 40)
     val = src.buffer[:4096]
     kw = {"dictionary": "dct", "k": 64} if a.model == "sdm" else {}

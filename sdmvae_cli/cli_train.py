@@ -174,6 +174,7 @@ def train(
     if as_json:
         emit_json({"run_dir": str(run_dir.resolve()), "checkpoint": str((run_dir / "best.pt").resolve()), "best_epoch": result.best_epoch,
                    "best_val": result.best_val, "epochs": len(result.history), "stopped_early": result.stopped_early,
-                   "history": str((run_dir / "history.csv").resolve())})
+                   "history": str((run_dir / "history.csv").resolve()),
+                   "engine": result.history[-1].get("engine") if result.history else None})
     else:
         emit(run_dir, run_dir / "best.pt")

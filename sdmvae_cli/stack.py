@@ -315,8 +315,9 @@ class Stack:
         else:
             train_fn = vmap(member_loss, in_dims=(0, 0, 0, 0))
             self.val_fn = vmap(member_val, in_dims=(0, 0, None, 0))
+        self._eager_loss_fn = train_fn  # what a failed compile falls back to (see _eager_fallback)
         if self.whole_step:
-            self.loss_fn = train_fn  # used uncompiled only if compiling fails (see step)
+            self.loss_fn = train_fn
             self._compiled_step = torch.compile(self._whole_step_fn(train_fn), dynamic=None)
         else:
             self.loss_fn = torch.compile(train_fn, dynamic=None) if self.compile_loss else train_fn  # dynamic member count after a compaction
@@ -364,7 +365,13 @@ class Stack:
                 p.grad = None
             else:
                 p.grad.zero_()
-        means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        try:
+            means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        except torch._dynamo.exc.TorchDynamoException as exc:  # the compiled loss alone (CUDA, or a CPU whole step off)
+            if not self.compile_loss:
+                raise
+            self._eager_fallback(exc)
+            means, sums = self.loss_fn(self.params, self.hp, x, noise)
         (means * self.active).sum().backward()
         self.opt.step()
         self.template.project_(self.params)
@@ -375,9 +382,19 @@ class Stack:
         say so once and go on with the eager step, the same maths."""
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         log.warning("torch.compile of the training step failed (%s); training without it (--compile off skips the attempt)", first)
-        self.whole_step = False
+        # for the rest of the stack's life: a compaction rebuilds the step and must not compile again
+        self.whole_step = self.compile_loss = False
+        self.loss_fn = self._eager_loss_fn
         for p in self.params.values():
             p.requires_grad_(True)
+
+    @property
+    def engine(self) -> str:
+        """How the stack's steps run, e.g. ``cpu:compiled-step`` or ``cuda:compiled-loss+cuda-graph``:
+        recorded with every epoch (history.csv, sweep.json), since frames/s depend on it and
+        ``--compile auto`` decides per stack and machine."""
+        kind = "compiled-step" if self.whole_step else "compiled-loss" if self.compile_loss else "eager"
+        return f"{self.device.type}:{kind}" + ("+cuda-graph" if self.graph is not None else "")
 
     # -- one epoch -------------------------------------------------------------------------------
     def _draw_block(self, steps: int) -> dict[str, torch.Tensor]:
@@ -574,7 +591,8 @@ def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], 
         m.best_val, m.best_epoch, m.since_best = crit, epoch, 0
     else:
         m.since_best += 1
-    rec = EpochRecord(epoch, *tr, *va, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved)
+    rec = EpochRecord(epoch, *tr, *va, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved,
+                      engine=stack.engine, stack_members=len(stack.members))
     m.history.append(asdict(rec))
     m.epoch = epoch + 1
     if m.since_best >= m.opts.patience:

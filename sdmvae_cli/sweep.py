@@ -195,6 +195,7 @@ def _summary(members: list[Member], specs, wall: float, groups: list[int], inter
         frames += sum(h["frames_per_s"] * h["seconds"] for h in m.history)
         rows.append({"name": m.name, "run_dir": str(m.run_dir), "status": m.status, "message": m.message,
                      "epochs": len(m.history), "best_epoch": m.best_epoch, "best_val": m.best_val,
+                     "engine": m.history[-1].get("engine") if m.history else None,
                      "checkpoint": str(m.run_dir / "best.pt") if m.best_epoch >= 0 else None})
     return {"prepared_dir": str(Path(prepared_dir).resolve()), "spec": str(Path(spec_path).resolve()), "members": rows,
             "stacks": groups, "wall_seconds": round(wall, 2), "interrupted": interrupted,

@@ -64,8 +64,10 @@ class EpochRecord:
     val_kl: float
     val_median: float  # median over validation frames of the per-frame total
     seconds: float
-    frames_per_s: float
+    frames_per_s: float  # per member: each member of the stack saw this many frames per second
     best: bool = False
+    engine: str = ""  # how the steps ran (Stack.engine), e.g. cpu:compiled-step
+    stack_members: int = 1  # members computed side by side in this epoch (frames_per_s is per member)
 
 
 #: on a CPU, ``--compile auto`` compiles a stack whose epoch holds at least this many

@@ -1,5 +1,6 @@
 """`sdmvae sweep`: stacked members are the same computation as separate `train` runs."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -444,12 +445,14 @@ def test_the_compiled_whole_step_on_a_cpu_is_the_eager_step(synthetic_prepared, 
 
 def test_without_a_cpp_compiler_compile_on_falls_back_to_eager(synthetic_prepared, tmp_path):
     """Inductor needs a C++ compiler on a CPU. Without one, `--compile on` (or auto on a large
-    split) says so in one warning line and trains eagerly: same outputs, exit status 0."""
+    split) says so in one warning line and trains eagerly: same outputs, exit status 0. A member
+    that stops first shrinks the stack, whose rebuilt step must stay eager (it once tried to
+    compile again and crashed); every epoch's history row says how it ran."""
     import os
 
-    runs = [{"name": f"v{i}", "model": "vae", "latent": 5, "seed": i} for i in range(2)]
+    runs = [{"name": f"v{i}", "model": "vae", "latent": 5, "seed": i, "epochs": 1 if i == 0 else 3} for i in range(3)]
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"common": {**COMMON, "epochs": 2, "compile": "on"}, "runs": runs}))
+    spec.write_text(json.dumps({"common": {**COMMON, "compile": "on"}, "runs": runs}))
     env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
     r = subprocess.run([*CLI, "sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "sw"), "--device", "cpu"],
@@ -458,7 +461,10 @@ def test_without_a_cpp_compiler_compile_on_falls_back_to_eager(synthetic_prepare
     warned = [l for l in r.stderr.splitlines() if "torch.compile of the training step failed" in l]
     assert len(warned) == 1 and "C++ compiler" in warned[0], r.stderr
     sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
-    assert [m["status"] for m in sw["members"]] == ["finished", "finished"]
+    assert [m["status"] for m in sw["members"]] == ["finished"] * 3
+    assert [m["engine"] for m in sw["members"]] == ["cpu:eager"] * 3
+    rows = list(csv.DictReader((tmp_path / "sw" / "v1" / "history.csv").open()))
+    assert [(r["engine"], r["stack_members"]) for r in rows] == [("cpu:eager", "3"), ("cpu:eager", "2"), ("cpu:eager", "2")]
 
 
 def test_compile_auto_follows_the_work_per_epoch():

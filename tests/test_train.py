@@ -139,6 +139,8 @@ def test_cli_train_end_to_end(synthetic_prepared, tmp_path):
     assert {"best.pt", "last.pt", "history.csv", "loss.png", "config.json"} <= {p.name for p in run.iterdir()}
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["alpha"] == 0.5 and cfg["train"]["tf32"] is False
+    rows = (run / "history.csv").read_text().splitlines()  # a tiny split: --compile auto stays eager, and says so
+    assert [r.split(",")[-2:] for r in rows] == [["engine", "stack_members"]] + [["cpu:eager", "1"]] * 3
     assert "epoch    2" in r.stderr and "done" in r.stderr and r.stdout.splitlines() == [str(run), str(run / "best.pt")]
     bad = subprocess.run([*CLI, "train", str(synthetic_prepared), "--model", "sdm", "--dict", "identity", "--k", "32",
                           "--latent", "64", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
