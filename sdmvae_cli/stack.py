@@ -210,6 +210,9 @@ class Stack:
     fused_adam: bool = True
     #: draw the members' permutations in threads (False: one after another; for the same benchmark)
     threaded_permutations: bool = True
+    #: with compile on a CPU, compile the whole step (False: the loss alone, as on CUDA; for
+    #: comparisons and for testing that path's fallback without a GPU)
+    whole_step_on_cpu: bool = True
 
     def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
                  val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
@@ -226,7 +229,7 @@ class Stack:
         self.use_graph, self.compile_loss = use_graph, compile_loss
         # a CPU with compile: forward, backward, Adam and projections as one compiled function
         # (torch.func.grad, no autograd engine): see _whole_step_fn
-        self.whole_step = compile_loss and device.type == "cpu"
+        self.whole_step = compile_loss and device.type == "cpu" and self.whole_step_on_cpu
         if device.type == "cuda":
             # TF32 matrix products (10-bit mantissa, fp32 range): the stacked products are most
             # of a large stack's step (docs/benchmarks.md); --no-tf32 keeps full fp32. A process

@@ -467,6 +467,33 @@ def test_without_a_cpp_compiler_compile_on_falls_back_to_eager(synthetic_prepare
     assert [(r["engine"], r["stack_members"]) for r in rows] == [("cpu:eager", "3"), ("cpu:eager", "2"), ("cpu:eager", "2")]
 
 
+def test_a_failed_compile_of_the_loss_alone_falls_back_to_eager(synthetic_prepared, tmp_path, monkeypatch, caplog):
+    """The compiled-loss path (CUDA's; here on a CPU with the whole step switched off): when
+    inductor cannot build, the first step warns once and the stack trains eagerly from then
+    on, through a compaction too, and its epochs say ``eager``."""
+    import numpy as np
+    import torch._inductor.config as inductor_config
+
+    from sdmvae_cli.stack import Stack, StackCallbacks, train_stack
+
+    monkeypatch.setattr(Stack, "whole_step_on_cpu", False)
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    frames = np.load(synthetic_prepared / "train" / "frames.npy")
+    val = torch.from_numpy(np.load(synthetic_prepared / "validation" / "frames.npy"))
+    stack = _two_member_stack(ModelConfig(model="vae", latent=5, hidden=(16,)), frames, val, True, tmp_path)
+    assert stack.engine == "cpu:compiled-loss"
+    stack.members[0].opts.epochs, stack.members[1].opts.epochs = 1, 2  # member 0 stops first: the stack shrinks
+    with caplog.at_level("WARNING"):
+        train_stack(stack, StackCallbacks())
+    warned = [r for r in caplog.records if "torch.compile of the training step failed" in r.getMessage()]
+    assert len(warned) == 1
+    assert [m.status for m in stack.members] == ["finished"] and len(stack.members) == 1
+    hist = [h for m in stack.members for h in m.history]
+    assert [(h["engine"], h["stack_members"]) for h in hist] == [("cpu:eager", 2), ("cpu:eager", 1)]
+    assert all(np.isfinite(h["val_total"]) for h in hist)
+
+
 def test_compile_auto_follows_the_work_per_epoch():
     """auto: always with CUDA; on a CPU once an epoch holds 100k member-frames (where the
     compile is repaid, docs/benchmarks.md); on and off are what they say."""
