@@ -137,10 +137,16 @@ class StackedAdam:
                 if not g:
                     continue
                 torch._fused_adam_([self.params[n][a:b] for n in g],
-                                   [self.params[n].grad[a:b].contiguous() for n in g],  # the kernel reads raw strides
+                                   [_laid_out_as(self.params[n][a:b], self.params[n].grad[a:b]) for n in g],
                                    [self.exp_avg[n][a:b] for n in g], [self.exp_avg_sq[n][a:b] for n in g], [],
                                    [step] * len(g), lr=lr, beta1=b1, beta2=b2, weight_decay=0.0, eps=ADAM_EPS,
                                    amsgrad=False, maximize=False)
+
+
+def _laid_out_as(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``g`` with ``p``'s strides: torch's fused Adam kernel walks its tensors' raw memory, so a
+    gradient laid out otherwise (autograd's are often transposed) would update the wrong elements."""
+    return g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
 
 
 def adam_scales(steps: torch.Tensor, lrs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -213,6 +219,8 @@ class Stack:
     #: with compile on a CPU, compile the whole step (False: the loss alone, as on CUDA; for
     #: comparisons and for testing that path's fallback without a GPU)
     whole_step_on_cpu: bool = True
+    #: why torch.compile failed in this process, once it has (later stacks then train eagerly)
+    compile_failed: str | None = None
 
     def __init__(self, members: list[Member], states: list[dict], optim_states: list[dict | None], src: FrameSource,
                  val: torch.Tensor, device: torch.device, use_graph: bool, compile_loss: bool):
@@ -226,6 +234,7 @@ class Stack:
         if not src.resident and len(members) > 1:
             raise SdmvaeError("a stack of several members needs the train split resident in memory (raise --max-device-fraction)")
         self.src, self.data, self.val = src, src.buffer, val
+        compile_loss = compile_loss and Stack.compile_failed is None
         self.use_graph, self.compile_loss = use_graph, compile_loss
         # a CPU with compile: forward, backward, Adam and projections as one compiled function
         # (torch.func.grad, no autograd engine): see _whole_step_fn
@@ -385,11 +394,18 @@ class Stack:
         say so once and go on with the eager step, the same maths."""
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         log.warning("torch.compile of the training step failed (%s); training without it (--compile off skips the attempt)", first)
-        # for the rest of the stack's life: a compaction rebuilds the step and must not compile again
+        # for the rest of the process: a compaction, or a later stack, must not try again
+        Stack.compile_failed = first
         self.whole_step = self.compile_loss = False
         self.loss_fn = self._eager_loss_fn
-        for p in self.params.values():
-            p.requires_grad_(True)
+        # the whole step's column-major weights (and, through zeros_like, Adam's moments) back
+        # to the contiguous layout the eager step and torch's fused Adam kernel expect: that
+        # kernel walks raw memory, so a layout mismatch would pair each weight with another
+        # element's gradient
+        for n in self.param_names:
+            self.params[n] = self.params[n].detach().contiguous().requires_grad_(True)
+            for moments in (self.opt.exp_avg, self.opt.exp_avg_sq):
+                moments[n] = moments[n].contiguous()
 
     @property
     def engine(self) -> str:

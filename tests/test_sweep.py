@@ -467,31 +467,46 @@ def test_without_a_cpp_compiler_compile_on_falls_back_to_eager(synthetic_prepare
     assert [(r["engine"], r["stack_members"]) for r in rows] == [("cpu:eager", "3"), ("cpu:eager", "2"), ("cpu:eager", "2")]
 
 
-def test_a_failed_compile_of_the_loss_alone_falls_back_to_eager(synthetic_prepared, tmp_path, monkeypatch, caplog):
-    """The compiled-loss path (CUDA's; here on a CPU with the whole step switched off): when
-    inductor cannot build, the first step warns once and the stack trains eagerly from then
-    on, through a compaction too, and its epochs say ``eager``."""
+@pytest.mark.parametrize("whole_step", [True, False], ids=["whole-step", "loss-alone"])
+def test_a_failed_compile_trains_as_the_eager_stack(synthetic_prepared, tmp_path, monkeypatch, caplog, whole_step):
+    """When inductor cannot build (no C++ compiler), the first step warns once and the stack
+    trains eagerly from then on, through a compaction too, and its epochs say ``eager``; and it
+    trains exactly as a stack built with compile off. Both compiled paths: the whole step (the
+    CPU's, whose column-major weights and Adam moments must go back to the layout torch's fused
+    Adam kernel reads: it once paired weights with other elements' gradients) and the loss alone
+    (CUDA's, run here on a CPU). A later stack in the process does not try again."""
     import numpy as np
     import torch._inductor.config as inductor_config
 
     from sdmvae_cli.stack import Stack, StackCallbacks, train_stack
 
-    monkeypatch.setattr(Stack, "whole_step_on_cpu", False)
+    monkeypatch.setattr(Stack, "whole_step_on_cpu", whole_step)
+    monkeypatch.setattr(Stack, "compile_failed", None)
     monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
     frames = np.load(synthetic_prepared / "train" / "frames.npy")
     val = torch.from_numpy(np.load(synthetic_prepared / "validation" / "frames.npy"))
-    stack = _two_member_stack(ModelConfig(model="vae", latent=5, hidden=(16,)), frames, val, True, tmp_path)
-    assert stack.engine == "cpu:compiled-loss"
-    stack.members[0].opts.epochs, stack.members[1].opts.epochs = 1, 2  # member 0 stops first: the stack shrinks
-    with caplog.at_level("WARNING"):
-        train_stack(stack, StackCallbacks())
+    cfg = ModelConfig(model="vae", latent=5, hidden=(16,))
+    stacks = {}
+    for compile_loss in (False, True):
+        stack = _two_member_stack(cfg, frames, val, compile_loss, tmp_path)
+        assert stack.engine == ("cpu:eager" if not compile_loss else "cpu:compiled-step" if whole_step else "cpu:compiled-loss")
+        stack.members[0].opts.epochs, stack.members[1].opts.epochs = 1, 3  # member 0 stops first: the stack shrinks
+        with caplog.at_level("WARNING"):
+            train_stack(stack, StackCallbacks())
+        stacks[compile_loss] = stack
     warned = [r for r in caplog.records if "torch.compile of the training step failed" in r.getMessage()]
-    assert len(warned) == 1
-    assert [m.status for m in stack.members] == ["finished"] and len(stack.members) == 1
-    hist = [h for m in stack.members for h in m.history]
-    assert [(h["engine"], h["stack_members"]) for h in hist] == [("cpu:eager", 2), ("cpu:eager", 1)]
-    assert all(np.isfinite(h["val_total"]) for h in hist)
+    assert len(warned) == 1 and Stack.compile_failed
+    fell_back, eager = stacks[True], stacks[False]
+    assert [m.status for m in fell_back.members] == ["finished"] and len(fell_back.members) == 1
+    hist = fell_back.members[0].history
+    assert [(h["engine"], h["stack_members"]) for h in hist] == [("cpu:eager", 2), ("cpu:eager", 1), ("cpu:eager", 1)]
+    for h, ref in zip(hist, eager.members[0].history, strict=True):
+        for k in ("train_total", "val_total", "val_median"):
+            assert h[k] == pytest.approx(ref[k], rel=1e-5), (h["epoch"], k)
+    for n, v in fell_back.member_state(0).items():
+        torch.testing.assert_close(v, eager.member_state(0)[n], rtol=1e-4, atol=1e-6)
+    assert _two_member_stack(cfg, frames, val, True, tmp_path).engine == "cpu:eager"  # a later stack does not try again
 
 
 def test_compile_auto_follows_the_work_per_epoch():
