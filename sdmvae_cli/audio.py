@@ -147,6 +147,32 @@ def restore(samples: np.ndarray, audio: Audio, cfg: StftConfig) -> np.ndarray:
     return out.astype(np.float32)
 
 
+#: written peaks above this are scaled down to it (just under 1: a 16-bit or 24-bit encoder
+#: maps +1.0 to one step past its largest code)
+FULL_SCALE = 0.999
+
+
+def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x`` scaled by one gain so its peak is at most :data:`FULL_SCALE`; returns (signal, gain)."""
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    if peak <= FULL_SCALE:
+        return x, 1.0
+    g = FULL_SCALE / peak
+    return (x * g).astype(x.dtype), g
+
+
+def write_within_full_scale(dst: str | os.PathLike, output: np.ndarray, rate: int, src: str | os.PathLike, what: str,
+                            subtype: str | None = None) -> float:
+    """Write a model's output at the input's level, scaled by one gain when it would pass full
+    scale (a clipped input's resynthesis or enhancement does not keep its flat tops and can peak
+    well above 1): no clipping distortion, and a warning naming the file and the gain. Returns the gain."""
+    out, g = fit_full_scale(output)
+    if g < 1.0:
+        log.warning("%s: the %s peaks at %.2fx full scale; scaled by %.1f dB to fit", src, what, FULL_SCALE / g, 20 * np.log10(g))
+    write_audio(dst, out, rate, subtype=subtype)
+    return g
+
+
 def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int, subtype: str | None = None) -> None:
     """Write atomically (temp file + rename); the format follows the suffix (wav, flac, ogg).
 

@@ -77,6 +77,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise SdmvaeError(f"{path}: the checkpoint has no model or STFT config; it cannot rebuild its model")
     if not isinstance(data["model_state"], dict) or not all(isinstance(v, torch.Tensor) for v in data["model_state"].values()):
         raise SdmvaeError(f"{path}: the checkpoint's model state is not a dict of tensors")
+    history = data.get("history") or []
+    if not isinstance(cfg.get("train") or {}, dict) or not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise SdmvaeError(f"{path}: the checkpoint's training options or history are damaged (not what sdmvae writes)")
     return data
 
 
@@ -109,7 +112,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
         cfg = ModelConfig.from_dict(data["config"]["model"])
         stft = StftConfig.from_dict(data["config"]["stft"])
     except SdmvaeError as exc:
-        raise SdmvaeError(f"{path}: bad model config in the checkpoint ({exc})") from None
+        raise SdmvaeError(f"{path}: bad config in the checkpoint ({exc})") from None
     except (TypeError, ValueError) as exc:
         raise SdmvaeError(f"{path}: bad config in the checkpoint ({str(exc).splitlines()[0][:160]})") from None
     if expect_model is not None and cfg.model != expect_model:

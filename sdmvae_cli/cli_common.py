@@ -68,9 +68,9 @@ def folder_meant(p: Path, raw: str | None = None) -> bool:
 
 
 def positive(value):
-    """typer callback: a strictly positive number (typer's ``min`` is inclusive)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"must be > 0, got {value}")
+    """typer callback: a strictly positive, finite number (typer's ``min`` is inclusive)."""
+    if value is not None and not 0 < value < float("inf"):
+        raise typer.BadParameter(f"must be > 0 and finite, got {value}")
     return value
 
 

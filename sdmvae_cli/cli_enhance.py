@@ -12,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from sdmvae_cli.cli_common import bar, folder_meant
-from sdmvae_cli.errors import SdmvaeError, UsageError
+from sdmvae_cli.cli_common import bar, emit, folder_meant
+from sdmvae_cli.errors import Interrupted, SdmvaeError, UsageError
 
 
 def enhance(
@@ -51,13 +51,18 @@ def enhance(
     pairs = plan_outputs(inp, dst, from_list=from_list)
     check_outputs(pairs, overwrite)
     progress = bar(len(pairs), "enhance") if len(pairs) > 1 else None
-    failures = enhance_many(pairs, lm, opts, progress=progress.update if progress else None)
+    written: list[Path] = []
+    try:
+        failures = enhance_many(pairs, lm, opts, progress=progress.update if progress else None, written=written)
+    except KeyboardInterrupt:
+        if progress:
+            progress.close()
+        emit(*written)
+        raise Interrupted(f"interrupted: {len(written)} of {len(pairs)} output(s) were complete and are kept (listed on stdout); "
+                          "re-running the same command refuses them without --overwrite") from None
     if progress:
         progress.close()
-    failed = {s for s, _ in failures}
-    for src, out in pairs:
-        if src not in failed:
-            print(out)
+    emit(*written)
     if len(pairs) == 1 and failures:
         raise SdmvaeError(failures[0][1])
     for src, why in failures:

@@ -42,6 +42,8 @@ def read_run_config(path: Path) -> dict:
         raise SdmvaeError(f"--config {f}: not JSON ({type(exc).__name__})") from None
     if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
         raise SdmvaeError(f"--config {f}: not a run's config.json (no 'model' section)")
+    if not isinstance(d.get("train") or {}, dict) or not isinstance(d.get("prepared_dir") or "", str):
+        raise SdmvaeError(f"--config {f}: not a run's config.json (its 'train' or 'prepared_dir' is of the wrong type)")
     return d
 
 
@@ -66,7 +68,7 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     try:
         return ModelConfig.from_dict(model), TrainOptions.from_dict(train)
     except SdmvaeError as exc:
-        raise UsageError(f"--config: {exc}") from None
+        raise UsageError(f"--config: {exc}" if config else str(exc)) from None
 
 
 def default_run_name(cfg) -> str:
@@ -147,6 +149,7 @@ def train(
 
         try:
             build_model(cfg)  # validate options before touching the run directory
+            opts.validate()
         except SdmvaeError as exc:
             raise UsageError(str(exc)) from None
 

@@ -271,23 +271,28 @@ def check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
 
 
 def enhance_file(src: Path, dst: Path, lm: LoadedModel, opts: EnhanceOptions) -> Enhancement:
-    from sdmvae_cli.audio import load_audio, write_audio
+    from sdmvae_cli.audio import load_audio, write_within_full_scale
 
     audio = load_audio(src, lm.stft)
     res = enhance_audio(audio, lm, opts)
-    write_audio(dst, res.output, audio.source_rate)
+    write_within_full_scale(dst, res.output, audio.source_rate, src, "enhanced speech")
     return res
 
 
 def enhance_many(
-    pairs: list[tuple[Path, Path]], lm: LoadedModel, opts: EnhanceOptions, progress: Callable[[], None] | None = None
+    pairs: list[tuple[Path, Path]], lm: LoadedModel, opts: EnhanceOptions, progress: Callable[[], None] | None = None,
+    written: list[Path] | None = None,
 ) -> list[tuple[Path, str]]:
-    """Enhance every pair; returns the failures (source, one-line reason)."""
+    """Enhance every pair; returns the failures (source, one-line reason). Each output is
+    appended to ``written`` as soon as it is complete, so a caller interrupted part-way (a file
+    takes seconds) can still say what was kept."""
     opts.validate()
     failures = []
     for src, dst in pairs:
         try:
             enhance_file(src, dst, lm, opts)
+            if written is not None:
+                written.append(dst)
         except SdmvaeError as exc:
             failures.append((src, str(exc)))
         if progress:

@@ -12,15 +12,51 @@ class SdmvaeError(Exception):
     exit_code = 1
 
 
-def dataclass_from_dict(cls, d: dict, what: str):
+def dataclass_from_dict(cls, d: dict, what: str, ignore_unknown: bool = False):
     """Build the config dataclass ``cls`` from ``d``; an unknown key is a user error (a typo in a
-    spec or a config file must not be silently ignored)."""
+    spec or a config file must not be silently ignored), and so is a value of the wrong type
+    (:func:`typed_fields`)."""
     from dataclasses import fields
 
-    unknown = set(d) - {f.name for f in fields(cls)}
-    if unknown:
+    if not isinstance(d, dict):
+        raise SdmvaeError(f"the {what} options are a {type(d).__name__}, not a table of options")
+    names = {f.name for f in fields(cls)}
+    unknown = set(d) - names
+    if unknown and not ignore_unknown:
         raise SdmvaeError(f"unknown {what} option(s): {', '.join(sorted(unknown))}")
-    return cls(**d)
+    return cls(**typed_fields(cls, {k: v for k, v in d.items() if k in names}))
+
+
+def typed_fields(cls, d: dict) -> dict:
+    """``d`` checked against the field types the dataclass ``cls`` declares, as JSON and TOML
+    give them: an ``int`` field takes an integer (not 2.5, not true), a ``float`` field any finite
+    number (returned as a float), ``bool``, ``str``, ``list[int]`` and ``int | None`` what they
+    say. Why: a spec or config file bypasses the command line's parsing, and a string where a
+    number belongs would otherwise surface as an internal error deep in training."""
+    import math
+    from dataclasses import fields
+
+    types = {f.name: str(f.type) for f in fields(cls)}
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    out = {}
+    for k, v in d.items():
+        t = types[k]
+        if t == "float" and (is_int(v) or isinstance(v, float)):
+            if not math.isfinite(v):
+                raise SdmvaeError(f"option {k!r} must be a finite number, got {v!r}")
+            v = float(v)
+        elif t == "list[int]" and isinstance(v, (list, tuple)) and all(is_int(h) for h in v):
+            v = list(v)
+        elif not ((t == "int" and is_int(v)) or (t == "int | None" and (v is None or is_int(v)))
+                  or (t == "bool" and isinstance(v, bool)) or (t == "str" and isinstance(v, str))):
+            want = {"float": "a number", "list[int]": "a list of integers", "int | None": "an integer or null",
+                    "int": "an integer", "bool": "true or false", "str": "a string"}.get(t, t)
+            raise SdmvaeError(f"option {k!r} must be {want}, got {v!r}"[:200])
+        out[k] = v
+    return out
 
 
 class AudioError(SdmvaeError):

@@ -43,9 +43,12 @@ class FrameSource:
     buffer: torch.Tensor | None = None  # (chunk_frames, bins) on the device
 
     @classmethod
-    def create(cls, frames: np.ndarray, device: torch.device, max_device_bytes: int) -> "FrameSource":
+    def create(cls, frames: np.ndarray, device: torch.device, max_device_bytes: int, min_rows: int = 1) -> "FrameSource":
+        """``frames`` resident on ``device`` when they fit in ``max_device_bytes``, else streamed
+        in chunks of that size, never fewer than ``min_rows`` frames (one batch)."""
         per_frame = frames.shape[1] * 4
-        chunk = frames.shape[0] if frames.nbytes <= max_device_bytes else max(1, max_device_bytes // per_frame)
+        chunk = frames.shape[0] if frames.nbytes <= max_device_bytes else max(min_rows, max_device_bytes // per_frame)
+        chunk = min(chunk, frames.shape[0])
         src = cls(frames, device, chunk, torch.empty((chunk, frames.shape[1]), dtype=torch.float32, device=device))
         if src.resident:
             src.buffer.copy_(torch.from_numpy(np.array(frames, dtype=np.float32)))

@@ -418,7 +418,7 @@ def load_prepare_info(prepared_dir: str | Path) -> dict:
         raise SdmvaeError(f"{f}: not a prepare.json written by `sdmvae prepare` (no STFT config); re-run it")
     try:
         StftConfig.from_dict(info["stft"])
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, SdmvaeError) as exc:
         raise SdmvaeError(f"{f}: bad STFT config ({exc})") from None
     return info
 

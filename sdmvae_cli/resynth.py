@@ -15,7 +15,6 @@ compare (``samples_16k``) is not affected.
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,12 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from sdmvae_cli.audio import AUDIO_SUFFIXES, Audio, load_audio, restore, write_audio
+from sdmvae_cli.audio import FULL_SCALE, AUDIO_SUFFIXES, Audio, load_audio, restore, write_within_full_scale  # noqa: F401  (FULL_SCALE: re-exported)
 from sdmvae_cli.checkpoint import LoadedModel, load_model
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.released import default_model_path, released_dir, resolve_model  # noqa: F401  (re-exported: older imports)
 from sdmvae_cli.stft import StftConfig, istft, stft
 
-log = logging.getLogger("sdmvae")
-
-#: written peaks above this are scaled down to it (just under 1: a 16-bit or 24-bit encoder
-#: maps +1.0 to one step past its largest code)
-FULL_SCALE = 0.999
 
 PowerFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
@@ -81,15 +75,6 @@ def power_in_out(audio: Audio, res: Resynthesis, cfg: StftConfig) -> tuple[np.nd
     return p_in, p_out
 
 
-def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
-    """``x`` scaled by one gain so its peak is at most :data:`FULL_SCALE`; returns (signal, gain)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak <= FULL_SCALE:
-        return x, 1.0
-    g = FULL_SCALE / peak
-    return (x * g).astype(x.dtype), g
-
-
 def codes_path(dst: str | Path) -> Path:
     return Path(dst).with_suffix(".codes.npz")
 
@@ -97,17 +82,10 @@ def codes_path(dst: str | Path) -> Path:
 def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False, subtype: str | None = None) -> Resynthesis:
     audio = load_audio(src, lm.stft)
     res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
-    _write_output(dst, res.output, audio.source_rate, subtype, src)
+    write_within_full_scale(dst, res.output, audio.source_rate, src, "resynthesis", subtype)
     if save_codes and res.codes is not None:
         save_codes_npz(codes_path(dst), res.codes, lm, source=src)
     return res
-
-
-def _write_output(dst: str | Path, output: np.ndarray, rate: int, subtype: str | None, src: str | Path) -> None:
-    out, g = fit_full_scale(output)
-    if g < 1.0:
-        log.warning("%s: the resynthesis peaks at %.2fx full scale; scaled by %.1f dB to fit", src, FULL_SCALE / g, 20 * np.log10(g))
-    write_audio(dst, out, rate, subtype=subtype)
 
 
 def save_codes_npz(path: Path, codes: np.ndarray, lm: LoadedModel, source: str | Path | None = None) -> None:
@@ -180,7 +158,7 @@ def resynthesise_from_codes(codes_file: str | Path, dst: str | Path, model: str 
         raise SdmvaeError(f"{codes_file}: no source audio recorded; give it with --phase-from IN.wav")
     audio = load_audio(src, lm.stft)
     res = decode_codes(d["codes"], lm, audio)
-    _write_output(dst, res.output, audio.source_rate, subtype, codes_file)
+    write_within_full_scale(dst, res.output, audio.source_rate, codes_file, "resynthesis", subtype)
     return res
 
 

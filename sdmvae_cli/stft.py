@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
 
 @dataclass(frozen=True)
 class StftConfig:
@@ -29,6 +30,20 @@ class StftConfig:
     center: bool = True
     pad_mode: str = "reflect"
 
+    def __post_init__(self) -> None:
+        """A config read from a file (a checkpoint, prepare.json) is checked where it is built,
+        so a damaged one is one clear line, not an error inside torch.stft."""
+        for name in ("sample_rate", "win_length", "hop_length", "n_fft"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise SdmvaeError(f"STFT {name} must be a positive integer, got {v!r}")
+        if not self.hop_length <= self.win_length <= self.n_fft:
+            raise SdmvaeError(f"STFT needs hop_length <= win_length <= n_fft, got {self.hop_length}, {self.win_length}, {self.n_fft}")
+        if self.window not in ("sine", "hann"):
+            raise SdmvaeError(f"unknown STFT window {self.window!r} (expected sine or hann)")
+        if not isinstance(self.center, bool) or self.pad_mode not in ("reflect", "constant", "replicate", "circular"):
+            raise SdmvaeError(f"bad STFT padding: center={self.center!r}, pad_mode={self.pad_mode!r}")
+
     @property
     def n_bins(self) -> int:
         return self.n_fft // 2 + 1
@@ -38,8 +53,7 @@ class StftConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StftConfig":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        return dataclass_from_dict(cls, d, "STFT", ignore_unknown=True)
 
     def window_tensor(self, device: torch.device | str | None = None, dtype=torch.float32) -> torch.Tensor:
         return make_window(self.window, self.win_length, device=device, dtype=dtype)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 from sdmvae_cli.atomic import write_json
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.nets import ModelConfig, validate_config
 from sdmvae_cli.stack import Member
 from sdmvae_cli.trainopts import EpochRecord, TrainOptions
 
@@ -49,9 +50,16 @@ def read_spec(path: str | Path) -> dict[str, Any]:
         raise SdmvaeError(f"{path}: not a valid sweep spec ({str(exc).splitlines()[0][:120]})") from None
 
 
+#: more runs than this in one spec is refused: a typo in a grid (a list too many) must not
+#: exhaust memory expanding it, and no sweep of a tiny network needs more
+MAX_RUNS = 10_000
+
+
 def _expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
     keys = [k for k, v in grid.items() if isinstance(v, list) and k != "name"]
     fixed = {k: v for k, v in grid.items() if k not in keys}
+    if math.prod(len(grid[k]) for k in keys) > MAX_RUNS:
+        raise SdmvaeError(f"a grid of {math.prod(len(grid[k]) for k in keys):,} runs; a spec holds at most {MAX_RUNS:,}")
     out = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         run = dict(fixed, **dict(zip(keys, combo)))
@@ -63,33 +71,69 @@ def _default_name(run: dict[str, Any]) -> str:
     return "-".join(f"{k}{v}" if k != "model" else str(v) for k, v in run.items() if k != "name")
 
 
+def _run_name(template: Any, run: dict[str, Any]) -> str:
+    """The run's folder name: ``template`` formatted with the run's options, checked to be one
+    plain folder name (its path is printed one per line on stdout: no control characters)."""
+    if template is None:
+        name = _default_name(run)
+    elif not isinstance(template, str):
+        raise SdmvaeError(f"a run's name must be a string, got {template!r}"[:200])
+    else:
+        try:
+            name = template.format(**run)
+        except KeyError as exc:
+            raise SdmvaeError(f"run name {template!r} uses {{{exc.args[0]}}}, which this run does not set") from None
+        except (IndexError, ValueError) as exc:
+            raise SdmvaeError(f"run name {template!r} is not a valid format string ({exc})") from None
+    if (not name or "/" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name)
+            or len(name.encode()) > 255):
+        raise SdmvaeError(f"run name {name!r} is empty, too long or not a plain folder name"[:300])
+    return name
+
+
+def _grids(value: Any) -> list[dict[str, Any]]:
+    """The spec's ``grid``: one table of options or a list of them."""
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise SdmvaeError(f"the sweep spec's 'grid' must be a table of options or a list of them, got {value!r}"[:200])
+    return items
+
+
 def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptions]]:
-    """The runs of a spec as (name, model config, training options), names unique."""
+    """The runs of a spec as (name, model config, training options), names unique; every
+    option checked for its type and range (one clear line naming the run and the option)."""
     if not isinstance(spec, dict) or not ({"runs", "grid"} & set(spec)):
         raise SdmvaeError("a sweep spec needs 'runs' (a list) and/or 'grid' (a dict or list of dicts)")
     unknown_top = set(spec) - {"common", "runs", "grid", "_comment"}
     if unknown_top:
         raise SdmvaeError(f"unknown sweep spec key(s): {', '.join(sorted(unknown_top))}")
     common = spec.get("common", {})
-    grids = spec.get("grid", [])
-    runs = list(spec.get("runs", []))
-    for g in grids if isinstance(grids, list) else [grids]:
+    if not isinstance(common, dict):
+        raise SdmvaeError(f"the sweep spec's 'common' must be a table of options, got {common!r}"[:200])
+    runs = spec.get("runs", [])
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise SdmvaeError(f"the sweep spec's 'runs' must be a list of runs (tables of options), got {runs!r}"[:200])
+    runs = list(runs)
+    for g in _grids(spec.get("grid", [])):
         runs += _expand_grid(g)
+        if len(runs) > MAX_RUNS:
+            raise SdmvaeError(f"the spec lists more than {MAX_RUNS:,} runs")
     out, seen = [], set()
     for raw in runs:
         run = {**common, **raw}
-        template = run.pop("name", None)
-        name = template.format(**run) if template else _default_name(run)
+        name = _run_name(run.pop("name", None), run)
         bad = set(run) - MODEL_FIELDS - TRAIN_FIELDS
         if bad:
             raise SdmvaeError(f"run {name!r}: unknown option(s) {', '.join(sorted(bad))}")
-        if name in seen or not name or "/" in name or name.startswith("."):
-            raise SdmvaeError(f"run name {name!r} is empty, repeated or not a plain folder name")
+        if name in seen:
+            raise SdmvaeError(f"run name {name!r} is repeated")
         seen.add(name)
         try:
-            cfg = ModelConfig(**{k: v for k, v in run.items() if k in MODEL_FIELDS})
-            opts = TrainOptions(**{k: v for k, v in run.items() if k in TRAIN_FIELDS})
-        except TypeError as exc:
+            cfg = ModelConfig.from_dict({k: v for k, v in run.items() if k in MODEL_FIELDS})
+            opts = TrainOptions.from_dict({k: v for k, v in run.items() if k in TRAIN_FIELDS})
+            validate_config(cfg)  # the model's own checks (ranges, dictionary and k, ...)
+            opts.validate()
+        except (SdmvaeError, TypeError) as exc:
             raise SdmvaeError(f"run {name!r}: {exc}") from None
         out.append((name, cfg, opts))
     if not out:
@@ -147,9 +191,14 @@ def run_sweep(
     sweep.json is written (every member keeps its last completed epoch)."""
     from sdmvae_cli.train import RunSpec, check_prepared, train_runs
 
+    from sdmvae_cli.outputs import check_dir_destination
+
     out_dir = Path(out_dir)
     runs = expand_spec(read_spec(spec_path))
     check_prepared(Path(prepared_dir))  # a wrong PREPARED_DIR must not leave an empty --out behind
+    check_dir_destination(out_dir, inputs=[prepared_dir])
+    if (out_dir / "sweep.json").is_dir():
+        raise SdmvaeError(f"{out_dir / 'sweep.json'} is a directory; the sweep's summary cannot be written there")
     specs = []
     for name, cfg, opts in runs:
         opts.device = device
@@ -159,8 +208,9 @@ def run_sweep(
         has_last = (run_dir / "last.pt").exists()
         if run_dir.exists() and not (resume and (has_last or _never_started(run_dir))) and any(run_dir.iterdir()):
             raise SdmvaeError(f"{run_dir} already exists; use --resume to continue the sweep, or another --out")
+        if resume and has_last:
+            _check_same_run(run_dir, cfg, opts)
         specs.append(RunSpec(name, run_dir, cfg, opts, resume=resume and has_last))
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     members: list[Member] = []
     groups: list[int] = []
@@ -172,6 +222,7 @@ def run_sweep(
         members[:] = ms
 
     interrupted = False
+    summary: dict[str, Any] = {}
     try:
         members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open)
     except KeyboardInterrupt:
@@ -179,8 +230,28 @@ def run_sweep(
         raise
     finally:
         summary = _summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)
-        write_json(out_dir / "sweep.json", summary)
+        if groups:  # once a stack has started; a sweep refused before that leaves the earlier sweep.json (or none)
+            write_json(out_dir / "sweep.json", summary)
     return summary
+
+
+def _check_same_run(run_dir: Path, cfg: ModelConfig, opts: TrainOptions) -> None:
+    """``--resume`` continues each member as it was started (the checkpoint's options): refuse a
+    spec that now gives the member other model or training options, which would otherwise be
+    silently ignored. Only ``epochs`` (and the device) may change."""
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        model, train = saved["model"], saved["train"]
+        differs = [k for k, v in cfg.to_dict().items() if k in model and model[k] != v]
+        differs += [k for k, v in opts.to_dict().items() if k in train and k not in ("epochs", "device") and train[k] != v]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no readable config.json: the checkpoint's own checks decide
+    if differs:
+        k = differs[0]
+        was, now = (model[k], getattr(cfg, k)) if k in model else (train[k], getattr(opts, k))
+        raise SdmvaeError(f"--resume: {run_dir.name} was started with {k}={was!r}, the spec now gives {now!r} "
+                          f"({len(differs)} option(s) differ: {', '.join(differs)}); resume with the spec it was started with, "
+                          "or train the new options into another --out")
 
 
 def _summary(members: list[Member], specs, wall: float, groups: list[int], interrupted: bool, prepared_dir, spec_path) -> dict:

@@ -74,11 +74,12 @@ RUN_FILES = ("best.pt", "last.pt", "history.csv")
 RUN_EXTRAS = ("config.json", "loss.png")
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to train into a folder holding an earlier run, unless ``overwrite``."""
+def check_run_dir(run_dir: Path, overwrite: bool, prepared_dir: Path | None = None) -> None:
+    """Refuse to train into a folder holding an earlier run, unless ``overwrite``, or into the
+    prepared data (its input)."""
     from sdmvae_cli.outputs import check_dir_destination
 
-    check_dir_destination(run_dir)
+    check_dir_destination(run_dir, inputs=[prepared_dir] if prepared_dir is not None else [])
     old = [n for n in RUN_FILES if (run_dir / n).exists()]
     if old and not overwrite:
         raise SdmvaeError(f"{run_dir} already holds a run ({', '.join(old)}); continue it with --resume {run_dir}, "
@@ -138,7 +139,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
         assert cfg is not None
         build_model(cfg)  # validates the configuration before any work
         opts.validate()
-        check_run_dir(spec.run_dir, spec.overwrite)
+        check_run_dir(spec.run_dir, spec.overwrite, prepared_dir)
         m = Member(spec.name, cfg, opts, spec.run_dir)
         m.perm_gen, m.noise_gen = _generators(opts.seed, device)
         return m, init_state(cfg, opts.seed), None
@@ -230,24 +231,26 @@ def train_runs(
         if arr.shape[1] != stft.n_bins:
             raise SdmvaeError(f"{prepared_dir}/{split}/frames.npy has {arr.shape[1]} bins; its prepare.json says {stft.n_bins}")
         check_frames(arr, f"{prepared_dir}/{split}/frames.npy")
+    for m, _, _ in opened:  # every check before the first write: a refused run leaves nothing behind
+        if m.cfg.n_bins != stft.n_bins:
+            raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
+        if len(train_frames) < m.opts.batch_size:
+            raise SdmvaeError(f"the train split has {len(train_frames)} frames, fewer than one batch ({m.opts.batch_size})")
     for s in specs:
         if not s.resume and s.overwrite:
             clear_run_dir(s.run_dir)
     for m, _, _ in opened:
-        if m.cfg.n_bins != stft.n_bins:
-            raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
         m.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(m.run_dir / "config.json", _run_config(m, stft) | {"prepared_dir": str(prepared_dir.resolve()),
                                                                       "data_fingerprint": info.get("fingerprint")})
     first = opened[0][0].opts
     budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
-    train_src = FrameSource.create(train_frames, device, budget)
+    # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
+    train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
     val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
     groups: dict[str, list] = {}
     for item in opened:
         m = item[0]
-        if len(train_src) < m.opts.batch_size:
-            raise SdmvaeError(f"the train split has {len(train_src)} frames, fewer than one batch ({m.opts.batch_size})")
         key = group_key(m.cfg, m.opts) + f"|{m.epoch}"
         groups.setdefault(key, []).append(item)
     cb = StackCallbacks(on_epoch=on_epoch, save=_saver(info, stft, prepared_dir, device), on_done=on_done)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,8 +36,12 @@ class TrainOptions:
         return dataclass_from_dict(cls, d, "training")
 
     def validate(self) -> None:
-        if not self.lr >= 0:  # 0 freezes the weights (useful in tests); the CLI asks for > 0
-            raise SdmvaeError(f"--lr must be >= 0, got {self.lr}")
+        if not 0 <= self.lr < math.inf:  # 0 freezes the weights (a baseline, and tests); the CLI asks for > 0
+            raise SdmvaeError(f"--lr must be >= 0 and finite, got {self.lr}")
+        if not 0 < self.max_device_fraction <= 1:
+            raise SdmvaeError(f"max_device_fraction must be in (0, 1], got {self.max_device_fraction}")
+        if self.max_device_bytes is not None and self.max_device_bytes < 1:
+            raise SdmvaeError(f"max_device_bytes must be >= 1, got {self.max_device_bytes}")
         for name in ("batch_size", "epochs", "graph_steps", "val_batch"):
             if getattr(self, name) < 1:
                 raise SdmvaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

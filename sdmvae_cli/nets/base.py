@@ -168,8 +168,20 @@ class SpectrogramVAE(nn.Module):
     # -- configuration ---------------------------------------------------------------
     @classmethod
     def validate(cls, cfg: ModelConfig) -> None:
+        """Ranges every model checks (a spec or config file skips the command line's checks;
+        the types were checked where the config was read): families add their own."""
         if cfg.latent < 1:
             raise SdmvaeError("--latent must be >= 1")
+        if cfg.n_bins < 2:
+            raise SdmvaeError(f"n_bins must be >= 2, got {cfg.n_bins}")
+        if not cfg.hidden or any(not isinstance(h, int) or h < 1 for h in cfg.hidden):
+            raise SdmvaeError(f"--hidden needs at least one layer size, each >= 1, got {cfg.hidden!r}")
+        nonneg = ("beta", "coherence", "threshold", "beta2", "c_warmup")
+        positive = ("dict_lr", "c_start", "c_end", "gamma_shape", "gamma_rate")
+        for name in nonneg + positive:
+            v = getattr(cfg, name)
+            if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
+                raise SdmvaeError(f"--{name.replace('_', '-')} must be {'> 0' if name in positive else '>= 0'} and finite, got {v}")
         if cfg.input_transform not in ("power", "log"):
             raise SdmvaeError(f"unknown input transform {cfg.input_transform!r}; expected power or log")
 

@@ -26,9 +26,14 @@ def model_names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def build_model(cfg: "ModelConfig") -> "SpectrogramVAE":
+def validate_config(cfg: "ModelConfig") -> type["SpectrogramVAE"]:
+    """The model class of ``cfg``, after its checks (one clear line for a bad option)."""
     if cfg.model not in REGISTRY:
         raise SdmvaeError(f"unknown model {cfg.model!r}; registered models: {', '.join(model_names())}")
     cls = REGISTRY[cfg.model]
     cls.validate(cfg)
-    return cls(cfg)
+    return cls
+
+
+def build_model(cfg: "ModelConfig") -> "SpectrogramVAE":
+    return validate_config(cfg)(cfg)
