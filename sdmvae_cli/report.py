@@ -534,9 +534,13 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
     """
     out = Path(out)
     runs = collect_runs(paths)
+    from sdmvae_cli.outputs import is_within
+
     for r in runs:
-        if out.resolve() in (r.eval_dir.resolve(), *(r.eval_dir.resolve().parents)):
+        if is_within(r.eval_dir, out):
             raise SdmvaeError(f"--out {out} would replace an input ({r.eval_dir})")
+        if is_within(out, r.eval_dir):  # the rule of every command: outputs never inside an input folder
+            raise SdmvaeError(f"--out {out} is inside an input ({r.eval_dir}); choose a separate folder")
     if out.exists():
         if not force:
             raise SdmvaeError(f"{out} exists; choose another --out, or --force to replace an earlier report")

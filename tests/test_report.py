@@ -193,6 +193,10 @@ def test_refuses_to_overwrite(synthetic_report, tmp_path):
     assert (other / "keep.txt").read_text() == "x"
     with pytest.raises(SdmvaeError, match="replace an input"):
         make_report(inputs[1:2], inputs[1].parent, n_utterances=0, force=True)
+    ev = _eval_dir(inputs[1])
+    with pytest.raises(SdmvaeError, match="inside an input"):
+        make_report(inputs[1:2], ev / "report", n_utterances=0)
+    assert not (ev / "report").exists()
     # --force replaces an earlier report, and leaves nothing beside it
     again = make_report(inputs[1:2], tmp_path / "r", n_utterances=1)
     before = sorted(p.name for p in again.parent.parent.iterdir())
@@ -374,3 +378,10 @@ def test_browser_renders_without_console_errors_and_sorts(synthetic_report, tmp_
     estoi = [row["cells"]["estoi"] for row in sorted_page.rows]
     assert len(estoi) == 2 and estoi == sorted(estoi)
     assert 'aria-sort="ascending"' in r.stdout
+
+
+def _eval_dir(path: Path) -> Path:
+    """The evaluation folder that a report input (an evaluation or a run folder) resolves to."""
+    from sdmvae_cli.report import collect_runs
+
+    return collect_runs([path])[0].eval_dir
