@@ -221,16 +221,17 @@ def run_sweep(
     def on_open(ms: list[Member]) -> None:  # so that a Ctrl-C still reports each member's own status
         members[:] = ms
 
-    interrupted = False
+    interrupted = completed = False
     summary: dict[str, Any] = {}
     try:
         members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open)
+        completed = True
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         summary = _summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)
-        if groups:  # once a stack has started; a sweep refused before that leaves the earlier sweep.json (or none)
+        if groups or completed:  # a sweep refused before any stack started leaves the earlier sweep.json (or none)
             write_json(out_dir / "sweep.json", summary)
     return summary
 
