@@ -145,10 +145,10 @@ def train(
     else:
         run_dir = Path("runs") / default_run_name(cfg)
     if resume is None:
-        from sdmvae_cli.nets import build_model
+        from sdmvae_cli.nets import validate_config
 
         try:
-            build_model(cfg)  # validate options before touching the run directory
+            validate_config(cfg)  # validate options before touching the run directory
             opts.validate()
         except SdmvaeError as exc:
             raise UsageError(str(exc)) from None

@@ -45,9 +45,12 @@ def typed_fields(cls, d: dict) -> dict:
     for k, v in d.items():
         t = types[k]
         if t == "float" and (is_int(v) or isinstance(v, float)):
+            try:
+                v = float(v)  # an integer beyond float range overflows here
+            except OverflowError:
+                v = math.inf
             if not math.isfinite(v):
-                raise SdmvaeError(f"option {k!r} must be a finite number, got {v!r}")
-            v = float(v)
+                raise SdmvaeError(f"option {k!r} must be a finite number, got {d[k]!r}"[:200])
         elif t == "list[int]" and isinstance(v, (list, tuple)) and all(is_int(h) for h in v):
             v = list(v)
         elif not ((t == "int" and is_int(v)) or (t == "int | None" and (v is None or is_int(v)))

@@ -532,10 +532,10 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
     that looks complete. An existing ``out`` is replaced only with ``force`` and only if it is
     an earlier report (it holds report.json), never another folder.
     """
-    out = Path(out)
-    runs = collect_runs(paths)
     from sdmvae_cli.outputs import is_within
 
+    out = Path(out)
+    runs = collect_runs(paths)
     for r in runs:
         if is_within(r.eval_dir, out):
             raise SdmvaeError(f"--out {out} would replace an input ({r.eval_dir})")

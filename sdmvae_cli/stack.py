@@ -78,6 +78,12 @@ class Member:
         return self.status != "running"
 
 
+#: why a stack of several members cannot stream its data (checked by train_runs before it writes,
+#: and by Stack itself): every member must draw from the whole split at every step
+STREAMED_STACK = ("a stack of several members needs the train split resident in memory: raise max_device_fraction "
+                  "or max_device_bytes in the spec (or train the runs one at a time)")
+
+
 class StackedAdam:
     """Adam (Kingma & Ba 2015, torch.optim.Adam's update) over stacked parameters, with a
     learning rate and a step count per member. Everything is a tensor op: CUDA-graph safe."""
@@ -232,7 +238,7 @@ class Stack:
         self.buffers = dict(self.template.named_buffers())  # shared by every member (D of a fixed dictionary, epoch)
         self.opts = members[0].opts
         if not src.resident and len(members) > 1:
-            raise SdmvaeError("a stack of several members needs the train split resident in memory (raise --max-device-fraction)")
+            raise SdmvaeError(STREAMED_STACK)
         self.src, self.data, self.val = src, src.buffer, val
         compile_loss = compile_loss and Stack.compile_failed is None
         self.use_graph, self.compile_loss = use_graph, compile_loss

@@ -58,8 +58,9 @@ MAX_RUNS = 10_000
 def _expand_grid(grid: dict[str, Any]) -> list[dict[str, Any]]:
     keys = [k for k, v in grid.items() if isinstance(v, list) and k != "name"]
     fixed = {k: v for k, v in grid.items() if k not in keys}
-    if math.prod(len(grid[k]) for k in keys) > MAX_RUNS:
-        raise SdmvaeError(f"a grid of {math.prod(len(grid[k]) for k in keys):,} runs; a spec holds at most {MAX_RUNS:,}")
+    size = math.prod(len(grid[k]) for k in keys)
+    if size > MAX_RUNS:  # refused before it is expanded
+        raise SdmvaeError(f"a grid of {size:,} runs; a spec holds at most {MAX_RUNS:,}")
     out = []
     for combo in itertools.product(*(grid[k] for k in keys)):
         run = dict(fixed, **dict(zip(keys, combo)))
@@ -83,8 +84,8 @@ def _run_name(template: Any, run: dict[str, Any]) -> str:
             name = template.format(**run)
         except KeyError as exc:
             raise SdmvaeError(f"run name {template!r} uses {{{exc.args[0]}}}, which this run does not set") from None
-        except (IndexError, ValueError) as exc:
-            raise SdmvaeError(f"run name {template!r} is not a valid format string ({exc})") from None
+        except (IndexError, ValueError, TypeError, AttributeError) as exc:  # "{}", "{", "{lr[0]}", "{lr.x}"
+            raise SdmvaeError(f"run name {template!r} is not a valid format string ({exc})"[:300]) from None
     if (not name or "/" in name or name.startswith(".") or any(ord(c) < 32 or ord(c) == 127 for c in name)
             or len(name.encode()) > 255):
         raise SdmvaeError(f"run name {name!r} is empty, too long or not a plain folder name"[:300])
@@ -117,7 +118,9 @@ def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptio
     for g in _grids(spec.get("grid", [])):
         runs += _expand_grid(g)
         if len(runs) > MAX_RUNS:
-            raise SdmvaeError(f"the spec lists more than {MAX_RUNS:,} runs")
+            break
+    if len(runs) > MAX_RUNS:
+        raise SdmvaeError(f"the spec lists more than {MAX_RUNS:,} runs")
     out, seen = [], set()
     for raw in runs:
         run = {**common, **raw}
@@ -189,9 +192,8 @@ def run_sweep(
     Without ``resume`` an existing run folder is an error (nothing is overwritten); with it,
     runs that have a last.pt continue and the others start. KeyboardInterrupt propagates after
     sweep.json is written (every member keeps its last completed epoch)."""
-    from sdmvae_cli.train import RunSpec, check_prepared, train_runs
-
     from sdmvae_cli.outputs import check_dir_destination
+    from sdmvae_cli.train import RunSpec, check_prepared, train_runs
 
     out_dir = Path(out_dir)
     runs = expand_spec(read_spec(spec_path))
@@ -222,7 +224,6 @@ def run_sweep(
         members[:] = ms
 
     interrupted = completed = False
-    summary: dict[str, Any] = {}
     try:
         members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open)
         completed = True

@@ -27,9 +27,9 @@ from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.frames import FrameSource, device_budget, open_frames
-from sdmvae_cli.nets import ModelConfig, build_model
+from sdmvae_cli.nets import ModelConfig, validate_config
 from sdmvae_cli.prepare import fingerprint_aliases, load_prepare_info
-from sdmvae_cli.stack import OPTIMIZER_KIND, Member, Stack, StackCallbacks, group_key, init_state, train_stack
+from sdmvae_cli.stack import OPTIMIZER_KIND, STREAMED_STACK, Member, Stack, StackCallbacks, group_key, init_state, train_stack
 from sdmvae_cli.stft import StftConfig
 from sdmvae_cli.trainopts import EpochRecord, TrainOptions, compile_enabled, resolve_device
 
@@ -137,7 +137,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     if not spec.resume:
         cfg, opts = spec.model, spec.opts
         assert cfg is not None
-        build_model(cfg)  # validates the configuration before any work
+        validate_config(cfg)  # before any work
         opts.validate()
         check_run_dir(spec.run_dir, spec.overwrite, prepared_dir)
         m = Member(spec.name, cfg, opts, spec.run_dir)
@@ -231,11 +231,20 @@ def train_runs(
         if arr.shape[1] != stft.n_bins:
             raise SdmvaeError(f"{prepared_dir}/{split}/frames.npy has {arr.shape[1]} bins; its prepare.json says {stft.n_bins}")
         check_frames(arr, f"{prepared_dir}/{split}/frames.npy")
+    first = opened[0][0].opts
+    budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
+    groups: dict[str, list] = {}
+    for item in opened:
+        m = item[0]
+        key = group_key(m.cfg, m.opts) + f"|{m.epoch}"
+        groups.setdefault(key, []).append(item)
     for m, _, _ in opened:  # every check before the first write: a refused run leaves nothing behind
         if m.cfg.n_bins != stft.n_bins:
             raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
         if len(train_frames) < m.opts.batch_size:
             raise SdmvaeError(f"the train split has {len(train_frames)} frames, fewer than one batch ({m.opts.batch_size})")
+    if train_frames.nbytes > budget and any(sum(not it[0].done for it in items) > 1 for items in groups.values()):
+        raise SdmvaeError(STREAMED_STACK)
     for s in specs:
         if not s.resume and s.overwrite:
             clear_run_dir(s.run_dir)
@@ -243,16 +252,9 @@ def train_runs(
         m.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(m.run_dir / "config.json", _run_config(m, stft) | {"prepared_dir": str(prepared_dir.resolve()),
                                                                       "data_fingerprint": info.get("fingerprint")})
-    first = opened[0][0].opts
-    budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
     # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
     train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
     val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
-    groups: dict[str, list] = {}
-    for item in opened:
-        m = item[0]
-        key = group_key(m.cfg, m.opts) + f"|{m.epoch}"
-        groups.setdefault(key, []).append(item)
     cb = StackCallbacks(on_epoch=on_epoch, save=_saver(info, stft, prepared_dir, device), on_done=on_done)
     tf32_before = torch.backends.cuda.matmul.allow_tf32  # a stack sets it for its run; the caller's value comes back
     try:

@@ -38,6 +38,8 @@ class TrainOptions:
     def validate(self) -> None:
         if not 0 <= self.lr < math.inf:  # 0 freezes the weights (a baseline, and tests); the CLI asks for > 0
             raise SdmvaeError(f"--lr must be >= 0 and finite, got {self.lr}")
+        if not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed takes
+            raise SdmvaeError(f"--seed must be in [-2^63, 2^64), got {self.seed}")
         if not 0 < self.max_device_fraction <= 1:
             raise SdmvaeError(f"max_device_fraction must be in (0, 1], got {self.max_device_fraction}")
         if self.max_device_bytes is not None and self.max_device_bytes < 1:

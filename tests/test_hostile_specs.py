@@ -63,6 +63,11 @@ SPECS = {  # (spec, words the error line must hold)
     "beta-negative": ({"common": TINY, "runs": [{"name": "a", "beta": -1}]}, "--beta must be >= 0"),
     "beta-string": ({"common": TINY, "runs": [{"name": "a", "beta": "x"}]}, "'beta' must be a number"),
     "grid-huge": ({"common": TINY, "grid": {"seed": list(range(300)), "beta": [float(b) for b in range(300)]}}, "90,000 runs"),
+    "name-index": ({"common": TINY, "runs": [{"name": "a{lr[0]}", "lr": 1e-3}]}, "not a valid format string"),
+    "name-attribute": ({"common": TINY, "runs": [{"name": "a{lr.x}", "lr": 1e-3}]}, "not a valid format string"),
+    "lr-huge-integer": ({"common": TINY, "runs": [{"name": "a", "lr": 10**400}]}, "finite"),
+    "seed-beyond-64-bits": ({"common": TINY, "runs": [{"name": "a", "seed": 2**64}]}, "--seed must be in"),
+    "runs-too-many": ({"common": TINY, "runs": [{"name": f"r{i}", "seed": i} for i in range(10_001)]}, "more than 10,000 runs"),
     "fraction-zero": ({"common": TINY, "runs": [{"name": "a", "max_device_fraction": 0}]}, "max_device_fraction"),
     "bytes-string": ({"common": TINY, "runs": [{"name": "a", "max_device_bytes": "x"}]}, "integer or null"),
 }
@@ -94,6 +99,15 @@ def test_a_streamed_chunk_holds_at_least_one_batch(synthetic_prepared, tmp_path,
     hist = (tmp_path / "out" / "a" / "history.csv").read_text().splitlines()
     row = dict(zip(hist[0].split(","), hist[1].split(",")))
     assert float(row["frames_per_s"]) > 0 and float(row["train_total"]) != 0.0
+
+
+def test_a_stack_that_would_stream_is_refused_before_anything_is_written(synthetic_prepared, tmp_path, capsys):
+    """Several seeds share a stack, which needs the split resident; a budget too small for it was
+    refused only after config.json and sweep.json were written (and a plain re-run then refused
+    the folder)."""
+    p = write_spec(tmp_path / "spec.json", {"common": {**TINY, "max_device_bytes": 100_000}, "runs": [{"name": "a"}, {"name": "b", "seed": 1}]})
+    one_line_failure(capsys, 1, "resident in memory", "sweep", synthetic_prepared, p, "--out", tmp_path / "out", "--device", "cpu")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_refused_sweep_leaves_the_earlier_summary(synthetic_prepared, tmp_path, capsys):
