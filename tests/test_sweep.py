@@ -482,31 +482,32 @@ def test_a_failed_compile_trains_as_the_eager_stack(synthetic_prepared, tmp_path
 
     monkeypatch.setattr(Stack, "whole_step_on_cpu", whole_step)
     monkeypatch.setattr(Stack, "compile_failed", None)
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
-    frames = np.load(synthetic_prepared / "train" / "frames.npy")
-    val = torch.from_numpy(np.load(synthetic_prepared / "validation" / "frames.npy"))
-    cfg = ModelConfig(model="vae", latent=5, hidden=(16,))
-    stacks = {}
-    for compile_loss in (False, True):
-        stack = _two_member_stack(cfg, frames, val, compile_loss, tmp_path)
-        assert stack.engine == ("cpu:eager" if not compile_loss else "cpu:compiled-step" if whole_step else "cpu:compiled-loss")
-        stack.members[0].opts.epochs, stack.members[1].opts.epochs = 1, 3  # member 0 stops first: the stack shrinks
-        with caplog.at_level("WARNING"):
-            train_stack(stack, StackCallbacks())
-        stacks[compile_loss] = stack
-    warned = [r for r in caplog.records if "torch.compile of the training step failed" in r.getMessage()]
-    assert len(warned) == 1 and Stack.compile_failed
-    fell_back, eager = stacks[True], stacks[False]
-    assert [m.status for m in fell_back.members] == ["finished"] and len(fell_back.members) == 1
-    hist = fell_back.members[0].history
-    assert [(h["engine"], h["stack_members"]) for h in hist] == [("cpu:eager", 2), ("cpu:eager", 1), ("cpu:eager", 1)]
-    for h, ref in zip(hist, eager.members[0].history, strict=True):
-        for k in ("train_total", "val_total", "val_median"):
-            assert h[k] == pytest.approx(ref[k], rel=1e-5), (h["epoch"], k)
-    for n, v in fell_back.member_state(0).items():
-        torch.testing.assert_close(v, eager.member_state(0)[n], rtol=1e-4, atol=1e-6)
-    assert _two_member_stack(cfg, frames, val, True, tmp_path).engine == "cpu:eager"  # a later stack does not try again
+    # inductor's own patch (restored on exit): monkeypatching the config proxy's attribute failed
+    # on a fresh install ("has no attribute 'cxx'" on the second case)
+    with inductor_config.patch({"cpp.cxx": (str(tmp_path / "no-such-c++"),), "fx_graph_cache": False}):
+        frames = np.load(synthetic_prepared / "train" / "frames.npy")
+        val = torch.from_numpy(np.load(synthetic_prepared / "validation" / "frames.npy"))
+        cfg = ModelConfig(model="vae", latent=5, hidden=(16,))
+        stacks = {}
+        for compile_loss in (False, True):
+            stack = _two_member_stack(cfg, frames, val, compile_loss, tmp_path)
+            assert stack.engine == ("cpu:eager" if not compile_loss else "cpu:compiled-step" if whole_step else "cpu:compiled-loss")
+            stack.members[0].opts.epochs, stack.members[1].opts.epochs = 1, 3  # member 0 stops first: the stack shrinks
+            with caplog.at_level("WARNING"):
+                train_stack(stack, StackCallbacks())
+            stacks[compile_loss] = stack
+        warned = [r for r in caplog.records if "torch.compile of the training step failed" in r.getMessage()]
+        assert len(warned) == 1 and Stack.compile_failed
+        fell_back, eager = stacks[True], stacks[False]
+        assert [m.status for m in fell_back.members] == ["finished"] and len(fell_back.members) == 1
+        hist = fell_back.members[0].history
+        assert [(h["engine"], h["stack_members"]) for h in hist] == [("cpu:eager", 2), ("cpu:eager", 1), ("cpu:eager", 1)]
+        for h, ref in zip(hist, eager.members[0].history, strict=True):
+            for k in ("train_total", "val_total", "val_median"):
+                assert h[k] == pytest.approx(ref[k], rel=1e-5), (h["epoch"], k)
+        for n, v in fell_back.member_state(0).items():
+            torch.testing.assert_close(v, eager.member_state(0)[n], rtol=1e-4, atol=1e-6)
+        assert _two_member_stack(cfg, frames, val, True, tmp_path).engine == "cpu:eager"  # a later stack does not try again
 
 
 def test_compile_auto_follows_the_work_per_epoch():
