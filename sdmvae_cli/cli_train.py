@@ -26,6 +26,8 @@ MODEL_PARAMS = {"arch": "model", "latent": "latent", "hidden": "hidden", "activa
                 "samples": "samples"}
 TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "stop_on": "stop_on", "seed": "seed",
                 "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile", "tf32": "tf32"}
+#: ModelConfig field -> its flag's name, where they differ
+FLAG_OF = {f: p.rstrip("_") for p, f in MODEL_PARAMS.items() if p.rstrip("_") != f}
 #: how to run, not what to compute: always from this command line, never from --config (a run
 #: trained on a GPU is rerun on a laptop without --device cpu)
 EXECUTION = ("device", "cuda_graph", "compile", "tf32")
@@ -49,7 +51,7 @@ def read_run_config(path: Path) -> dict:
 
 def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
-    from sdmvae_cli.nets import ModelConfig
+    from sdmvae_cli.nets import REGISTRY, ModelConfig
     from sdmvae_cli.train import TrainOptions
 
     def explicit(name: str) -> bool:
@@ -62,6 +64,8 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
         if config is None or explicit(p) or f not in model:
             v = given[p]
             model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
+    if isinstance(model.get("model"), str) and model["model"] in REGISTRY:  # else ModelConfig's error below
+        refuse_foreign_options(model["model"], [p for p in MODEL_PARAMS if explicit(p)])
     for p, f in TRAIN_PARAMS.items():
         if config is None or explicit(p) or f not in train or f in EXECUTION:
             train[f] = given[p]
@@ -71,7 +75,25 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
         raise UsageError(f"--config: {exc}" if config else str(exc)) from None
 
 
-def default_run_name(cfg) -> str:
+def refuse_foreign_options(arch: str, given: list[str]) -> None:
+    """An option the architecture does not read (``--arch vae --dict identity``) is a usage
+    error, not a value stored in config.json that nothing uses: the run would look like an
+    SDM-VAE in its config and be a VAE. Which options an architecture reads is its class's
+    ``OPTIONS`` (the same list `sdmvae models` shows)."""
+    from sdmvae_cli.nets import REGISTRY
+
+    reads = set(REGISTRY[arch].OPTIONS) | {"model"}
+    foreign = [p for p in given if MODEL_PARAMS[p] not in reads]
+    if foreign:
+        flags = ", ".join("--" + p.rstrip("_").replace("_", "-") for p in foreign)
+        raise UsageError(f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --arch {arch} "
+                         f"(it reads {', '.join('--' + FLAG_OF.get(o, o).replace('_', '-') for o in REGISTRY[arch].OPTIONS)}; see `sdmvae models`)")
+
+
+def default_run_name(cfg, seed: int) -> str:
+    """``runs/<arch>-m<latent>[-<family options>]-s<seed>``: what makes runs differ, so a second
+    seed needs no --out, and never the spelling of a released model (``vae-m64``), which a
+    run folder in the working directory would otherwise shadow in ``-m vae-m64``."""
     parts = [cfg.model, f"m{cfg.latent}"]
     if cfg.model == "sdm":
         parts += [cfg.dictionary, f"k{cfg.k}"]
@@ -79,7 +101,7 @@ def default_run_name(cfg) -> str:
         parts.append(f"a{cfg.alpha:g}")
     elif cfg.model == "threshold":
         parts += [cfg.base, "learned" if cfg.learn_threshold else f"l{cfg.threshold:g}"]
-    return "-".join(parts)
+    return "-".join([*parts, f"s{seed}"])
 
 
 def train(
@@ -87,7 +109,7 @@ def train(
     prepared_dir: Optional[Path] = typer.Argument(None, help="Output of `sdmvae prepare` (default with --config: the run's prepared_dir)."),
     arch: str = typer.Option("sdm", "--arch", "--model", callback=arch_name, help="Architecture (see `sdmvae models`); --model is the older spelling."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Start from a run's config.json (or its run directory); options given here override it."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<arch>-<config>)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<arch>-m<latent>[-<options>]-s<seed>)."),
     resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in the run directory (default: refuse)."),
     latent: int = typer.Option(64, min=1, help="Latent dimension m (paper: 32, 64)."),
@@ -143,7 +165,7 @@ def train(
     elif out is not None:
         run_dir = out
     else:
-        run_dir = Path("runs") / default_run_name(cfg)
+        run_dir = Path("runs") / default_run_name(cfg, opts.seed)
     if resume is None:
         from sdmvae_cli.nets import validate_config
 

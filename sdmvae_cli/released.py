@@ -5,17 +5,26 @@ The checkpoints live in ``models/`` of the repository and ship in the wheel as
 look inside site-packages: every option that takes a checkpoint (``--model/-m``, evaluate's
 CHECKPOINT, ``plot dictionary``, ``export``, the Python API) accepts a released name, resolved
 here. ``default.json`` names the default; ``released.json`` describes each model (data, scores).
-A path that exists always wins over a name.
+
+Names and paths never shadow each other silently (:func:`resolve_model`): a bare word that is a
+released name (``vae-m64``) is the released model, even when a folder of that name sits in the
+working directory (a warning then says how to reach the folder: ``./vae-m64``); anything that
+looks like a path (a separator, a leading ``.`` or ``~``, a ``.pt`` file that exists) is a
+path. Why: ``train``'s run folders used to be named like the releases, and "a path that exists
+wins" loaded a user's 4-utterance run where the released model was asked for, without a word.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from importlib import resources
 from pathlib import Path
 
 from sdmvae_cli.errors import SdmvaeError
+
+log = logging.getLogger("sdmvae")
 
 
 def released_dir() -> Path:
@@ -49,20 +58,35 @@ def released_path(name: str) -> Path | None:
     return None
 
 
+def looks_like_path(name: str) -> bool:
+    """A separator, a leading ``.`` or ``~``: the user wrote a path, never a released name."""
+    return any(c in name for c in ("/", "\\", os.sep)) or name.startswith((".", "~"))
+
+
 def resolve_model(name: str | os.PathLike | None) -> Path:
-    """A checkpoint argument: an existing path (file or run directory), a released model's
-    name, or None for the default released model. Anything else is one error line that lists
-    the released names."""
+    """A checkpoint argument -> the file or run directory to load (see the module docstring).
+
+    None: the default released model. A released name: that model (a warning when a path of
+    the same spelling exists too). Otherwise an existing path. Anything else is one error line
+    that lists the released names."""
     if name is None:
         return default_model_path()
-    p = Path(name)
-    if p.exists():
-        return p
-    hit = released_path(str(name))
+    raw = os.fspath(name)
+    p = Path(raw).expanduser()
+    hit = None if looks_like_path(raw) else released_path(raw)
+    if hit is not None and p.exists():
+        if p.suffix == ".pt" and p.is_file():  # a checkpoint file by its file name: the file
+            log.warning("%s: using the file in this folder, not the released model %s", raw, hit.stem)
+            return p
+        log.warning("%s is the released model; the %s in this folder is not used (write ./%s for it)",
+                    raw, "folder" if p.is_dir() else "file", raw)
+        return hit
     if hit is not None:
         return hit
+    if p.exists():
+        return p
     names = released_names()
-    raise SdmvaeError(f"checkpoint {name} does not exist: no such checkpoint or released model "
+    raise SdmvaeError(f"checkpoint {raw} does not exist: no such checkpoint or released model "
                       f"(released: {', '.join(names) or 'none'}; see `sdmvae models --released`)")
 
 

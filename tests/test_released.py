@@ -3,12 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from sdmvae_cli.checkpoint import load_model
 from sdmvae_cli.corpus import builtin_tcd_timit_split
+from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.resynth import default_model_path, released_dir
 from sdmvae_cli.stft import StftConfig
 
@@ -61,3 +63,26 @@ def test_builtin_tcd_timit_split_is_well_formed():
     s = builtin_tcd_timit_split()
     assert len(s["test"]) == 9 and len(s["validation"]) == 8 and not set(s["test"]) & set(s["validation"])
     assert s["expected_counts"] == {"train": 39, "validation": 8, "test": 9}
+
+
+def test_a_released_name_is_never_shadowed_silently_by_a_folder(tmp_path, monkeypatch, caplog):
+    """Issue 23.3: a run folder named like a release (`runs/..`'s old default, or a copy) used to
+    win over the released model without a word."""
+    from sdmvae_cli.released import released_path, resolve_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vae-m64").mkdir()
+    with caplog.at_level("WARNING", logger="sdmvae"):
+        assert resolve_model("vae-m64") == released_path("vae-m64")
+    assert "./vae-m64" in caplog.text  # says how to reach the folder
+    assert resolve_model("./vae-m64") == Path("vae-m64")  # a path that looks like one is the path
+    assert resolve_model(str(tmp_path / "vae-m64")) == tmp_path / "vae-m64"
+    caplog.clear()
+    (tmp_path / "vae-m64.pt").write_bytes(b"x")
+    with caplog.at_level("WARNING", logger="sdmvae"):
+        assert resolve_model("vae-m64.pt") == Path("vae-m64.pt")  # a .pt file by its name: the file, with a word
+    assert "released model vae-m64" in caplog.text
+    (tmp_path / "myrun").mkdir()
+    assert resolve_model("myrun") == Path("myrun")  # no release of that name: the folder, silently
+    with pytest.raises(SdmvaeError, match="released: .*vae-m64"):
+        resolve_model("./nothing-here")

@@ -146,3 +146,41 @@ def test_cli_train_end_to_end(synthetic_prepared, tmp_path):
                           "--latent", "64", "--out", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "identity" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1  # a usage error
     assert not (tmp_path / "bad").exists()
+
+
+def test_default_run_folders_differ_by_seed_and_never_spell_a_release(synthetic_prepared, tmp_path, monkeypatch):
+    """Issue 23.3: the default --out was runs/vae-m64, the name of a release, and a second seed
+    with the default --out was refused."""
+    from sdmvae_cli.cli import run
+    from sdmvae_cli.released import released_names
+
+    common = ["train", str(synthetic_prepared), "--arch", "vae", "--latent", "8", "--epochs", "1", "--device", "cpu", "--no-plot", "-q"]
+    monkeypatch.chdir(tmp_path)
+    assert run([*common, "--seed", "0"]) == 0
+    assert run([*common, "--seed", "1"]) == 0
+    made = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert made == ["vae-m8-s0", "vae-m8-s1"]
+    assert not set(made) & set(released_names())
+
+
+@pytest.mark.parametrize("argv, flags", [(["--arch", "vae", "--dict", "identity", "--k", "32"], "--dict, --k"),
+                                         (["--arch", "sdm", "--alpha", "0.3"], "--alpha"),
+                                         (["--arch", "vsc", "--samples", "4"], "--samples")])
+def test_an_option_the_architecture_does_not_read_is_refused(synthetic_prepared, tmp_path, argv, flags, capsys):
+    """Issue 23.17: `--arch vae --dict identity` was stored in config.json and never used."""
+    from sdmvae_cli.cli import run
+
+    assert run(["train", str(synthetic_prepared), *argv, "--out", str(tmp_path / "r")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and flags in line and "not apply" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_options_of_a_config_architecture_are_accepted(synthetic_prepared, tmp_path):
+    """The check reads the architecture from --config when --arch is not given."""
+    from sdmvae_cli.cli import run
+
+    base = ["train", str(synthetic_prepared), "--epochs", "1", "--device", "cpu", "--no-plot", "-q", "--latent", "8"]
+    assert run([*base, "--arch", "vsc", "--out", str(tmp_path / "a")]) == 0
+    assert run([*base, "--config", str(tmp_path / "a"), "--alpha", "0.2", "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["model"]["alpha"] == 0.2
