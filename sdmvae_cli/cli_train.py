@@ -141,7 +141,7 @@ def train(
     seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
     device: str = typer.Option("auto", callback=device_name, help=DEVICE_HELP),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
-    compile_: Literal["auto", "on", "off"] = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA; on a CPU when an epoch holds >= 100k member-frames), on, off."),
+    compile_: Literal["auto", "on", "off"] = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA; on a CPU when the planned work, members x min(epochs, patience+1) x frames, holds >= 2M member-frames), on, off."),
     tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."),
     plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),

@@ -31,7 +31,7 @@ from sdmvae_cli.nets import ModelConfig, validate_config
 from sdmvae_cli.prepare import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.stack import OPTIMIZER_KIND, STREAMED_STACK, Member, Stack, StackCallbacks, group_key, init_state, train_stack
 from sdmvae_cli.stft import StftConfig
-from sdmvae_cli.trainopts import EpochRecord, TrainOptions, compile_enabled, resolve_device
+from sdmvae_cli.trainopts import EpochRecord, TrainOptions, compile_enabled, planned_epochs, resolve_device
 
 __all__ = ["EpochRecord", "TrainOptions", "TrainResult", "TrainingDiverged", "RunSpec", "train", "train_runs", "resolve_device"]
 
@@ -266,7 +266,7 @@ def train_runs(
             if on_group:
                 on_group(members)
             o = members[0].opts
-            compile_loss = compile_enabled(o.compile, device, len(members), len(train_src))
+            compile_loss = compile_enabled(o.compile, device, [planned_epochs(m.opts, m.epoch) for m in members], len(train_src))
             use_graph = device.type == "cuda" and o.cuda_graph
             stack = Stack(members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss)
             train_stack(stack, cb)

@@ -77,21 +77,31 @@ class EpochRecord:
     stack_members: int = 1  # members computed side by side in this epoch (frames_per_s is per member)
 
 
-#: on a CPU, ``--compile auto`` compiles a stack whose epoch holds at least this many
-#: member-frames (members x training frames)
-AUTO_COMPILE_MEMBER_FRAMES = 100_000
+#: on a CPU, ``--compile auto`` compiles a stack whose planned work holds at least this many
+#: member-frames (see :func:`compile_enabled`)
+AUTO_COMPILE_MEMBER_FRAMES = 2_000_000
 
 
-def compile_enabled(setting: str, device: torch.device, members: int, frames: int) -> bool:
-    """Whether a stack compiles its training step. ``auto``: always with CUDA; on a CPU when an
-    epoch holds >= AUTO_COMPILE_MEMBER_FRAMES member-frames. Why that line: on a 2-core CPU the
-    compiled step is 1.3-2x faster per member-frame than the eager one alone
-    (docs/benchmarks.md) and its compile takes 15-18 s once per stack (3-4 s with inductor's
-    cache warm), so from there it is repaid within about 10 epochs, while every run lasts at
-    least patience + 1 epochs; the tiny runs of a first try (``sdmvae demo``, tests) stay eager."""
+def planned_epochs(opts: TrainOptions, done: int = 0) -> int:
+    """The epochs a run will train at least: its remaining cap, or patience + 1 when early
+    stopping can end it sooner (a run never stops before patience epochs without improvement)."""
+    return max(0, min(opts.epochs - done, opts.patience + 1))
+
+
+def compile_enabled(setting: str, device: torch.device, member_epochs: list[int], frames: int) -> bool:
+    """Whether a stack compiles its training step. ``auto``: always with CUDA; on a CPU when the
+    stack's planned work, sum over members of :func:`planned_epochs` x training frames, holds
+    >= AUTO_COMPILE_MEMBER_FRAMES member-frames.
+
+    Why the planned work and not one epoch's size: the compile is paid once per stack (15-18 s on
+    a new 2-core machine, about 24 s for a sweep of mixed families, 3-4 s with inductor's cache
+    warm) and the compiled step saves about 1/25k - 1/45k s per member-frame (25-38k frames/s
+    eager, 33-63k compiled: docs/benchmarks.md), so it is repaid after about 1M member-frames;
+    the line sits at twice that. A 3-epoch sweep of mixed families on a full split was compiled
+    by the old per-epoch rule and ran at 0.6x the speed of the same runs eager (issue 23.20)."""
     if setting != "auto":
         return setting == "on"
-    return device.type == "cuda" or members * frames >= AUTO_COMPILE_MEMBER_FRAMES
+    return device.type == "cuda" or sum(member_epochs) * frames >= AUTO_COMPILE_MEMBER_FRAMES
 
 
 def resolve_device(name: str) -> torch.device:

@@ -510,13 +510,19 @@ def test_a_failed_compile_trains_as_the_eager_stack(synthetic_prepared, tmp_path
         assert _two_member_stack(cfg, frames, val, True, tmp_path).engine == "cpu:eager"  # a later stack does not try again
 
 
-def test_compile_auto_follows_the_work_per_epoch():
-    """auto: always with CUDA; on a CPU once an epoch holds 100k member-frames (where the
-    compile is repaid, docs/benchmarks.md); on and off are what they say."""
-    from sdmvae_cli.trainopts import AUTO_COMPILE_MEMBER_FRAMES, compile_enabled
+def test_compile_auto_follows_the_planned_work():
+    """auto: always with CUDA; on a CPU once the stack's planned work (members x the epochs each
+    will run at least x frames) repays the compile (docs/benchmarks.md); on and off are what
+    they say. A 3-epoch sweep of three members on a full split stays eager (issue 23.20)."""
+    from sdmvae_cli.trainopts import AUTO_COMPILE_MEMBER_FRAMES, TrainOptions, compile_enabled, planned_epochs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert compile_enabled("auto", cuda, 1, 10) and not compile_enabled("off", cuda, 64, 10**6)
-    assert not compile_enabled("auto", cpu, 1, 30_000) and not compile_enabled("auto", cpu, 3, 30_000)
-    assert compile_enabled("auto", cpu, 4, 30_000) and compile_enabled("auto", cpu, 1, AUTO_COMPILE_MEMBER_FRAMES)
-    assert compile_enabled("on", cpu, 1, 10)
+    assert planned_epochs(TrainOptions(epochs=500, patience=20)) == 21  # early stopping cannot end it sooner
+    assert planned_epochs(TrainOptions(epochs=3, patience=20)) == 3
+    assert planned_epochs(TrainOptions(epochs=30, patience=20), done=25) == 5  # a resumed run's remaining epochs
+    assert compile_enabled("auto", cuda, [1], 10) and not compile_enabled("off", cuda, [21] * 64, 10**6)
+    assert not compile_enabled("auto", cpu, [3, 3, 3], 200_000)  # the issue's short sweep
+    assert not compile_enabled("auto", cpu, [21], 30_000) and not compile_enabled("auto", cpu, [21] * 3, 30_000)
+    assert compile_enabled("auto", cpu, [21] * 4, 30_000) and compile_enabled("auto", cpu, [1], AUTO_COMPILE_MEMBER_FRAMES)
+    assert not compile_enabled("auto", cpu, [1], AUTO_COMPILE_MEMBER_FRAMES - 1)
+    assert compile_enabled("on", cpu, [1], 10)
