@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from sdmvae_cli.cli_common import err
+from sdmvae_cli.cli_common import device_option, err
 from sdmvae_cli.errors import Interrupted
 
 
@@ -16,9 +16,12 @@ def sweep(
     prepared_dir: Path = typer.Argument(..., help="Output of `sdmvae prepare`."),
     spec: Path = typer.Argument(..., help="Sweep spec: JSON (or .toml) with 'common', 'runs' and/or 'grid'."),
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run folder per member, and sweep.json."),
-    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
+    device: str = device_option(),
     epochs: Optional[int] = typer.Option(None, min=1, help="Override every member's maximum epochs."),
-    resume: bool = typer.Option(False, "--resume", help="Continue members that have a last.pt; start the others."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the sweep in --out (the same spec): members that have a last.pt "
+                                "continue, the others start."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the sweep already in --out (its sweep.json and its members' "
+                                   "run files; default: refuse)."),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json on stdout."),
 ) -> None:
     """Train many configurations and seeds at once (stacked, one process); each member writes what `train` writes."""
@@ -34,7 +37,8 @@ def sweep(
         err.print(line if m.status != "diverged" else f"[red]{m.message}[/red]", highlight=False)
 
     try:
-        summary = run_sweep(prepared_dir, spec, out, device=device, epochs=epochs, resume=resume, on_epoch=on_epoch, on_done=on_done)
+        summary = run_sweep(prepared_dir, spec, out, device=device, epochs=epochs, resume=resume, overwrite=overwrite,
+                            on_epoch=on_epoch, on_done=on_done)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: each member that completed an epoch keeps it in its last.pt; continue with --resume "
                           f"(see {out}/sweep.json)") from None

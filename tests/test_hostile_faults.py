@@ -70,7 +70,8 @@ def speech_folder(tmp_path_factory) -> Path:
 # -- a metric that kills its process -------------------------------------------------------
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_pesq_segfault_on_a_long_utterance_costs_that_file_only(tmp_path, jobs):
-    """pesq segfaults on utterances of ~2 min or more (ludlows/PESQ#18): one file's failure."""
+    """pesq segfaults on utterances of ~2 min or more (more than 50 speech segments overflow its
+    arrays, see sdmvae_cli.metrics): that file's PESQ only, its STOI/ESTOI/SI-SDR are kept."""
     ref, est = tmp_path / "ref", tmp_path / "est"
     x = source_filter_speech(2.0, seed=1)
     write_wav(ref / "a_short.wav", x)
@@ -84,13 +85,14 @@ def test_pesq_segfault_on_a_long_utterance_costs_that_file_only(tmp_path, jobs):
     t0 = time.monotonic()
     r = run("evaluate", "--ref", ref, "--est", est, "--out", tmp_path / "ev", "-j", jobs, "--json")
     assert time.monotonic() - t0 < 60
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["scored"] == 2 and s["failed"] == 1
-    (fail,) = s["failures"]
+    assert s["scored"] == 3 and s["failed"] == 0 and s["metric_failed"] == {"pesq_nb": 1, "pesq_wb": 1}
+    (fail,) = s["metric_failures"]
     assert fail["id"] == "b_long" and "SIGSEGV" in fail["reason"] and "PESQ" in fail["reason"]
+    assert s["metrics"]["pesq_nb"]["n"] == 2 and s["metrics"]["estoi"]["n"] == s["metrics"]["si_sdr"]["n"] == 3
     assert "Traceback" not in r.stderr and "BrokenProcessPool" not in r.stderr
-    assert [line for line in r.stderr.splitlines() if line.startswith("failed:")] == [f"failed: b_long: {fail['reason']}"]
+    assert [line for line in r.stderr.splitlines() if "b_long" in line] == [f"warning: b_long: {fail['reason']}"]
     assert not (tmp_path / "ev" / "per_file.partial.jsonl").exists()
 
 

@@ -70,6 +70,16 @@ SPECS = {  # (spec, words the error line must hold)
     "runs-too-many": ({"common": TINY, "runs": [{"name": f"r{i}", "seed": i} for i in range(10_001)]}, "more than 10,000 runs"),
     "fraction-zero": ({"common": TINY, "runs": [{"name": "a", "max_device_fraction": 0}]}, "max_device_fraction"),
     "bytes-string": ({"common": TINY, "runs": [{"name": "a", "max_device_bytes": "x"}]}, "integer or null"),
+    # a member named like a file the sweep writes beside its members: it once trained, then failed
+    # writing sweep.json over its folder (issue 23)
+    "name-sweep-json": ({"common": TINY, "runs": [{"name": "sweep.json"}]}, "the name of a file the sweep writes"),
+    "name-sweep-json-case": ({"common": TINY, "runs": [{"name": "Sweep.JSON"}]}, "the name of a file the sweep writes"),
+    "name-lock-file": ({"common": TINY, "runs": [{"name": ".sdmvae.lock"}]}, "not a plain folder name"),
+    # the flags' spellings are accepted, but not two spellings of one option in one table
+    "two-spellings": ({"common": TINY, "runs": [{"name": "a", "batch-size": 32, "batch_size": 64}]}, "two spellings of one option"),
+    "two-spellings-common": ({"common": {**TINY, "arch": "sdm"}, "runs": [{"name": "a"}]}, "'model' and 'arch' are two spellings"),
+    "unknown-lists-valid": ({"common": TINY, "runs": [{"name": "a", "lattent": 3}]},
+                            "lattent (did you mean latent?); valid options: activation, alpha, base, batch_size"),
 }
 
 
@@ -241,3 +251,19 @@ def test_enhance_interrupted_lists_the_outputs_it_kept(tmp_path, capsys, monkeyp
     code, out, err = cli(capsys, "enhance", tmp_path / "in", tmp_path / "out", "--iterations", "2", "--device", "cpu")
     assert code == 130 and "interrupted: 1 of 3 output(s) were complete" in err, err
     assert out.split() == [str(tmp_path / "out" / "u0.wav")] and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["u0.wav"]
+
+
+def test_a_runs_option_its_architecture_does_not_read_is_refused():
+    """Hostile run: {"arch": "vae", "k": 3} was stored in config.json; `train --arch vae --k 3`
+    is refused. 'common' may hold options of several architectures; a default value is harmless
+    (sweep-stacks writes every option out)."""
+    from sdmvae_cli.errors import SdmvaeError
+    from sdmvae_cli.sweep import expand_spec
+
+    with pytest.raises(SdmvaeError, match="run 'x': k does not apply to a 'vae' model"):
+        expand_spec({"runs": [{"name": "x", "arch": "vae", "k": 3}]})
+    with pytest.raises(SdmvaeError, match="alpha does not apply"):
+        expand_spec({"grid": {"model": ["sdm"], "alpha": [0.2]}})
+    runs = expand_spec({"common": {"k": 32, "latent": 32}, "runs": [{"name": "v", "model": "vae"}, {"name": "s", "model": "sdm"}]})
+    assert [r[1].k for r in runs] == [32, 32]
+    assert expand_spec({"runs": [{"name": "v", "model": "vae", "k": 64}]})  # the default: what sweep-stacks writes

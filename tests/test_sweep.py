@@ -115,6 +115,114 @@ def test_spec_grid_and_errors(tmp_path):
         expand_spec({"runs": [{"name": "x"}, {"name": "x"}]})
 
 
+def test_spec_keys_take_the_train_flags_spellings(tmp_path):
+    """`arch`, `dict`, `batch-size`, ... (the flags of `sdmvae train`) mean the fields they set;
+    every flag of the train command is a spec key (the aliases come from its parameter maps)."""
+    from sdmvae_cli.cli_train import MODEL_PARAMS, TRAIN_PARAMS
+    from sdmvae_cli.sweep import read_spec, spec_aliases
+
+    flags = {"arch": "sdm", "dict": "learned", "dict-lr": 0.01, "input-transform": "power", "batch-size": 32, "stop-on": "median",
+             "cuda-graph": False}
+    fields = {"model": "sdm", "dictionary": "learned", "dict_lr": 0.01, "input_transform": "power", "batch_size": 32, "stop_on": "median",
+              "cuda_graph": False}
+    (a, cfg_a, opts_a), = expand_spec({"runs": [{"name": "a-{dict}-{batch_size}", **flags}]})
+    (_, cfg_b, opts_b), = expand_spec({"runs": [{"name": "b", **fields}]})
+    assert a == "a-learned-32" and cfg_a == cfg_b and opts_a == opts_b and cfg_a.dictionary == "learned" and opts_a.batch_size == 32
+    # one place: each train flag (but --device, the sweep's own) is a spec key naming its field
+    aliases = spec_aliases()
+    for param, field in {**MODEL_PARAMS, **TRAIN_PARAMS}.items():
+        flag = param.rstrip("_").replace("_", "-")
+        if field != "device":
+            assert aliases.get(flag, flag) == field, (param, flag)
+    # common, a run and a grid each take them; the run's spelling overrides common's
+    runs = expand_spec({"common": {"arch": "threshold", "learn-threshold": True, "latent": 8},
+                        "runs": [{"name": "r", "model": "vae"}], "grid": {"name": "g{seed}", "seed": [0, 1], "gamma-rate": [3.0]}})
+    assert [(n, c.model, c.learn_threshold) for n, c, _ in runs] == [("r", "vae", True), ("g0", "threshold", True), ("g1", "threshold", True)]
+    assert runs[1][1].gamma_rate == 3.0
+    p = tmp_path / "spec.toml"
+    p.write_text('[common]\narch = "vae"\nbatch-size = 16\n\n[[runs]]\nname = "t"\nstop-on = "median"\n')
+    (_, cfg, opts), = expand_spec(read_spec(p))
+    assert (cfg.model, opts.batch_size, opts.stop_on) == ("vae", 16, "median")
+    with pytest.raises(SdmvaeError, match="'dictionary' and 'dict' are two spellings of one option"):
+        expand_spec({"runs": [{"name": "x", "model": "sdm", "dictionary": "dct", "dict": "learned"}]})
+    with pytest.raises(SdmvaeError, match="'grid'.*'stop_on' and 'stop-on'"):
+        expand_spec({"grid": {"stop_on": ["mean"], "stop-on": ["median"]}})
+    with pytest.raises(SdmvaeError) as exc:
+        expand_spec({"runs": [{"name": "x", "dictonary": "dct"}]})
+    msg = str(exc.value)
+    assert "dictonary (did you mean dictionary?)" in msg and "valid options: activation, alpha," in msg and "arch, dict" in msg
+
+
+def test_a_sweep_of_another_spec_into_a_sweep_folder(synthetic_prepared, tmp_path, capsys):
+    """A second sweep of another spec into a sweep folder once exited 0 and replaced sweep.json:
+    the earlier sweep's record was lost. It is refused; --resume refuses a spec of other
+    members; --overwrite replaces the earlier sweep as `train --overwrite` replaces a run (its
+    members' run files go, a file of the user's stays)."""
+    from sdmvae_cli.cli import run
+
+    def spec(name, runs):
+        p = tmp_path / name
+        p.write_text(json.dumps({"common": {**COMMON, "model": "vae", "latent": 4, "hidden": [16], "epochs": 1}, "runs": runs}))
+        return str(p)
+
+    def cli(*args):
+        code = run(["sweep", str(synthetic_prepared), *args, "--device", "cpu"])
+        out, err = capsys.readouterr()
+        return code, [ln for ln in err.splitlines() if ln.strip().startswith("error")]
+
+    first, other = spec("first.json", [{"name": "a"}]), spec("other.json", [{"name": "b", "seed": 1}])
+    out = tmp_path / "sw"
+    assert cli(first, "--out", str(out))[0] == 0
+    (out / "a" / "notes.txt").write_text("mine")
+    before = (out / "sweep.json").read_bytes()
+    code, errs = cli(other, "--out", str(out))
+    assert code == 1 and len(errs) == 1 and "sweep.json already exists" in errs[0] and "--overwrite" in errs[0], errs
+    code, errs = cli(other, "--out", str(out), "--resume")
+    assert code == 1 and "holds another sweep: this spec adds 1 member(s) ('b'); lacks 1 member(s) ('a')" in errs[0], errs
+    assert cli(other, "--out", str(out), "--resume", "--overwrite")[0] == 2
+    assert (out / "sweep.json").read_bytes() == before and not (out / "b").exists()
+    assert cli(other, "--out", str(out), "--overwrite")[0] == 0
+    sw = json.loads((out / "sweep.json").read_text())
+    assert [(m["name"], m["status"]) for m in sw["members"]] == [("b", "finished")] and sw["spec"].endswith("other.json")
+    assert {p.name for p in (out / "a").iterdir()} == {"notes.txt"}  # the earlier member's run files went, the user's file stayed
+    assert (out / "b" / "best.pt").is_file()
+    # the same spec over its own sweep: --overwrite trains it afresh
+    assert cli(other, "--out", str(out), "--overwrite", "--epochs", "2")[0] == 0
+    assert len(read_checkpoint(out / "b" / "last.pt")["history"]) == 2
+
+
+def test_sweep_json_is_written_as_each_stack_starts(synthetic_prepared, tmp_path):
+    """A sweep killed mid-way (kill -9 skips every finally) still leaves its record: sweep.json
+    is written when a stack starts, so a later sweep of another spec is refused and --resume
+    knows the members."""
+    runs = [{"name": "m4", "model": "vae", "latent": 4, "hidden": [16], "epochs": 2},
+            {"name": "m6", "model": "vae", "latent": 6, "hidden": [16], "epochs": 2}]
+    seen = []
+
+    def on_epoch(m, rec):
+        sw = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+        seen.append((m.name, rec.epoch, sw["stacks"], [x["name"] for x in sw["members"]]))
+
+    run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu", on_epoch=on_epoch)
+    assert seen == [("m4", 0, [1], ["m4", "m6"]), ("m4", 1, [1], ["m4", "m6"]), ("m6", 0, [1, 1], ["m4", "m6"]),
+                    ("m6", 1, [1, 1], ["m4", "m6"])]
+
+
+def test_two_ranks_of_one_sweep_train_it_once(synthetic_prepared, tmp_path):
+    """`torchrun --nproc-per-node 2 -m sdmvae_cli sweep ...` starts the whole sweep twice, at
+    once: one process trains it, the other stops with one line (the folder in use, or, if it
+    came late, a sweep already there) instead of training every member a second time into it."""
+    spec = _spec(tmp_path, [{"name": "v0", "model": "vae", "latent": 4, "hidden": [16], "epochs": 2}])
+    args = [*CLI, "sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "sw"), "--device", "cpu"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in results] == [0, 1], results
+    lines = results[1][1].strip().splitlines()
+    assert len(lines) == 1 and ("in use by another sdmvae process" in lines[0] or "sweep.json already exists" in lines[0]), lines
+    assert len(read_checkpoint(tmp_path / "sw" / "v0" / "last.pt")["history"]) == 2
+    assert {p.name for p in (tmp_path / "sw").iterdir()} == {"v0", "sweep.json"}
+
+
 def test_cli_sweep_prints_checkpoints(synthetic_prepared, tmp_path):
     spec = _spec(tmp_path, [{"name": "v0", "model": "vae", "latent": 8}, {"name": "v1", "model": "vae", "latent": 8, "seed": 1}])
     r = subprocess.run([*CLI, "sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "sw"), "--device", "cpu",
@@ -247,7 +355,8 @@ def test_cli_sweep_bad_inputs_leave_nothing(synthetic_prepared, tmp_path):
 
 def test_validation_mean_and_median_per_member(synthetic_prepared, tmp_path):
     """Stack.validate gives each member's mean (total, recon, kl) and the median per-frame total,
-    equal to the member's model run alone on the validation frames with the same noise; with
+    and the noise-free statistic's (total, recon, kl), equal to the member's model run alone on
+    the validation frames with the same noise; with
     stop_on="median" the best epoch is the one of lowest median."""
     import numpy as np
 
@@ -272,18 +381,20 @@ def test_validation_mean_and_median_per_member(synthetic_prepared, tmp_path):
         alone.eval()
         with torch.no_grad():
             t = alone.loss(val, {k: v[i] for k, v in stack._val_noise.items()})
-        want = [t.total.mean(), t.recon.mean(), t.kl.mean(), t.total.median()]
+            d = alone.mean_code_loss(val)
+        want = [t.total.mean(), t.recon.mean(), t.kl.mean(), t.total.median(), d.total.mean(), d.recon.mean(), d.kl.mean()]
         assert got[i].tolist() == pytest.approx([float(w) for w in want], rel=1e-4)
     r = train(synthetic_prepared, cfg, TrainOptions(**{**COMMON, "epochs": 4, "device": "cpu", "stop_on": "median"}), tmp_path / "med")
     medians = [h["val_median"] for h in r.history]
     assert r.best_epoch == int(np.argmin(medians)) and r.best_val == pytest.approx(min(medians))
     assert "val_median" in (tmp_path / "med" / "history.csv").read_text().splitlines()[0]
     # one stack may mix the statistics: each member stops on its own
-    runs = [{"name": "on-mean", "model": "vae", "latent": 8, "epochs": 4},
-            {"name": "on-median", "model": "vae", "latent": 8, "epochs": 4, "seed": 1, "stop_on": "median"}]
+    runs = [{"name": "on-mean", "model": "vae", "latent": 8, "epochs": 4, "stop_on": "mean"},
+            {"name": "on-median", "model": "vae", "latent": 8, "epochs": 4, "seed": 1, "stop_on": "median"},
+            {"name": "on-default", "model": "vae", "latent": 8, "epochs": 4, "seed": 2}]
     s = run_sweep(synthetic_prepared, _spec(tmp_path, runs), tmp_path / "sw", device="cpu")
-    assert s["stacks"] == [2]
-    for name, key in (("on-mean", "val_total"), ("on-median", "val_median")):
+    assert s["stacks"] == [3]
+    for name, key in (("on-mean", "val_total"), ("on-median", "val_median"), ("on-default", "val_pm_total")):
         ck = read_checkpoint(tmp_path / "sw" / name / "last.pt")
         vals = [h[key] for h in ck["history"]]
         assert ck["best_epoch"] == int(np.argmin(vals)) and ck["best_val"] == pytest.approx(min(vals))
@@ -344,13 +455,13 @@ def test_a_run_stopped_while_its_median_improved_gets_the_note(synthetic_prepare
         return v
 
     monkeypatch.setattr(stack_mod.Stack, "validate", fake)
-    s = run_sweep(synthetic_prepared, _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "patience": 2, "epochs": 9}]),
-                  tmp_path / "sw", device="cpu")
+    s = run_sweep(synthetic_prepared, _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "patience": 2, "epochs": 9,
+                                                         "stop_on": "mean"}]), tmp_path / "sw", device="cpu")
     m = s["members"][0]
     assert m["status"] == "stopped" and m["best_epoch"] == 0 and "median per-frame loss was still improving (best at epoch 2)" in m["message"]
     calls["n"] = 0  # the same through `train` (whose CLI prints the advice as a warning)
-    res = train(synthetic_prepared, ModelConfig(model="vae", latent=8), TrainOptions(**{**COMMON, "patience": 2, "epochs": 9, "device": "cpu"}),
-                tmp_path / "alone")
+    res = train(synthetic_prepared, ModelConfig(model="vae", latent=8),
+                TrainOptions(**{**COMMON, "patience": 2, "epochs": 9, "device": "cpu", "stop_on": "mean"}), tmp_path / "alone")
     assert res.stopped_early and res.best_epoch == 0 and "still improving (best at epoch 2)" in res.advice
 
 
@@ -526,3 +637,27 @@ def test_compile_auto_follows_the_planned_work():
     assert compile_enabled("auto", cpu, [21] * 4, 30_000) and compile_enabled("auto", cpu, [1], AUTO_COMPILE_MEMBER_FRAMES)
     assert not compile_enabled("auto", cpu, [1], AUTO_COMPILE_MEMBER_FRAMES - 1)
     assert compile_enabled("on", cpu, [1], 10)
+
+
+def test_a_sweep_started_before_the_default_statistic_changed_resumes_on_its_own(synthetic_prepared, tmp_path):
+    """A member started when the default was the mean resumes with the same spec, on the mean
+    (the default changed under it, the spec did not); a spec that sets another value is refused."""
+    from sdmvae_cli.checkpoint import save_checkpoint
+
+    spec = _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "epochs": 2}])
+    run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu")
+    member = tmp_path / "sw" / "v"
+    for f in ("last.pt", "best.pt"):  # as the previous version wrote them: stop_on absent (its default, the mean)
+        d = read_checkpoint(member / f)
+        del d["config"]["train"]["stop_on"]
+        save_checkpoint(member / f, {k: v for k, v in d.items() if k not in ("format", "format_version", "package_version")})
+    cfg = json.loads((member / "config.json").read_text())
+    cfg["train"]["stop_on"] = "mean"
+    (member / "config.json").write_text(json.dumps(cfg))
+    run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", epochs=3, resume=True)
+    ck = read_checkpoint(member / "last.pt")
+    assert ck["epoch"] == 2 and ck["config"]["train"]["stop_on"] == "mean"
+    assert ck["best_val"] == min(h["val_total"] for h in ck["history"])  # still stopping on the mean
+    other = _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "epochs": 2, "stop_on": "median"}])
+    with pytest.raises(SdmvaeError, match="stop_on"):
+        run_sweep(synthetic_prepared, other, tmp_path / "sw", device="cpu", epochs=4, resume=True)
