@@ -3,6 +3,8 @@
     python benchmarks/enhance_bench.py quality --out out/enhance-bench [-j 2] [--per-speaker 2]
     python benchmarks/enhance_bench.py speed [--threads 1] [--device cpu] [--seconds 5]
     python benchmarks/enhance_bench.py report out/enhance-bench   # markdown tables
+    python benchmarks/enhance_bench.py quality --split validation --out out/enh-val \
+        --priors vae-m64,sdm-identity-m64,laplace-m64 --mcem-priors "" --no-nmf --snrs 0,5 --max-seconds 6
 
 quality: clean test-split speech (the dev speakers of scripts/table1_split.json's test list,
 under ../shared/data/dev) mixed with generated noise -- white, pink (1/f), brown (1/f^2) and
@@ -11,6 +13,11 @@ modulated (pink noise, 100 % amplitude modulation at 2 Hz, like a slowly pulsing
 Systems: the noisy input, an NMF-only baseline (semi-supervised IS-NMF: a 32-atom speech
 dictionary learned on clean training-split speech, noise NMF fitted per file; Leglaive et al.
 2018's baseline) and `enhance` with every released prior. Writes per_file.csv and summary.json.
+
+--split validation (how `enhance`'s default prior, "enhance_default" in models/default.json, is
+chosen; never on test speakers): one utterance per validation speaker of
+scripts/table1_split_full.json (the released models' split), the first one of 3 s or more,
+cut to its first --max-seconds; the same noises and mixing.
 
 speed: real-time factor (processing time / audio duration) of enhance_audio on one 5 s
 utterance, model loading and file I/O excluded, median of repeats.
@@ -90,6 +97,22 @@ def test_utterances(data: Path, per_speaker: int, limit: int | None = None, min_
     return out
 
 
+def validation_utterances(data: Path, max_s: float, min_s: float = 3.0) -> list[Path]:
+    """One utterance per validation speaker of the released models' split (table1_split_full.json):
+    the first (sorted) of at least ``min_s`` seconds; run_item cuts it to ``max_s``. These
+    speakers chose no weights (only early stopping and seeds), and are not test speakers."""
+    import soundfile as sf
+
+    split = json.loads((REPO / "scripts" / "table1_split_full.json").read_text())
+    out = []
+    for spk in split["validation"]:
+        files = [f for f in sorted((data / spk).glob("*.flac")) if sf.info(str(f)).duration >= min_s]
+        out.extend(files[:1])
+    if not out:
+        raise SystemExit(f"no validation utterances under {data}")
+    return out
+
+
 def speech_dictionary(data: Path, cache: Path, rank: int = 32, n_speakers: int = 60) -> torch.Tensor:
     """IS-NMF dictionary of clean training-split speech (the baseline's speech model), cached."""
     if cache.exists():
@@ -148,17 +171,20 @@ def run_item(item: dict) -> list[dict]:
 
     cfg = StftConfig()
     clean = load_audio(item["file"], cfg).samples.astype(np.float64)
+    if item.get("max_s"):
+        clean = clean[: int(item["max_s"] * RATE)]
     noisy = mix(clean, make_noise(item["noise"], clean.size, item["seed"]), item["snr"])
     peak = float(np.abs(noisy).max())
     audio = Audio((noisy / peak).astype(np.float32), peak, RATE, 1, noisy.size)
     opts = EnhanceOptions(**item["opts"])
     base = {k: item[k] for k in ("utt", "noise", "snr")}
     rows = [{**base, "system": "noisy", **score(clean, noisy), "seconds": 0.0}]
-    W = torch.load(item["dict"])
-    t = time.perf_counter()
-    x = torch.from_numpy(audio.samples)
-    est = istft(nmf_baseline(stft(x, cfg), W, opts), cfg, length=x.numel()).numpy() * peak
-    rows.append({**base, "system": "nmf", **score(clean, est), "seconds": time.perf_counter() - t})
+    if item["dict"]:
+        W = torch.load(item["dict"])
+        t = time.perf_counter()
+        x = torch.from_numpy(audio.samples)
+        est = istft(nmf_baseline(stft(x, cfg), W, opts), cfg, length=x.numel()).numpy() * peak
+        rows.append({**base, "system": "nmf", **score(clean, est), "seconds": time.perf_counter() - t})
     runs = [(name, opts) for name in item["priors"]] + [(name, EnhanceOptions(**{**item["opts"], "method": "mcem"})) for name in item["mcem"]]
     for name, o in runs:
         lm = load_model(resolve_model(name))
@@ -185,18 +211,20 @@ def summarise(rows: list[dict]) -> dict:
 
 def quality(a) -> None:
     data = Path(a.data)
-    files = test_utterances(data, a.per_speaker, a.limit)
+    files = validation_utterances(data, a.max_seconds) if a.split == "validation" else test_utterances(data, a.per_speaker, a.limit)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    dict_path = out / "speech_nmf_W.pt"
-    speech_dictionary(data, dict_path)
+    dict_path = None if a.no_nmf else out / "speech_nmf_W.pt"
+    if dict_path:
+        speech_dictionary(data, dict_path)
     opts = {"method": a.method, "iterations": a.iterations}
+    snrs = [float(v) for v in a.snrs.split(",")] if a.snrs else SNRS
     items = []
     for i, f in enumerate(files):
-        for snr in SNRS:
+        for snr in snrs:
             items.append({"file": str(f), "utt": f.stem, "noise": NOISES[i % len(NOISES)], "snr": snr, "seed": 1000 + i,
-                          "opts": opts, "dict": str(dict_path), "priors": a.priors.split(","),
-                          "mcem": [p for p in a.mcem_priors.split(",") if p]})
+                          "opts": opts, "dict": str(dict_path) if dict_path else "", "priors": a.priors.split(","),
+                          "mcem": [p for p in a.mcem_priors.split(",") if p], "max_s": a.max_seconds})
     t0 = time.perf_counter()
     rows: list[dict] = []
     partial = out / "per_file.partial.csv"  # rows as they come: an interrupted run keeps its work
@@ -224,7 +252,8 @@ def quality(a) -> None:
 
     from sdmvae_cli.enhance import EnhanceOptions
 
-    summary = {"utterances": len(files), "mixtures": len(items), "options": asdict(EnhanceOptions(**opts)), "wall_s": round(time.perf_counter() - t0, 1),
+    summary = {"split": a.split, "max_seconds": a.max_seconds,
+               "utterances": len(files), "mixtures": len(items), "options": asdict(EnhanceOptions(**opts)), "wall_s": round(time.perf_counter() - t0, 1),
                "jobs": a.jobs, "torch": torch.__version__, "systems": summarise(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
@@ -310,6 +339,11 @@ def main() -> None:
     q.add_argument("--method", default="vem")
     q.add_argument("--mcem-priors", default="sdm-identity-m64", help="also run these priors with --method mcem")
     q.add_argument("--iterations", type=int, default=40)
+    q.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="test: the 10 test speakers (reporting); validation: the released models' validation speakers (choosing a default)")
+    q.add_argument("--max-seconds", type=float, default=0.0, help="cut every utterance to its first N seconds (0: whole; --split validation needs it, its readers are 11-16 s)")
+    q.add_argument("--snrs", default="", help="comma-separated SNRs in dB (default -5,0,5)")
+    q.add_argument("--no-nmf", action="store_true", help="skip the NMF-only baseline (and its speech dictionary)")
     q.add_argument("-j", "--jobs", type=int, default=1)
     s = sub.add_parser("speed")
     s.add_argument("--data", default=str(REPO.parent / "shared" / "data"))

@@ -8,48 +8,55 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 
-from sdmvae_cli.cli_common import bar, emit, folder_meant
+from sdmvae_cli.cli_common import bar, device_option, emit, err, folder_meant, positive
 from sdmvae_cli.errors import Interrupted, SdmvaeError, UsageError
+
+# ranges: the same as sdmvae_cli.enhance.LIMITS (not imported here: it would load torch for every
+# command's --help); tests/test_enhance.py checks that they agree.
 
 
 def enhance(
     inp: Path = typer.Argument(..., metavar="NOISY", help="A noisy audio file, a directory (mirrored), or with --from-list a text file of paths."),
     dst_arg: str = typer.Argument(..., metavar="OUT", help="Output file, or directory (an existing one, or a path ending in /)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint, run directory or released model name (vae-m64, ...); default: the released default."),
-    method: str = typer.Option("vem", help="vem (variational EM, fast) or mcem (Monte Carlo EM, Metropolis-Hastings; Leglaive et al. 2018)."),
-    iterations: int = typer.Option(40, "--iterations", "-n", help="EM iterations."),
-    nmf_rank: int = typer.Option(8, help="Rank K of the noise NMF."),
-    steps: int = typer.Option(4, help="vem: Adam steps on the posterior per EM iteration."),
-    lr: float = typer.Option(0.05, help="vem: Adam learning rate on the posterior (higher: more noise removed, more speech distortion)."),
-    chains: int = typer.Option(4, help="mcem: Metropolis-Hastings chains per frame."),
-    mh_steps: int = typer.Option(8, help="mcem: MH steps per EM iteration."),
-    seed: int = typer.Option(0, help="Seed of the NMF initialisation and of the sampling."),
-    device: str = typer.Option("auto", help="auto (GPU when present), cpu or cuda."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint, run directory or released name (vae-m64, ...); default: the enhancement default (models/README.md)."),
+    method: Literal["vem", "mcem"] = typer.Option("vem", help="vem (variational EM, fast) or mcem (Monte Carlo EM, Metropolis-Hastings; Leglaive et al. 2018)."),
+    iterations: int = typer.Option(40, "--iterations", "-n", min=1, max=1000, help="EM iterations."),
+    nmf_rank: int = typer.Option(8, min=1, max=512, help="Rank K of the noise NMF."),
+    steps: int = typer.Option(4, min=0, max=100, help="vem: Adam steps on the posterior per EM iteration."),
+    lr: float = typer.Option(0.05, max=1.0, callback=positive, help="vem: Adam learning rate on the posterior, in (0, 1] (higher: more noise removed, more speech distortion)."),
+    chains: int = typer.Option(4, min=1, max=32, help="mcem: Metropolis-Hastings chains per frame."),
+    mh_steps: int = typer.Option(8, min=1, max=100, help="mcem: MH steps per EM iteration."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the NMF initialisation and of the sampling."),
+    device: str = device_option(),
     from_list: bool = typer.Option(False, help="NOISY is a text file with one audio path per line."),
-    overwrite: bool = typer.Option(False, help="Replace outputs that already exist."),
+    overwrite: bool = typer.Option(False, help="Replace outputs that already exist (an input is never overwritten)."),
+    skip_existing: bool = typer.Option(False, help="Keep outputs that already exist and enhance the rest (finishes an interrupted folder)."),
 ) -> None:
     """Remove noise without noisy training data: the model is a clean-speech prior, the noise an NMF fitted on each file."""
     from sdmvae_cli.checkpoint import load_model
-    from sdmvae_cli.enhance import EnhanceOptions, check_outputs, enhance_many, pick_device, resolve_model
-    from sdmvae_cli.resynth import plan_outputs
+    from sdmvae_cli.enhance import EnhanceOptions, enhance_many, pick_device, plan_enhance, resolve_prior
+    from sdmvae_cli.latent_priors import check_mcem_prior
 
     opts = EnhanceOptions(method=method, iterations=iterations, nmf_rank=nmf_rank, steps=steps, lr=lr, chains=chains,
                           mh_steps=mh_steps, keep=min(2, mh_steps), seed=seed)
     try:
-        opts.validate()
+        opts.validate()  # the signature's ranges already hold; this is the library's own word
     except SdmvaeError as exc:
         raise UsageError(str(exc)) from None  # one line, exit 2
-    dev = pick_device(device)
-    lm = load_model(resolve_model(model), device=dev)
     dst = Path(dst_arg)
-    if (not from_list and inp.is_dir() and not dst.suffix) or (folder_meant(dst, dst_arg) and not dst.is_dir()):
-        dst.mkdir(parents=True, exist_ok=True)  # `OUT/` means a folder, also for one file
-    pairs = plan_outputs(inp, dst, from_list=from_list)
-    check_outputs(pairs, overwrite)
+    pairs, skipped = plan_enhance(inp, dst, folder=folder_meant(dst, dst_arg), from_list=from_list, overwrite=overwrite,
+                                  skip_existing=skip_existing)
+    if skipped:
+        err.print(f"kept {len(skipped)} existing output(s); enhancing the other {len(pairs)}", highlight=False)
+    if not pairs:
+        return
+    lm = load_model(resolve_prior(model), device=pick_device(device))
+    if method == "mcem":
+        check_mcem_prior(lm.model)
     progress = bar(len(pairs), "enhance") if len(pairs) > 1 else None
     written: list[Path] = []
     try:
@@ -59,7 +66,7 @@ def enhance(
             progress.close()
         emit(*written)
         raise Interrupted(f"interrupted: {len(written)} of {len(pairs)} output(s) were complete and are kept (listed on stdout); "
-                          "re-running the same command refuses them without --overwrite") from None
+                          "re-run the same command with --skip-existing to enhance the rest") from None
     if progress:
         progress.close()
     emit(*written)

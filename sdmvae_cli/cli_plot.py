@@ -25,6 +25,7 @@ def _analyse(model: Optional[str], audio: Path):
 
 
 def _destination(fig: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Checked before any work: the format, never an input, never inside an input folder (exit 2)."""
     from sdmvae_cli.outputs import check_file_destination
     from sdmvae_cli.plots import figure_format
 
@@ -91,7 +92,7 @@ def plot_dictionary_cmd(
     from sdmvae_cli.checkpoint import checkpoint_file, load_model
     from sdmvae_cli.plots import plot_dictionary
 
-    _destination(fig, [checkpoint_file(checkpoint)], overwrite)
+    _destination(fig, [checkpoint_file(checkpoint), Path(checkpoint)], overwrite)  # a run directory is an input folder
     lm = load_model(checkpoint, expect_model="sdm")
     c = lm.model_config
     plot_dictionary(lm.model.D.detach().cpu().numpy(), fig, f"{_model_label(lm)}: {c.dictionary} dictionary, m={c.latent}, k={c.k}")
@@ -109,6 +110,6 @@ def plot_hoyer_cmd(
     from sdmvae_cli.plots import plot_hoyer_histograms
     from sdmvae_cli.report import load_hoyer
 
-    _destination(fig, [], overwrite)
+    _destination(fig, list(eval_dirs), overwrite)
     plot_hoyer_histograms([load_hoyer(d) for d in eval_dirs], fig, title)
     emit(fig)

@@ -39,6 +39,7 @@ Everything is vectorised over frames (and samples/chains); it runs on the model'
 from __future__ import annotations
 
 import contextlib
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -52,10 +53,20 @@ from sdmvae_cli.errors import SdmvaeError, UsageError
 from sdmvae_cli.latent_priors import mcem, speech_variance
 from sdmvae_cli.nets import SpectrogramVAE
 from sdmvae_cli.nmf import EPS, NoiseNMF, init_nmf, is_objective, nmf_step, update_H, update_W
-from sdmvae_cli.released import resolve_model  # noqa: F401  (re-exported: cli_enhance, benchmarks)
+from sdmvae_cli.released import enhance_default_path, resolve_model
 from sdmvae_cli.stft import StftConfig, istft, stft
 
 METHODS = ("vem", "mcem")
+
+#: inclusive range of every integer knob. Why tops: a typo (``--nmf-rank 99999999999``) must be a
+#: one-line usage error, not a 200 TB allocation or a run of days. Ranks beyond the 513 bins, more
+#: than 1000 EM iterations, 100 steps or 32 chains (memory: chains x frames x 513) buy nothing.
+#: The CLI's option signatures carry the same numbers (tests/test_enhance.py checks they agree).
+LIMITS: dict[str, tuple[int, int]] = {
+    "iterations": (1, 1000), "nmf_rank": (1, 512), "steps": (0, 100), "samples": (1, 64), "wiener_samples": (1, 256),
+    "chains": (1, 32), "mh_steps": (1, 100), "keep": (1, 100), "seed": (0, 2**32 - 1),
+}
+LR_MAX = 1.0  # Adam on the posterior's parameters: above 1 every step overshoots
 
 
 @dataclass
@@ -78,17 +89,19 @@ class EnhanceOptions:
     seed: int = 0
 
     def validate(self) -> None:
+        """The same ranges as the CLI's, for Python callers (the CLI refuses them at parse time)."""
         if self.method not in METHODS:
             raise SdmvaeError(f"unknown method {self.method!r}; expected {' or '.join(METHODS)}")
-        for name in ("iterations", "nmf_rank", "samples", "wiener_samples", "chains", "mh_steps", "keep"):
-            if getattr(self, name) < 1:
-                raise SdmvaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0:
-            raise SdmvaeError(f"--steps must be >= 0, got {self.steps}")
+        for name, (lo, hi) in LIMITS.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not lo <= v <= hi:
+                raise SdmvaeError(f"--{name.replace('_', '-')} must be an integer in [{lo}, {hi}], got {v!r}")
         if self.keep > self.mh_steps:
             raise SdmvaeError(f"--keep ({self.keep}) cannot exceed --mh-steps ({self.mh_steps})")
-        if not (self.lr > 0 and self.proposal_std > 0):
-            raise SdmvaeError("--lr and --proposal-std must be > 0")
+        if not 0 < self.lr <= LR_MAX:  # also refuses NaN
+            raise SdmvaeError(f"--lr must be in (0, {LR_MAX:g}], got {self.lr}")
+        if not 0 < self.proposal_std < float("inf"):
+            raise SdmvaeError(f"--proposal-std must be > 0 and finite, got {self.proposal_std}")
 
 
 @dataclass
@@ -260,14 +273,38 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_outputs(pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
-    """Never write onto an input, nor (without --overwrite) onto an earlier result."""
-    sources = {s.resolve() for s, _ in pairs}
-    for _, dst in pairs:
-        if dst.resolve() in sources:
-            raise SdmvaeError(f"{dst}: output would overwrite an input file")
-        if dst.exists() and not overwrite:
-            raise SdmvaeError(f"{dst} already exists (pass --overwrite to replace it)")
+def resolve_prior(name: str | Path | None) -> Path:
+    """`--model`: a checkpoint, run directory or released name; None: the enhancement default
+    (``enhance_default`` in models/default.json), not the resynthesis default."""
+    return enhance_default_path() if name is None else resolve_model(name)
+
+
+def plan_enhance(inp: Path, dst: Path, *, folder: bool, from_list: bool = False, overwrite: bool = False,
+                 skip_existing: bool = False) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """(pairs to enhance, existing outputs skipped). Every check is made before anything is
+    created: an output folder inside the input folder is refused before it exists (the writer
+    makes folders as it writes). ``folder``: OUT names a folder (``OUT/`` or an existing one).
+
+    An existing output: refused (an earlier result is never replaced silently); ``overwrite``
+    replaces it; ``skip_existing`` keeps it and enhances the rest, which is how an interrupted
+    folder is finished (outputs are written atomically, so one that exists is complete)."""
+    from sdmvae_cli.resynth import plan_outputs
+
+    if overwrite and skip_existing:
+        raise UsageError("--overwrite and --skip-existing contradict each other; choose one")
+    many = from_list or inp.is_dir()
+    target = dst / (inp.stem + ".wav") if folder and not many else dst
+    pairs = plan_outputs(inp, target, from_list=from_list, overwrite=True)  # inputs, clashes, writability
+    existing = [d for _, d in pairs if d.exists()]
+    if existing and not (overwrite or skip_existing):
+        if len(pairs) == 1:
+            raise SdmvaeError(f"{existing[0]} already exists; pass --overwrite to replace it")
+        raise SdmvaeError(f"{len(existing)} of {len(pairs)} outputs already exist (e.g. {existing[0]}); pass --skip-existing "
+                          "to keep them and enhance the rest, or --overwrite to replace them")
+    if skip_existing:
+        done = set(existing)
+        return [(s, d) for s, d in pairs if d not in done], existing
+    return pairs, []
 
 
 def enhance_file(src: Path, dst: Path, lm: LoadedModel, opts: EnhanceOptions) -> Enhancement:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import UsageError
 from sdmvae_cli.nets import SpectrogramVAE
 from sdmvae_cli.nmf import init_nmf, is_objective, nmf_step
 
@@ -125,9 +125,16 @@ FAMILIES: dict[str, type[Latent]] = {
 }
 
 
-def latent_for(model: SpectrogramVAE, post: dict[str, torch.Tensor]) -> Latent:
+def check_mcem_prior(model: SpectrogramVAE) -> None:
+    """MCEM samples the prior density of the model's latent: refused, before any file, for a
+    family that has none here (one line; ``--method vem`` works with every model)."""
     if model.name not in FAMILIES:
-        raise SdmvaeError(f"--method mcem has no prior density for a {model.name!r} model; use --method vem")
+        raise UsageError(f"--method mcem has no prior density for a {model.name!r} model (it has one for "
+                         f"{', '.join(sorted(FAMILIES))}); use --method vem")
+
+
+def latent_for(model: SpectrogramVAE, post: dict[str, torch.Tensor]) -> Latent:
+    check_mcem_prior(model)
     return FAMILIES[model.name](model, post)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from sdmvae_cli.atomic import atomic_path, write_json, write_text  # noqa: F401  (the writers, re-exported)
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, UsageError
 
 
 def real(path: str | os.PathLike) -> str:
@@ -55,13 +55,16 @@ def check_writable_location(path: str | os.PathLike) -> None:
 
 
 def check_file_destination(dst: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> None:
-    """Refuse a file destination that is an input (always), that exists (unless ``overwrite``),
-    that is a directory, or that cannot be created."""
+    """Refuse a file destination that is an input (always), that lies inside an input folder
+    (always: usage, exit 2; a later run over that folder would read it as an input), that exists
+    (unless ``overwrite``), that is a directory, or that cannot be created."""
     dst = Path(dst)
     d = real(dst)
     for src in inputs:
         if real(src) == d:
             raise SdmvaeError(f"{dst} is an input of this command; choose another output (inputs are never overwritten)")
+        if os.path.isdir(src) and is_within(dst, src):
+            raise UsageError(f"{dst} is inside the input folder {src}; write it outside the inputs")
     if dst.is_dir():
         raise SdmvaeError(f"{dst} is a directory; expected a file name")
     if dst.exists() and not overwrite:
