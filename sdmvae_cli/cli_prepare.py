@@ -10,18 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from sdmvae_cli.cli_common import bar, emit, emit_json, err, positive
-from sdmvae_cli.errors import UsageError
 
 
 def prepare(
     layout: Literal["tcd-timit", "librispeech", "vctk", "folder"] = typer.Argument(..., help="Corpus layout: tcd-timit, librispeech, vctk or folder (<root>/**/<speaker>/<utt>.wav|flac|mp3|ogg)."),
     corpus_dir: Path = typer.Argument(..., help="Root of the corpus."),
     out_dir: Path = typer.Argument(..., help="Output directory (created)."),
-    val_speakers: str = typer.Option("0.1", help="Validation speakers: a count, a fraction in (0,1), or a comma-separated list."),
-    test_speakers: str = typer.Option("0.1", help="Test speakers: a count, a fraction in (0,1), a comma-separated list, or all (= --test-only)."),
+    val_speakers: Optional[str] = typer.Option(None, help="Validation speakers: a count, a fraction in (0,1), or a comma-separated list (default 0.1)."),
+    test_speakers: Optional[str] = typer.Option(None, help="Test speakers: a count, a fraction in (0,1), a comma-separated list, or all (= --test-only) (default 0.1)."),
     test_only: bool = typer.Option(False, "--test-only", help="Evaluation only: every speaker in the test split, no train or validation split."),
     split_file: Optional[Path] = typer.Option(None, help='JSON {"train": [...], "validation": [...], "test": [...]} speaker lists (train optional: all others; only "test": evaluation only).'),
-    seed: int = typer.Option(0, help="Seed of the random speaker split."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the random speaker split (default 0)."),
     trim: bool = typer.Option(True, "--trim/--no-trim", help="Trim leading/trailing silence of the training frames (librosa, top_db)."),
     top_db: float = typer.Option(30.0, callback=positive, help="Silence threshold for trimming, dB below the peak."),
     include_lipspeakers: bool = typer.Option(False, help="tcd-timit: also use the 3 lipspeakers (in the train split)."),
@@ -32,15 +31,15 @@ def prepare(
     """Split a corpus by speaker and compute power spectrograms (1024-sample sine window, hop 256, 513 bins).
 
     stdout: the prepared folder (absolute), or prepare.json with --json; the table goes to stderr."""
-    from sdmvae_cli.prepare import PrepareOptions, prepare as run
+    from sdmvae_cli.prepare import PrepareOptions, check_split_options, prepare as run
 
+    draw = {"val_speakers": val_speakers, "test_speakers": test_speakers, "seed": seed}  # given: the random split's options
+    check_split_options(layout, split_file is not None, test_only, [f"--{k.replace('_', '-')}" for k, v in draw.items() if v is not None])
     if test_only:
-        if split_file is not None:
-            raise UsageError("--test-only and --split-file both choose the split: give one of them")
-        test_speakers, val_speakers = "all", "0"
-    opts = PrepareOptions(layout=layout, trim=trim, top_db=top_db, val_speakers=val_speakers, test_speakers=test_speakers,
-                          seed=seed, split_file=str(split_file) if split_file else None,
-                          include_lipspeakers=include_lipspeakers, jobs=jobs, force=force)
+        draw.update(test_speakers="all", val_speakers="0")
+    opts = PrepareOptions(layout=layout, trim=trim, top_db=top_db, split_file=str(split_file) if split_file else None,
+                          include_lipspeakers=include_lipspeakers, jobs=jobs, force=force,
+                          **{k: v for k, v in draw.items() if v is not None})
     info = run(corpus_dir, out_dir, opts, progress_factory=lambda n: bar(n, "prepare"))
     t = Table(title=f"prepared {escape(str(out_dir))}" + ("  (up to date, nothing recomputed)" if info["up_to_date"] else ""))
     for c in ("split", "speakers", "utterances", "frames", "hours", "skipped"):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from sdmvae_cli.audio import AUDIO_SUFFIXES
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, UsageError
 
 SPLITS = ("train", "validation", "test")
 LAYOUTS = ("folder", "librispeech", "vctk", "tcd-timit")
@@ -146,28 +146,78 @@ def random_split(utts: Sequence[Utterance], val: str, test: str, seed: int) -> d
 
 def load_split_file(path: str | Path) -> dict[str, list[str]]:
     """JSON ``{"train": [...], "validation": [...], "test": [...]}`` (train may be omitted: all
-    the others); ``{"test": [...]}`` alone is an evaluation-only split (other speakers unused)."""
+    the others); ``{"test": [...]}`` alone is an evaluation-only split (other speakers unused).
+    Keys starting with ``_`` are comments.
+
+    Strict on purpose (:class:`UsageError`, exit 2): a split file says which voices are held
+    out, so a typo (``"valid"``) or a string where a list belongs must not quietly turn into a
+    different split (it used to give an evaluation-only preparation)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SdmvaeError(f"split file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise SdmvaeError(f"split file {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    out: dict[str, list[str] | None] = {}
+    d = _read_split_json(path)
+    if not isinstance(d, dict):
+        raise UsageError(f"split file {path}: a JSON {_json_kind(d)}, expected an object "
+                         '{"train": [...], "validation": [...], "test": [...]}')
+    unknown = sorted(k for k in d if k not in SPLITS and not k.startswith("_"))
+    if unknown:
+        raise UsageError(f"split file {path}: unknown key(s) {', '.join(map(repr, unknown))[:120]}; "
+                         f"valid keys: {', '.join(SPLITS)} (keys starting with _ are comments)")
+    out: dict[str, list[str] | None] = {s: None for s in SPLITS}
     for s in SPLITS:
-        v = d.get(s)
-        if v is None or isinstance(v, str):
-            out[s] = None
-        elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+        if s in d:
+            v = d[s]
+            bad = [x for x in v if not (isinstance(x, str) and x and x == x.strip())] if isinstance(v, list) else [v]
+            if not isinstance(v, list) or bad:
+                what = f"a {_json_kind(v)}" if not isinstance(v, list) else f"an entry {json.dumps(bad[0])[:40]} ({_json_kind(bad[0])})"
+                raise UsageError(f"split file {path}: {s!r} must be a list of speaker ids (non-empty strings without "
+                                 f"surrounding spaces), got {what}")
+            twice = sorted({x for x in v if v.count(x) > 1})
+            if twice:
+                raise UsageError(f"split file {path}: {s!r} lists {', '.join(map(repr, twice))[:80]} twice")
             out[s] = v
-        else:
-            raise SdmvaeError(f"split file {path}: {s!r} must be a list of speaker ids")
     if out["test"] and not out["validation"] and not out["train"]:  # evaluation only (train/validation absent or [])
         return {"train": [], "validation": [], "test": out["test"]}
     if out["validation"] is None or out["test"] is None:
-        raise SdmvaeError(f"split file {path}: needs 'validation' and 'test' speaker lists (or only 'test': an evaluation-only preparation)")
+        raise UsageError(f"split file {path}: needs 'validation' and 'test' speaker lists (or only 'test': an evaluation-only preparation)")
     return out  # type: ignore[return-value]
+
+
+def _read_split_json(path: Path):
+    """The parsed JSON of a split file, or one clear line saying why there is none."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SdmvaeError(f"split file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"split file {path} is a directory, expected a JSON file") from None
+    try:
+        return json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_unique_keys(path))
+    except UnicodeDecodeError:
+        raise UsageError(f"split file {path}: not UTF-8 text (expected a JSON file)") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"split file {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise UsageError(f"split file {path}: nested too deeply to be a split file") from None
+
+
+def _unique_keys(path: Path):
+    """A JSON object hook that refuses a key given twice (json keeps the last one silently)."""
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise UsageError(f"split file {path}: key(s) {', '.join(map(repr, twice))[:80]} given twice")
+        return dict(pairs)
+
+    return hook
+
+
+def _json_kind(v) -> str:
+    """How JSON names the type of ``v`` (for messages: 'list', not Python's 'list')."""
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {dict: "object", list: "list", str: "string", type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def builtin_tcd_timit_split() -> dict:

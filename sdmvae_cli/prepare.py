@@ -46,6 +46,7 @@ import numpy as np
 
 from sdmvae_cli import __version__
 from sdmvae_cli.atomic import atomic_path, write_json, write_text
+from sdmvae_cli.levels import level_check, warn_levels
 from sdmvae_cli.corpus import (
     SPLITS,
     Utterance,
@@ -55,7 +56,7 @@ from sdmvae_cli.corpus import (
     load_split_file,
     random_split,
 )
-from sdmvae_cli.errors import AudioError, SdmvaeError, check_interrupt
+from sdmvae_cli.errors import AudioError, SdmvaeError, UsageError, check_interrupt
 from sdmvae_cli.stft import StftConfig, min_samples
 
 log = logging.getLogger("sdmvae")
@@ -127,9 +128,9 @@ def _process(args: tuple[int, str, str, str, dict, bool, float]) -> FileResult:
 
 
 def _worker_init() -> None:
-    from sdmvae_cli.workers import single_threaded_worker
+    from sdmvae_cli.threads import single_threaded
 
-    single_threaded_worker()
+    single_threaded()
 
 
 def _results(tasks: list[tuple], jobs: int) -> Iterator[FileResult]:
@@ -309,10 +310,24 @@ def prepare_split(
     return summary
 
 
+def check_split_options(layout: str, split_file: bool, test_only: bool, given: Sequence[str]) -> None:
+    """Refuse options that would be ignored: ``given`` (the random split's options the user
+    set: --val-speakers, --test-speakers, --seed) mean nothing where the speakers are chosen
+    otherwise (a split file, --test-only, tcd-timit's built-in split). Why: they used to be
+    dropped silently, so a user believed in a split that was not the one made."""
+    if test_only and split_file:
+        raise UsageError("--test-only and --split-file both choose the split: give one of them")
+    chooser = ("--split-file" if split_file else "--test-only" if test_only
+               else "the tcd-timit layout's built-in speaker split (--split-file chooses another)" if layout == "tcd-timit" else None)
+    if chooser and given:
+        raise UsageError(f"{', '.join(given)} {'is an option' if len(given) == 1 else 'are options'} of a random speaker split, "
+                         f"which would be ignored: the speakers are chosen by {chooser}")
+
+
 def make_split(utts: Sequence[Utterance], opts: PrepareOptions) -> dict[str, list[str]]:
     if opts.split_file:
         return fixed_split(utts, load_split_file(opts.split_file), strict=True)
-    if opts.layout == "tcd-timit":
+    if opts.layout == "tcd-timit" and str(opts.test_speakers).strip().lower() != "all":  # --test-only: every speaker
         builtin = builtin_tcd_timit_split()
         split = fixed_split(utts, {"validation": builtin["validation"], "test": builtin["test"], "train": None}, strict=True)
         for s, n in builtin["expected_counts"].items():
@@ -365,6 +380,8 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
         "fingerprint": hashlib.sha256("".join(d["content_key"] for d in dones).encode()).hexdigest()[:16],
     }
+    info["level_check"] = level_check({name: read_manifest(out_dir, name) for name in summaries})
+    warn_levels(info["level_check"])
     info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())
     previous = _previous_fingerprints(out_dir, info["fingerprint"], _legacy_fingerprint([d["key"] for d in dones]))
     if previous:

@@ -19,24 +19,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from sdmvae_cli.cli import run
 from sdmvae_cli.synthetic import source_filter_speech
 
-from conftest import write_wav
+from conftest import cli, one_line, write_wav
 
 
 # -- helpers -------------------------------------------------------------------------------
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = run([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def fails(capsys, code: int, needle: str, *args) -> str:
@@ -299,7 +287,7 @@ def test_bad_corpora(world, tmp_path, capsys):
     write_wav(dup / "s" / "a.wav", world["x"])
     write_wav(dup / "s" / "a.flac", world["x"])
     fails(capsys, 1, "not unique", "prepare", "folder", dup, out)
-    fails(capsys, 1, "split file", "prepare", "folder", world["corpus"], out, "--split-file", tmp_path / "afile")
+    fails(capsys, 2, "split file", "prepare", "folder", world["corpus"], out, "--split-file", tmp_path / "afile")  # not JSON: a usage error
 
 
 def test_prepare_destinations(world, tmp_path, capsys):
@@ -485,18 +473,20 @@ def test_export_of_several_seeds_releases_the_best_by_validation(world, tmp_path
     import shutil
 
     from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
+    from sdmvae_cli.trainopts import STOP_COLUMNS, stop_on_of
 
     base = read_checkpoint(world["ckpt"])
     cands = []
     for seed, val in enumerate((-10.0, -30.0, -20.0)):
         d = {k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")}
-        d["history"] = [dict(h, val_total=val) if h["epoch"] == d["epoch"] else h for h in d["history"]]
+        col = STOP_COLUMNS[stop_on_of(d["config"]["train"])]  # the statistic the run stopped on
+        d["history"] = [dict(h, **{col: val}) if h["epoch"] == d["epoch"] else h for h in d["history"]]
         save_checkpoint(tmp_path / f"s{seed}" / "best.pt", d)
         cands.append(tmp_path / f"s{seed}" / "best.pt")
     code, out, err = cli(capsys, "export", *cands, tmp_path / "rel.pt")
     assert code == 0, err
     rel = read_checkpoint(tmp_path / "rel.pt")
-    assert rel["chosen_by"]["chosen"] == str(cands[1]) and rel["chosen_by"]["rule"].startswith("lowest validation loss")
+    assert rel["chosen_by"]["chosen"] == str(cands[1]) and rel["chosen_by"]["rule"].startswith("lowest posterior-mean validation statistic")
     assert sorted(rel["chosen_by"]["validation_losses"].values()) == [-30.0, -20.0, -10.0]
     assert out.strip() == str(tmp_path / "rel.pt") and "* " + str(cands[1]) in err
     # the destination forgotten: the last candidate would be it; a training checkpoint is never replaced
@@ -529,13 +519,14 @@ def test_best_by_validation_across_kl_weights(world, tmp_path):
     for name, beta, total, recon, kl in (("b0.1", 0.1, -100.0, -60.0, 30.0), ("b1", 1.0, -50.0, -80.0, 30.0)):
         d = copy.deepcopy({k: v for k, v in base.items() if k not in ("format", "format_version", "package_version")})
         d["config"]["model"]["beta"] = beta
-        d["history"] = [dict(h, val_total=total, val_recon=recon, val_kl=kl) if h["epoch"] == d["epoch"] else h for h in d["history"]]
+        vals = {"val_total": total, "val_recon": recon, "val_kl": kl, "val_pm_total": total, "val_pm_recon": recon, "val_pm_kl": kl}
+        d["history"] = [dict(h, **vals) if h["epoch"] == d["epoch"] else h for h in d["history"]]
         save_checkpoint(tmp_path / name / "best.pt", d)
         files.append(tmp_path / name / "best.pt")
     choice = best_by_validation(files)
     assert choice.best == files[1] and "unit weights" in choice.criterion and choice.losses[str(files[0])] == -30.0
     same = best_by_validation([files[0], files[0]])  # one candidate twice: the objective itself
-    assert same.best == files[0] and "training objective" in same.criterion
+    assert same.best == files[0] and "early-stopping statistic" in same.criterion
     d = read_checkpoint(files[0])
     d["config"]["model"]["model"] = "threshold"
     save_checkpoint(tmp_path / "thr" / "best.pt", {k: v for k, v in d.items() if k not in ("format", "format_version", "package_version")})

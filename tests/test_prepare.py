@@ -16,7 +16,7 @@ from sdmvae_cli.stft import StftConfig, power_spectrogram
 from sdmvae_cli.audio import load_audio, trim_silence
 from sdmvae_cli.synthetic import source_filter_speech
 
-from conftest import dev_files, needs_shared, write_wav
+from conftest import REPO, dev_files, needs_shared, write_wav
 
 CLI = [sys.executable, "-m", "sdmvae_cli"]
 
@@ -274,3 +274,106 @@ def test_a_stale_prepare_json_earns_no_fingerprint_alias(tmp_path):
     # a file that fails to decode is part of the identity, not only its bytes
     assert content_key([("u", "s", "ab", False)], opts) != content_key([("u", "s", "ab", True)], opts)
     assert content_key([("u", "s", "ab", False)], opts) == content_key([("u", "s", "ab", False)], PrepareOptions(seed=5))
+
+
+# -- issue 23 (11): a split file that is not a split, and options the split would ignore ----
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b'["spk1", "spk2"]', "a JSON list, expected an object"),
+        (b"3", "a JSON number, expected an object"),
+        (b'\xff\xfe{"test": ["spk1"]}', "not UTF-8 text"),
+        (b"{not json", "not valid JSON"),
+        (b'{"valid": ["spk1"], "test": ["spk2"]}', "unknown key(s) 'valid'; valid keys: train, validation, test"),
+        (b'{"validation": "spk1", "test": ["spk2"]}', "'validation' must be a list of speaker ids (non-empty strings without surrounding spaces), got a string"),
+        (b'{"validation": ["spk1"], "test": [2]}', "got an entry 2 (number)"),
+        (b'{"validation": ["spk1"], "test": null}', "'test' must be a list of speaker ids (non-empty strings without surrounding spaces), got a null"),
+        (b'{"validation": ["spk1"], "test": [null]}', "got an entry null (null)"),
+        (b'{"validation": [" spk1"], "test": ["spk2"]}', 'got an entry " spk1" (string)'),
+        (b'{"validation": ["spk1", "spk1"], "test": ["spk2"]}', "'validation' lists 'spk1' twice"),
+        (b'{"validation": ["spk1"], "test": ["spk2"], "test": ["spk3"]}', "key(s) 'test' given twice"),
+    ],
+)
+def test_a_malformed_split_file_is_one_line_and_exit_2(tmp_path, capsys, content, needle):
+    from sdmvae_cli.cli import run
+
+    root = _tiny_tree(tmp_path / "c")
+    (tmp_path / "split.json").write_bytes(content)
+    code = run(["prepare", "folder", str(root), str(tmp_path / "o"), "--split-file", str(tmp_path / "split.json")])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_split_file_comments_are_allowed_and_a_string_is_not_an_evaluation_only_split(tmp_path):
+    from sdmvae_cli.corpus import load_split_file
+
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"_comment": "why these speakers", "validation": ["a"], "test": ["b"]}))
+    assert load_split_file(f) == {"train": None, "validation": ["a"], "test": ["b"]}
+    f.write_text(json.dumps({"test": ["b"]}))
+    assert load_split_file(f) == {"train": [], "validation": [], "test": ["b"]}  # evaluation only, as documented
+    f.write_text(json.dumps({"validation": "a", "test": ["b"]}))  # was silently an evaluation-only preparation
+    with pytest.raises(SdmvaeError, match="must be a list"):
+        load_split_file(f)
+
+
+@pytest.mark.parametrize(
+    "layout,extra,needle",
+    [
+        ("folder", ["--split-file", "{split}", "--val-speakers", "3"], "--val-speakers is an option of a random speaker split"),
+        ("folder", ["--split-file", "{split}", "--seed", "4", "--test-speakers", "1"], "--test-speakers, --seed are options"),
+        ("folder", ["--test-only", "--val-speakers", "1"], "chosen by --test-only"),
+        ("folder", ["--test-only", "--split-file", "{split}"], "give one of them"),
+        ("tcd-timit", ["--val-speakers", "2"], "tcd-timit layout's built-in speaker split"),
+    ],
+)
+def test_options_the_split_would_ignore_are_refused(tmp_path, capsys, layout, extra, needle):
+    from sdmvae_cli.cli import run
+
+    root = _tiny_tree(tmp_path / "c")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": ["spk1"], "test": ["spk2"]}))
+    code = run(["prepare", layout, str(root), str(tmp_path / "o"), *[a.format(split=split) for a in extra]])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_test_only_is_honoured_for_tcd_timit(tmp_path):
+    """--test-only with tcd-timit used to give the built-in train/validation/test split silently."""
+    from sdmvae_cli.cli import run
+
+    for spk in ("01M", "09F"):
+        write_wav(tmp_path / "c" / "volunteers" / spk / "straightcam" / "sa1.wav", source_filter_speech(1.0, seed=1))
+    assert run(["prepare", "tcd-timit", str(tmp_path / "c"), str(tmp_path / "o"), "--test-only"]) == 0
+    assert json.loads((tmp_path / "o" / "splits.json").read_text()) == {"train": [], "validation": [], "test": ["01M", "09F"]}
+
+
+@needs_shared
+def test_near_full_scale_utterances_are_reported_not_dropped(tmp_path, caplog):
+    """Issue 24: the utterance whose loud onset made the one-sample validation loss heavy-tailed
+    (LibriSpeech 1963-142393-0000, peak >= 0.99 of full scale) is listed per split in
+    prepare.json and named in one warning line; it is kept. The peaks are those soundfile reads."""
+    import soundfile as sf
+
+    from sdmvae_cli.levels import NEAR_FULL_SCALE
+
+    root = REPO.parent / "shared" / "data" / "librispeech-clean-251"
+    picks = [root / "ls1963" / "1963-142393-0000.flac"] + sorted(root.glob("ls1*/*.flac"))[:5]
+    corpus = tmp_path / "c"
+    for f in picks:
+        (corpus / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (corpus / f.parent.name / f.name).symlink_to(f)
+    peaks = {f.stem: float(abs(sf.read(str(f))[0]).max()) for f in picks}
+    loud = {k for k, v in peaks.items() if v >= NEAR_FULL_SCALE}
+    assert "1963-142393-0000" in loud
+    with caplog.at_level("WARNING", logger="sdmvae"):
+        info = prepare(corpus, tmp_path / "p", PrepareOptions(val_speakers="1", test_speakers="0", jobs=1))
+    by_split = info["level_check"]["splits"]
+    listed = {h["id"].split("/")[-1]: h["peak"] for hits in by_split.values() for h in hits}
+    assert set(listed) == loud and all(abs(listed[k] - peaks[k]) < 1e-4 for k in loud)
+    assert json.loads((tmp_path / "p" / "prepare.json").read_text())["level_check"]["splits"] == by_split
+    warnings = [r.getMessage() for r in caplog.records if "full scale" in r.getMessage()]
+    assert len(warnings) == len(by_split) and any("1963-142393-0000" in w for w in warnings)  # one line per split
+    assert sum(v["utterances"] for v in info["splits"].values()) == len(picks)  # kept
