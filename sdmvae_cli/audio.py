@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -62,16 +63,24 @@ def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     path = Path(path)
+    _check_path(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError with long texts
+        raise _unreadable(path, exc) from None
+    return data, int(rate)
+
+
+def _check_path(path: Path) -> None:
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, expected an audio file")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError with long texts
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise AudioError(f"{path}: cannot read audio ({msg})") from None
-    return data, int(rate)
+
+
+def _unreadable(path: Path, exc: Exception) -> AudioError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return AudioError(f"{path}: cannot read audio ({msg})")
 
 
 def load_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = True, allow_silent: bool = False) -> Audio:
@@ -97,32 +106,20 @@ def prepare_samples(data: np.ndarray, rate: int, cfg: StftConfig, *, name: str =
     if np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
     data = data.astype(np.float32, copy=False)
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise AudioError(f"{path}: unsupported sample rate {rate} Hz (expected {MIN_RATE} to {MAX_RATE} Hz)")
+    _check_rate(path, rate)
     n_src, channels = data.shape
     if n_src == 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples")
-    if channels > 1:
-        if warn_stereo:
-            log.warning("%s: %d channels mixed down to mono", path, channels)
-        mono = data.mean(axis=1)
-    else:
-        mono = data[:, 0]
+    _check_finite(path, data)
+    if channels > 1 and warn_stereo:
+        log.warning("%s: %d channels mixed down to mono", path, channels)
+    mono = _mix_down(data)
     if rate != cfg.sample_rate:
         import librosa
 
         mono = librosa.resample(mono, orig_sr=rate, target_sr=cfg.sample_rate, res_type="soxr_hq").astype(np.float32)
-    peak = float(np.max(np.abs(mono))) if mono.size else 0.0
-    if peak < SILENCE_PEAK:
-        if not allow_silent:
-            raise AudioError(f"{path}: audio is silent (peak {peak:.2g})")
-        peak = 1.0
-    if mono.size < min_samples(cfg):
-        raise AudioError(
-            f"{path}: too short ({n_src / rate:.3f} s); need at least {min_samples(cfg) / cfg.sample_rate:.3f} s"
-        )
+    peak = _level(path, float(np.max(np.abs(mono))) if mono.size else 0.0, allow_silent)
+    _check_length(path, mono.size, n_src, rate, cfg)
     return Audio(
         samples=(mono / peak).astype(np.float32),
         gain=peak,
@@ -130,6 +127,35 @@ def prepare_samples(data: np.ndarray, rate: int, cfg: StftConfig, *, name: str =
         source_channels=channels,
         source_length=n_src,
     )
+
+
+def _check_rate(path, rate: int) -> None:
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(f"{path}: unsupported sample rate {rate} Hz (expected {MIN_RATE} to {MAX_RATE} Hz)")
+
+
+def _check_finite(path, data: np.ndarray) -> None:
+    if not np.isfinite(data).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples")
+
+
+def _mix_down(data: np.ndarray) -> np.ndarray:
+    """(samples, channels) -> mono: the channels' mean (row by row, so a block gives the same)."""
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+
+
+def _level(path, peak: float, allow_silent: bool) -> float:
+    """The normalisation gain: the peak, unless the audio is digital silence."""
+    if peak < SILENCE_PEAK:
+        if not allow_silent:
+            raise AudioError(f"{path}: audio is silent (peak {peak:.2g})")
+        return 1.0
+    return peak
+
+
+def _check_length(path, n: int, n_src: int, rate: int, cfg: StftConfig) -> None:
+    if n < min_samples(cfg):
+        raise AudioError(f"{path}: too short ({n_src / rate:.3f} s); need at least {min_samples(cfg) / cfg.sample_rate:.3f} s")
 
 
 def restore(samples: np.ndarray, audio: Audio, cfg: StftConfig) -> np.ndarray:
@@ -154,11 +180,18 @@ FULL_SCALE = 0.999
 
 def fit_full_scale(x: np.ndarray) -> tuple[np.ndarray, float]:
     """``x`` scaled by one gain so its peak is at most :data:`FULL_SCALE`; returns (signal, gain)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
-    if peak <= FULL_SCALE:
-        return x, 1.0
-    g = FULL_SCALE / peak
-    return (x * g).astype(x.dtype), g
+    g = full_scale_gain(float(np.max(np.abs(x))) if x.size else 0.0)
+    return (x, 1.0) if g == 1.0 else ((x * g).astype(x.dtype), g)
+
+
+def full_scale_gain(peak: float) -> float:
+    """The one gain that brings a signal of this peak within :data:`FULL_SCALE` (1: it is)."""
+    return 1.0 if peak <= FULL_SCALE else FULL_SCALE / peak
+
+
+def _warn_scaled(src, what: str, g: float) -> None:
+    if g < 1.0:
+        log.warning("%s: the %s peaks at %.2fx full scale; scaled by %.1f dB to fit", src, what, FULL_SCALE / g, 20 * np.log10(g))
 
 
 def write_within_full_scale(dst: str | os.PathLike, output: np.ndarray, rate: int, src: str | os.PathLike, what: str,
@@ -167,8 +200,7 @@ def write_within_full_scale(dst: str | os.PathLike, output: np.ndarray, rate: in
     scale (a clipped input's resynthesis or enhancement does not keep its flat tops and can peak
     well above 1): no clipping distortion, and a warning naming the file and the gain. Returns the gain."""
     out, g = fit_full_scale(output)
-    if g < 1.0:
-        log.warning("%s: the %s peaks at %.2fx full scale; scaled by %.1f dB to fit", src, what, FULL_SCALE / g, 20 * np.log10(g))
+    _warn_scaled(src, what, g)
     write_audio(dst, out, rate, subtype=subtype)
     return g
 
@@ -182,6 +214,14 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int, subtype
     import soundfile as sf
 
     path = Path(path)
+    fmt, subtype = output_format(path, subtype)
+    with atomic_path(path, suffix=path.suffix.lower() or ".wav") as tmp:
+        sf.write(str(tmp), samples, rate, format=fmt, subtype=subtype)
+
+
+def output_format(path: Path, subtype: str | None) -> tuple[str, str | None]:
+    """(soundfile format, subtype) of an output file, from its suffix and ``--subtype``; one
+    clear line for a combination that cannot be written."""
     suffix = path.suffix.lower() or ".wav"
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(suffix)
     if fmt is None:
@@ -191,11 +231,8 @@ def write_audio(path: str | os.PathLike, samples: np.ndarray, rate: int, subtype
     if subtype is not None and fmt != "WAV" and not (fmt == "FLAC" and subtype != "FLOAT"):
         raise AudioError(f"{path}: {fmt} cannot hold {subtype} samples (FLAC: PCM_16 or PCM_24; Ogg: its own)")
     if subtype is None:
-        subtype = "FLOAT" if fmt == "WAV" else None
-    elif fmt == "OGG":
-        subtype = None
-    with atomic_path(path, suffix=suffix) as tmp:
-        sf.write(str(tmp), samples, rate, format=fmt, subtype=subtype)
+        return fmt, ("FLOAT" if fmt == "WAV" else None)
+    return fmt, (None if fmt == "OGG" else subtype)
 
 
 def trim_silence(samples: np.ndarray, top_db: float) -> tuple[np.ndarray, int, int]:
@@ -204,3 +241,182 @@ def trim_silence(samples: np.ndarray, top_db: float) -> tuple[np.ndarray, int, i
 
     trimmed, (start, stop) = librosa.effects.trim(samples, top_db=top_db)
     return trimmed, int(start), int(stop)
+
+
+# -- long files, streamed -----------------------------------------------------------------------
+# Why: ``resynth`` of an hour-long recording held the whole file several times over (read,
+# mixed, resampled, normalised, resynthesised, restored). Streamed, it reads the file twice (the
+# peak normalisation gain is one number for the whole file, so it is found first) and holds a
+# few blocks: memory stays flat, and every sample equals what the whole-file functions above
+# give (tests/test_long_audio.py).
+
+#: samples per read when streaming (at the source rate)
+STREAM_BLOCK = 1 << 18
+#: output samples a resampling stream holds back, so its end can be cut to librosa's length
+_RESAMPLE_MARGIN = 4096
+
+
+@dataclass
+class AudioInfo:
+    """An audio file as :func:`load_audio` would see it, without its samples: what streaming it
+    (:func:`stream_samples`) and undoing the front-end (:func:`restore_stream`) need."""
+
+    path: str
+    gain: float  # the peak of the mono, resampled signal: one number for the whole file
+    source_rate: int
+    source_channels: int
+    source_length: int
+    n_samples: int  # at cfg.sample_rate
+
+
+def scan_audio(path: str | os.PathLike, cfg: StftConfig, *, warn_stereo: bool = True) -> AudioInfo:
+    """First pass over a file: :func:`load_audio`'s checks (same messages) and its peak."""
+    import soundfile as sf
+
+    path = Path(path)
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # noqa: BLE001  (soundfile's long texts: one line)
+        raise _unreadable(path, exc) from None
+    _check_rate(path, info.samplerate)
+    counts = {"source": 0}
+    peak, n = 0.0, 0
+    for block in _resampled(_mono_blocks(path, counts), info.samplerate, cfg.sample_rate):
+        if block.size:
+            peak = max(peak, float(np.max(np.abs(block))))
+        n += block.size
+    if counts["source"] == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    if info.channels > 1 and warn_stereo:
+        log.warning("%s: %d channels mixed down to mono", path, info.channels)
+    gain = _level(path, peak, allow_silent=False)
+    _check_length(path, n, counts["source"], info.samplerate, cfg)
+    return AudioInfo(str(path), gain, int(info.samplerate), int(info.channels), counts["source"], n)
+
+
+def stream_samples(info: AudioInfo, cfg: StftConfig) -> Iterator[np.ndarray]:
+    """Second pass: the front-end's samples (mono, at cfg.sample_rate, peak 1) block by block:
+    together, exactly ``load_audio(path, cfg).samples``."""
+    for block in _resampled(_mono_blocks(Path(info.path), {"source": 0}), info.source_rate, cfg.sample_rate):
+        yield (block / info.gain).astype(np.float32)
+
+
+def _mono_blocks(path: Path, counts: dict) -> Iterator[np.ndarray]:
+    """The file's samples mixed to mono (float32), block by block; counts["source"] += each
+    block's length; NaN/inf and read errors are one-line AudioErrors."""
+    import soundfile as sf
+
+    try:
+        fh = sf.SoundFile(str(path))
+    except Exception as exc:  # noqa: BLE001
+        raise _unreadable(path, exc) from None
+    with fh:
+        while True:
+            try:
+                data = fh.read(STREAM_BLOCK, dtype="float32", always_2d=True)
+            except Exception as exc:  # noqa: BLE001  (damaged in the middle)
+                raise _unreadable(path, exc) from None
+            if not len(data):
+                return
+            _check_finite(path, data)
+            counts["source"] += len(data)
+            yield np.ascontiguousarray(_mix_down(data))
+
+
+def _resampled(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
+    """Float32 blocks at ``rate_in`` -> ``rate_out``: together, sample for sample, what
+    ``librosa.resample(res_type="soxr_hq")`` gives for the whole signal (the same soxr filter,
+    run as a stream; its length ``ceil(n * rate_out / rate_in)`` too)."""
+    if rate_in == rate_out:
+        yield from blocks
+        return
+    import soxr
+
+    stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32", quality="HQ")
+    held, n_in, emitted = np.zeros(0, np.float32), 0, 0
+    for block in blocks:
+        n_in += block.size
+        held = np.concatenate([held, stream.resample_chunk(block)])
+        if held.size > _RESAMPLE_MARGIN:
+            out, held = held[:-_RESAMPLE_MARGIN], held[-_RESAMPLE_MARGIN:]
+            emitted += out.size
+            yield out
+    held = np.concatenate([held, stream.resample_chunk(np.zeros(0, np.float32), last=True)])
+    n_out = int(np.ceil(n_in * float(rate_out) / rate_in))
+    if emitted > n_out:
+        raise RuntimeError(f"resampling stream overshot: {emitted} > {n_out} samples")
+    yield np.pad(held[: n_out - emitted], (0, max(0, n_out - emitted - held.size)))
+
+
+class SampleWindow:
+    """Random access to a stream of sample blocks for readers that move forward: ``take(lo,
+    hi)`` returns samples ``lo:hi``, reading on as needed and forgetting what lies before ``lo``
+    (a later ``lo`` may not be smaller). Memory: the span of one request plus one block."""
+
+    def __init__(self, blocks: Iterable[np.ndarray]):
+        self._blocks = iter(blocks)
+        self._buf = np.zeros(0, np.float32)
+        self._start = 0  # index of self._buf[0]
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        if lo < self._start:
+            raise ValueError(f"samples {lo}:{hi} were already released (window starts at {self._start})")
+        parts = [self._buf[lo - self._start:]]
+        have = self._start + self._buf.size
+        while have < hi:
+            block = next(self._blocks, None)
+            if block is None:
+                break
+            parts.append(block)
+            have += block.size
+        self._buf, self._start = np.concatenate(parts) if len(parts) > 1 else parts[0], max(lo, self._start)
+        return self._buf[: hi - self._start]
+
+
+def restore_stream(blocks: Iterable[np.ndarray], info: AudioInfo, cfg: StftConfig) -> Iterator[np.ndarray]:
+    """:func:`restore` block by block: the source's level, rate and exact length."""
+    done = 0
+    for y in _resampled((b.astype(np.float32) * info.gain for b in blocks), cfg.sample_rate, info.source_rate):
+        y = y[: info.source_length - done]
+        done += y.size
+        if y.size:
+            yield y.astype(np.float32)
+    if done < info.source_length:
+        yield np.zeros(info.source_length - done, np.float32)
+
+
+def write_stream_within_full_scale(dst: str | os.PathLike, blocks: Iterable[np.ndarray], rate: int, src: str | os.PathLike,
+                                   what: str, subtype: str | None = None) -> float:
+    """:func:`write_within_full_scale` for a stream: the blocks go to a float WAV beside ``dst``
+    as they come (their peak is known only at the end), which then becomes ``dst``: renamed, or
+    copied block by block with the full-scale gain and ``dst``'s format. Returns the gain."""
+    import tempfile
+
+    import soundfile as sf
+
+    dst = Path(dst)
+    fmt, subtype = output_format(dst, subtype)  # refused before any work
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".unscaled.wav.tmp", dir=dst.parent)
+    os.close(fd)
+    raw = Path(name)
+    try:
+        peak = 0.0
+        with sf.SoundFile(str(raw), "w", rate, 1, format="WAV", subtype="FLOAT") as out:
+            for block in blocks:
+                if block.size:
+                    peak = max(peak, float(np.max(np.abs(block))))
+                out.write(block)
+        g = full_scale_gain(peak)
+        _warn_scaled(src, what, g)
+        with atomic_path(dst, suffix=dst.suffix.lower() or ".wav") as tmp:
+            if g == 1.0 and (fmt, subtype) == ("WAV", "FLOAT"):
+                os.replace(raw, tmp)
+            else:
+                with sf.SoundFile(str(raw)) as inp, sf.SoundFile(str(tmp), "w", rate, 1, format=fmt, subtype=subtype) as out:
+                    for block in inp.blocks(STREAM_BLOCK, dtype="float32"):
+                        out.write(block if g == 1.0 else (block * g).astype(np.float32))
+    finally:
+        raw.unlink(missing_ok=True)
+    return g

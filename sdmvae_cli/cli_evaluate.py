@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sdmvae_cli.cli_common import DEVICE_HELP, MODEL_HELP, OVERWRITE_HELP, bar, device_name, emit, emit_json, err, pick_device, term
+from sdmvae_cli.cli_common import MODEL_HELP, OVERWRITE_HELP, bar, device_option, emit, emit_json, err, pick_device, term
 from sdmvae_cli.errors import UsageError
 
 
@@ -49,7 +49,7 @@ def evaluate(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Where per_file.csv and summary.json go (default <run dir>/eval-<split>; ./eval-<name>-<split> for a released model; ./eval in folder mode)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON summary on stdout (instead of the summary.json path)."),
     jobs: int = typer.Option(0, "--jobs", "-j", min=0, help="Worker processes (0 = all cores)."),
-    device: str = typer.Option("cpu", callback=device_name, help="Where the split's codes are computed: cpu (default), auto, cuda (scoring stays on CPU workers)."),
+    device: str = device_option("Where the split's codes are computed (scoring stays on CPU workers):"),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N utterances."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in the output directory."),
 ) -> None:
@@ -76,7 +76,9 @@ def evaluate(
     err.print(summary_table(res.summary, escape(title)))
     for f in res.failures:
         print(f"failed: {f['id']}: {f['reason']}", file=sys.stderr)
-    err.print(f"{res.summary['scored']}/{res.summary['files']} scored; per-file CSV and summary in {escape(str(res.out_dir))}", highlight=False)
+    partial = len(res.summary.get("metric_failures", []))
+    missing = f" ({partial} without some metric: warnings above, metric_errors in per_file.csv)" if partial else ""
+    err.print(f"{res.summary['scored']}/{res.summary['files']} scored{missing}; per-file CSV and summary in {escape(str(res.out_dir))}", highlight=False)
     if as_json:
         emit_json(res.summary)
     else:
@@ -88,11 +90,11 @@ def evaluate(
 def table(
     results: List[Path] = typer.Argument(..., help="summary.json files (or evaluation folders) from `sdmvae evaluate` (checkpoint or folder mode)."),
     fmt: Literal["rich", "markdown", "csv"] = typer.Option("rich", "--format", "-f", help="rich, markdown or csv."),
-    layout: Literal["runs", "table1", "orderings"] = typer.Option("runs", "--layout", "-l", help="runs (one row per summary), table1 (the paper's layout, mean ± std over seeds) or orderings (which differences hold for every seed)."),
+    layout: Literal["runs", "table1", "orderings", "paired"] = typer.Option("runs", "--layout", "-l", help="runs (one row per summary), table1 (the paper's layout, mean ± std over seeds), orderings (every pair of configurations: paired difference over files, 95% intervals over files and speakers, seed signs, significance) or paired (exactly two configurations, B - A, A the first summary's)."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file (any --format; rich as plain text) instead of stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """Render evaluation summaries: one row per run, or the paper's Table 1 aggregated over seeds."""
+    """Render evaluation summaries: one row per run, the paper's Table 1 aggregated over seeds, or paired comparisons."""
     from sdmvae_cli.outputs import check_file_destination
     from sdmvae_cli.table import render
 

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 import typer
 from rich.markup import escape
 
-from sdmvae_cli.cli_common import DEVICE_HELP, MODEL_HELP, OVERWRITE_HELP, SUBTYPE_HELP, bar, device_name, emit, emit_json, err, folder_meant
+from sdmvae_cli.cli_common import MODEL_HELP, OVERWRITE_HELP, SUBTYPE_HELP, bar, device_option, emit, emit_json, err, folder_meant
 from sdmvae_cli.errors import SdmvaeError, UsageError
 
 
@@ -25,7 +25,7 @@ def resynth(
     from_codes: bool = typer.Option(False, "--from-codes", help="IN is a .codes.npz from --save-codes (possibly edited): decode it to audio."),
     phase_from: Optional[Path] = typer.Option(None, help="--from-codes: audio whose STFT phase and level are used (default: the source recorded in the file)."),
     subtype: Optional[Literal["PCM_16", "PCM_24", "FLOAT"]] = typer.Option(None, help=SUBTYPE_HELP.replace("16-bit for WAV/FLAC", "FLOAT for WAV, PCM_16 for FLAC")),
-    device: str = typer.Option("cpu", callback=device_name, help=DEVICE_HELP.replace("auto (GPU", "cpu (default), auto (GPU")),
+    device: str = device_option(),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Worker processes for a folder or list (CPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print {written, failed} as JSON instead of one path per line."),

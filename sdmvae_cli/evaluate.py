@@ -13,13 +13,17 @@ Sparsity, two protocols:
   entries and the active units. An all-zero code counts as Hoyer 1 in both.
 
 Files that cannot be scored (silent, too short for PESQ/STOI, length mismatch) are listed
-with their reason, counted, and left out of the means: never averaged in as -7 or NaN.
+with their reason, counted, and left out of the means: never averaged in as -7 or NaN. Each
+metric is computed on its own (:func:`sdmvae_cli.metrics.score_pair`): a metric that fails on
+a file that the others score (PESQ on a file of about 2 minutes or more, whose C code
+segfaults: see :mod:`sdmvae_cli.metrics`) is NaN in per_file.csv with its reason in the
+``metric_errors`` column, counted in summary.json's ``metric_failed`` / ``metric_failures``
+and warned about; the file's other metrics stay in the means. Scoring long files in pieces
+would give a number that is not the metric, so we do not.
 
-Crash isolation: every file is scored in a worker process (also with ``-j 1``), so a metric
-that kills its process (the ``pesq`` C code segfaults on utterances of about 2 min or more,
-ludlows/PESQ#18) costs that one file, recorded with its reason, and a fresh worker takes the
-next file. Scoring long files in pieces would give a number that is not the metric, so we
-do not. Results are appended to ``per_file.partial.jsonl`` in the output folder as they
+Crash isolation: every file is scored in a worker process (also with ``-j 1``), so anything
+else that kills its process costs that one file, recorded with its reason, and a fresh worker
+takes the next file. Results are appended to ``per_file.partial.jsonl`` in the output folder as they
 arrive: after Ctrl-C or kill -9 the same command continues from there (it is checked to
 belong to the same checkpoint/data/settings, else discarded), and when the run completes the
 final ``per_file.csv`` and ``summary.json`` are written atomically and the journal removed.
@@ -51,8 +55,9 @@ from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.audio import AUDIO_SUFFIXES, SILENCE_PEAK, load_audio
 from sdmvae_cli.errors import Interrupted, SdmvaeError
-from sdmvae_cli.metrics import AUDIO_KEYS, PESQ_MODE, MetricError, audio_metrics, hoyer, sparsity_summary
-from sdmvae_cli.workers import single_threaded_worker
+from sdmvae_cli.lock import claim_folder, lock_scope
+from sdmvae_cli.metrics import AUDIO_KEYS, PESQ_MODE, MetricError, hoyer, score_pair, sparsity_summary
+from sdmvae_cli.threads import single_threaded
 
 _WORKER: dict[str, Any] = {}
 JOURNAL = "per_file.partial.jsonl"
@@ -106,7 +111,7 @@ def _score_utterance(entry: dict) -> dict:
         res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
         row["hoyer"] = float(hoyer(res.codes).mean())  # the paper's protocol: every untrimmed frame
         _check_estimate(res.samples_16k)
-        row.update(audio_metrics(audio.samples, res.samples_16k, lm.stft.sample_rate))
+        row.update(_scores(audio.samples, res.samples_16k, lm.stft.sample_rate))
     except (SdmvaeError, MetricError) as exc:
         row["error"] = str(exc)
     return row
@@ -122,10 +127,39 @@ def _score_pair(pair: tuple[str, str, str]) -> dict:
         ref = load_audio(ref_path, cfg, warn_stereo=False)
         est = load_audio(est_path, cfg, warn_stereo=False, allow_silent=True)
         _check_estimate(est.samples * est.gain)
-        row.update(audio_metrics(ref.samples * ref.gain, est.samples * est.gain, cfg.sample_rate))
+        row.update(_scores(ref.samples * ref.gain, est.samples * est.gain, cfg.sample_rate))
     except (SdmvaeError, MetricError) as exc:
         row["error"] = str(exc)
     return row
+
+
+def _scores(ref: np.ndarray, est: np.ndarray, rate: int) -> dict[str, Any]:
+    """A row's metric columns: every metric that could be scored, NaN for one that could not
+    (PESQ on a long file) with the reason in ``metric_errors`` ("pesq_nb, pesq_wb: why"). The
+    file still counts as scored: its other metrics are in the means."""
+    values, reasons = score_pair(ref, est, rate)
+    row: dict[str, Any] = dict(values)
+    by_reason: dict[str, list[str]] = {}
+    for k, why in reasons.items():
+        by_reason.setdefault(why, []).append(k)
+    if by_reason:
+        row["metric_errors"] = "; ".join(f"{', '.join(ks)}: {why}" for why, ks in by_reason.items())
+    return row
+
+
+def metric_failures(rows: list[dict], keys: Iterable[str]) -> dict[str, Any]:
+    """Scored files that miss some metrics: per metric how many, and each file with its reason;
+    one warning line per file (a mean over fewer files must not pass unnoticed)."""
+    partial = [r for r in rows if "error" not in r and r.get("metric_errors")]
+    for r in partial:
+        log.warning("%s: %s", r["id"], r["metric_errors"])
+    counts = {k: sum(1 for r in partial if not _finite(r.get(k))) for k in keys}
+    return {"metric_failed": {k: n for k, n in counts.items() if n},
+            "metric_failures": [{"id": r["id"], "path": r["path"], "reason": r["metric_errors"]} for r in partial]}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _check_estimate(est: np.ndarray) -> None:
@@ -150,14 +184,13 @@ def _crash_reason(exitcode: int | None) -> str:
             how = f"signal {-exitcode}"
     else:
         how = f"exit status {exitcode}"
-    return (f"the scoring process died ({how}) on this file; pesq is known to crash on utterances of "
-            "about 2 minutes or more (ludlows/PESQ#18)")
+    return f"the scoring process died ({how}) on this file"
 
 
 def _worker_main(conn, fn, init, initargs) -> None:
     """Worker loop: (index, item) in, (index, row) out; None ends it. Ctrl-C is the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    single_threaded_worker()
+    single_threaded()
     if init:
         init(*initargs)
     while True:
@@ -314,10 +347,10 @@ def mean_std(rows: list[dict], keys: Iterable[str]) -> dict[str, dict[str, float
 
 def rows_csv(rows: list[dict], keys: list[str]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", "speaker", "path", *keys, "error"], extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=["id", "speaker", "path", *keys, "error", "metric_errors"], extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -339,6 +372,7 @@ def check_out_dir(out_dir: Path, overwrite: bool, inputs: Iterable[Path] = ()) -
     from sdmvae_cli.outputs import check_dir_destination
 
     check_dir_destination(out_dir, inputs=list(inputs))
+    claim_folder(out_dir)  # one writer per evaluation folder, until the evaluation returns (sdmvae_cli.lock)
     if (out_dir / "summary.json").exists() and not overwrite:
         raise SdmvaeError(f"{out_dir} already holds an evaluation (summary.json); pass --overwrite to replace it, or choose another --out")
     if overwrite:
@@ -376,7 +410,7 @@ def split_codes(lm, prepared_dir: Path, split: str, batch: int = 65536) -> np.nd
     for s in range(0, frames.shape[0], batch):
         x = torch.from_numpy(np.array(frames[s : s + batch], dtype=np.float32)).to(next(lm.model.parameters()).device)
         with torch.no_grad():
-            out[s : s + x.shape[0]] = lm.model.interpretable_code(lm.model.encode(x)).cpu().numpy()
+            out[s : s + x.shape[0]] = lm.model.code_of(x).cpu().numpy()  # the code resynthesis uses
     return out
 
 
@@ -389,6 +423,7 @@ def default_eval_dir(ckpt_path: str | Path, split: str) -> Path:
     return Path(f"eval-{p.stem}-{split}") if is_released(p) else p.parent / f"eval-{split}"
 
 
+@lock_scope
 def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
                         jobs: int = 1, limit: int | None = None, progress_factory=None, overwrite: bool = False,
                         device: str = "cpu") -> EvalResult:
@@ -443,6 +478,7 @@ def evaluate_checkpoint(ckpt: str | Path, prepared_dir: str | Path, split: str =
         "scored": len(rows) - len(failures),
         "failed": len(failures),
         "failures": failures,
+        **metric_failures(rows, AUDIO_KEYS),
         "metrics": mean_std(rows, keys),
         "sparsity": sparsity,
         "versions": environment(),
@@ -471,6 +507,7 @@ def pair_folders(ref_dir: Path, est_dir: Path) -> tuple[list[tuple[str, str, str
     return pairs, missing
 
 
+@lock_scope
 def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Path, jobs: int = 1, progress_factory=None,
                      overwrite: bool = False) -> EvalResult:
     ref_dir, est_dir, out = Path(ref_dir), Path(est_dir), Path(out_dir)
@@ -491,6 +528,7 @@ def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Pa
         "scored": len(rows) - len(failures),
         "failed": len(failures),
         "failures": failures,
+        **metric_failures(rows, AUDIO_KEYS),
         "metrics": mean_std(rows, keys),
         "versions": environment(),
         "settings": settings(),
@@ -501,3 +539,24 @@ def evaluate_folders(ref_dir: str | Path, est_dir: str | Path, out_dir: str | Pa
 
 def default_jobs() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def read_per_file(eval_dir: Path) -> list[dict]:
+    """per_file.csv of an evaluation; one clear line where it is missing, unreadable or lacks
+    the columns the page needs (a corrupt or edited file)."""
+    f = eval_dir / "per_file.csv"
+    if not f.is_file():
+        raise SdmvaeError(f"{eval_dir}: no per_file.csv")
+    try:
+        with open(f, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error):
+        raise SdmvaeError(f"{f}: not a CSV written by `sdmvae evaluate` (a corrupt or edited file)") from None
+    if not columns:
+        raise SdmvaeError(f"{f}: empty (a corrupt or truncated file)")
+    missing = [c for c in ("id", "path") if c not in columns]
+    if missing:
+        raise SdmvaeError(f"{f}: no {' or '.join(repr(c) for c in missing)} column (a corrupt or edited file)")
+    return rows

@@ -5,7 +5,17 @@ P.862 narrow-band score, which is what the SDM-VAE paper reports: pypesq returns
 package returns its P.862.1 MOS-LQO mapping, which we invert), STOI and ESTOI (`pystoi`; the
 paper's "STOI" column is ESTOI: the authors call ``stoi(..., extended=True)``), SI-SDR.
 Each raises :class:`MetricError` with a one-line reason when a pair cannot be scored (silence,
-too short), so callers can list failures instead of averaging in -7 or NaN.
+too short), so callers can list failures instead of averaging in -7 or NaN. :func:`score_pair`
+computes each metric on its own, so one metric's failure never loses the others.
+
+PESQ runs in a forked child process: the `pesq` package's C code (the ITU-T P.862 reference
+implementation) keeps the speech segments its voice-activity detector finds in fixed arrays of
+MAXNUTTERANCES = 50 (pesq.h) and ``id_searchwindows`` / ``id_utterances`` (pesqmod.c) write past
+them without a bound check; the arrays live on the caller's stack, so a reference with more than
+about 50 segments (read speech: ~2 minutes, shown by AddressSanitizer on a tiled LibriSpeech
+utterance) smashes the stack and the process dies with SIGSEGV. In a child, that is one
+metric's failure with its reason. Scoring such a file in pieces would not be P.862 (which
+aligns and aggregates over the whole file), so it is not done.
 
 Sparsity: Hoyer's measure (SDM-VAE eq. 12), per frame, for a code a in R^k:
 H(a) = (sqrt(k) - ||a||_1 / ||a||_2) / (sqrt(k) - 1), in [0, 1], 1 for a one-hot code.
@@ -15,14 +25,19 @@ sparse) so the measure is never NaN. With k = 1 the measure is undefined; we ret
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 
 PESQ_MODE = "wb"
 #: the audio metrics, paper-comparable first (pesq_nb, estoi), then the modern ones
 AUDIO_KEYS = ("pesq_nb", "estoi", "pesq_wb", "stoi", "si_sdr")
+#: the speech measures: a pair none of them can score (too short, no speech) is not scored at
+#: all (SI-SDR needs only a non-silent reference, so alone it would count any such pair)
+SPEECH_KEYS = ("pesq_nb", "pesq_wb", "stoi", "estoi")
 #: P.862.1 mapping from raw P.862 to MOS-LQO: 0.999 + 4 / (1 + exp(-1.4945 x + 4.6607))
 P862_1_A, P862_1_B = 1.4945, 4.6607
 #: |a| below this counts as "near zero" in the sparsity summary
@@ -36,17 +51,77 @@ class MetricError(Exception):
     pass
 
 
-def _pesq(ref: np.ndarray, est: np.ndarray, rate: int, mode: str) -> float:
-    from pesq import pesq
+#: P.862's reference code holds this many speech segments (pesq.h); more overflow its arrays
+PESQ_MAX_SEGMENTS = 50
 
+
+def _pesq(ref: np.ndarray, est: np.ndarray, rate: int, mode: str) -> float:
     if np.max(np.abs(est)) == 0:
         raise MetricError("PESQ undefined: the estimate is silent")
+    return isolated(_pesq_here, ref, est, rate, mode, what="PESQ",
+                    crash=f"the pesq library's P.862 code overflows its arrays beyond {PESQ_MAX_SEGMENTS} speech segments "
+                         "(about 2 minutes of speech); not scored")
+
+
+def _pesq_here(ref: np.ndarray, est: np.ndarray, rate: int, mode: str) -> float:
+    from pesq import pesq
+
     try:
         return float(pesq(rate, ref.astype(np.float64), est.astype(np.float64), mode))
     except Exception as exc:  # NoUtterancesError, BufferTooShortError, ...
         name = type(exc).__name__
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise MetricError(f"PESQ failed: {name}{': ' + text if text else ''}") from None
+
+
+def isolated(fn: Callable[..., float], *args, what: str, crash: str) -> float:
+    """``fn(*args)`` in a forked child process, so that C code that kills its process (a
+    segfault) costs this one call: a :class:`MetricError` naming the signal and ``crash`` (the
+    known cause). Errors ``fn`` raises come back as MetricError with their message."""
+    import os
+    import pickle
+    import signal
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, send, leave without running the parent's exit handlers
+        code = 0
+        try:
+            os.close(rfd)
+            try:
+                out: tuple = ("ok", fn(*args))
+            except MetricError as exc:
+                out = ("error", str(exc))
+            except Exception as exc:  # noqa: BLE001  (an unexpected library error: its one line)
+                out = ("error", f"{what} failed: {type(exc).__name__}: {str(exc).strip()[:160]}")
+            with os.fdopen(wfd, "wb") as fh:
+                fh.write(pickle.dumps(out))
+        except BaseException:  # noqa: BLE001  (Ctrl-C, a closed pipe: the parent sees no result)
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd, "rb") as fh:
+            data = fh.read()
+        _, status = os.waitpid(pid, 0)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    if os.WIFSIGNALED(status):
+        try:
+            name = signal.Signals(os.WTERMSIG(status)).name
+        except ValueError:
+            name = f"signal {os.WTERMSIG(status)}"
+        raise MetricError(f"{what} crashed ({name}); {crash}")
+    if not data:
+        raise MetricError(f"{what} failed: its process exited with status {os.waitstatus_to_exitcode(status)} and no result")
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise MetricError(value)
+    return value
 
 
 def pesq_wb(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> float:
@@ -108,8 +183,12 @@ def si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
     return float(10 * np.log10((target @ target) / max(float(noise @ noise), 1e-30)))
 
 
-def audio_metrics(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> dict[str, float]:
-    """All audio metrics for a pair; raises MetricError with the first failure."""
+def score_pair(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> tuple[dict[str, float], dict[str, str]]:
+    """Every audio metric of a pair, each computed on its own: (values, reasons). A metric that
+    fails is NaN in ``values`` and its one-line reason is in ``reasons``, so that PESQ failing
+    on a long file (see the module's docstring) leaves STOI, ESTOI and SI-SDR standing. A pair
+    that cannot be scored (lengths differ, silence, NaN, no speech measure succeeds) raises
+    MetricError."""
     if ref.shape != est.shape:
         raise MetricError(f"length mismatch: reference {ref.shape[0]} samples, estimate {est.shape[0]}")
     if np.max(np.abs(ref)) == 0:
@@ -118,13 +197,31 @@ def audio_metrics(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> dict[s
         raise MetricError("reference or estimate contains NaN or inf")
     if np.max(np.abs(est)) == 0:
         raise MetricError("the estimate is silent (all zeros)")
-    return {
-        "pesq_nb": pesq_nb(ref, est, rate),
-        "pesq_wb": pesq_wb(ref, est, rate),
-        "stoi": stoi(ref, est, rate),
-        "estoi": stoi(ref, est, rate, extended=True),
-        "si_sdr": si_sdr(ref, est),
+    fns: dict[str, Callable[[], float]] = {
+        "pesq_nb": lambda: pesq_nb(ref, est, rate),
+        "pesq_wb": lambda: pesq_wb(ref, est, rate),
+        "stoi": lambda: stoi(ref, est, rate),
+        "estoi": lambda: stoi(ref, est, rate, extended=True),
+        "si_sdr": lambda: si_sdr(ref, est),
     }
+    values, reasons = {}, {}
+    for key, fn in fns.items():
+        try:
+            values[key] = fn()
+        except MetricError as exc:
+            values[key], reasons[key] = math.nan, str(exc)
+    if all(k in reasons for k in SPEECH_KEYS):  # e.g. too short: SI-SDR alone does not make it scored
+        raise MetricError(reasons[SPEECH_KEYS[0]])
+    return values, reasons
+
+
+def audio_metrics(ref: np.ndarray, est: np.ndarray, rate: int = 16000) -> dict[str, float]:
+    """All audio metrics for a pair, or MetricError with the first failure (for callers that
+    want all or nothing; :func:`score_pair` keeps what could be scored)."""
+    values, reasons = score_pair(ref, est, rate)
+    if reasons:
+        raise MetricError(next(iter(reasons.values())))
+    return values
 
 
 def hoyer(codes: np.ndarray) -> np.ndarray:

@@ -11,6 +11,12 @@ peak well above 1 (2.6x measured). Integer formats would clip it and float WAV w
 to players that clip, so the whole file is scaled down to peak at :data:`FULL_SCALE`, a
 constant gain (no distortion), with a warning naming the file and the gain in dB. What metrics
 compare (``samples_16k``) is not affected.
+
+Long files: the spectrogram is processed in blocks of frames (:data:`BLOCK_FRAMES`, with the
+neighbouring frames whose windows overlap each block; :func:`sdmvae_cli.stft.frame_blocks`),
+so memory does not grow with the file's length beyond its waveform, and ``resynth`` of a file
+streams it (two reads: the peak normalisation gain first, then the blocks) so not even that.
+The output equals the whole-file computation to float precision (tests/test_long_audio.py).
 """
 
 from __future__ import annotations
@@ -18,19 +24,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from sdmvae_cli.audio import FULL_SCALE, AUDIO_SUFFIXES, Audio, load_audio, restore, write_within_full_scale  # noqa: F401  (FULL_SCALE: re-exported)
+from sdmvae_cli.audio import SampleWindow, restore_stream, scan_audio, stream_samples, write_stream_within_full_scale
 from sdmvae_cli.checkpoint import LoadedModel, load_model
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.released import default_model_path, released_dir, resolve_model  # noqa: F401  (re-exported: older imports)
-from sdmvae_cli.stft import StftConfig, istft, stft
+from sdmvae_cli.stft import BLOCK_FRAMES, StftConfig, block_istft, block_stft, frame_blocks
 
 
 PowerFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+#: (power of a block's frames, which frames of the file they are) -> (power to synthesise, codes)
+BlockFn = Callable[[torch.Tensor, slice], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @dataclass
@@ -50,19 +59,53 @@ def model_power_fn(lm: LoadedModel) -> PowerFn:
     return fn
 
 
-def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn) -> Resynthesis:
-    """Resynthesise one waveform with any power -> power mapping (a model, or an oracle)."""
-    x = torch.from_numpy(audio.samples)
-    with torch.no_grad():
-        spec = stft(x, cfg)  # (frames, bins)
-        mag = spec.abs()
-        power = mag.square()
+def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn, block_frames: int = BLOCK_FRAMES) -> Resynthesis:
+    """Resynthesise one waveform with any power -> power mapping (a model, or an oracle), in
+    blocks of ``block_frames`` frames (an utterance is one block)."""
+    return _assemble(audio, cfg, resynth_blocks(_reader(audio.samples), audio.samples.size, cfg, _checked(power_fn), block_frames))
+
+
+def _checked(power_fn: PowerFn) -> BlockFn:
+    """A model's power mapping as a block function, with the check that its output is usable."""
+    def fn(power: torch.Tensor, frames: slice):
         est_power, codes = power_fn(power)
         if not torch.isfinite(est_power).all():
             raise SdmvaeError("the model produced NaN/inf power (corrupt or incompatible checkpoint)")
-        phase = torch.where(mag > 0, spec / mag.clamp_min(1e-30), torch.ones_like(spec))
-        est = istft(est_power.sqrt() * phase, cfg, length=x.numel()).numpy()
-    return Resynthesis(est, restore(est, audio, cfg), None if codes is None else codes.numpy())
+        return est_power, codes
+
+    return fn
+
+
+def _reader(x: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    return lambda lo, hi: x[lo:hi]
+
+
+def resynth_blocks(take: Callable[[int, int], np.ndarray], n_samples: int, cfg: StftConfig, block_fn: BlockFn,
+                   block_frames: int = BLOCK_FRAMES) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """STFT -> ``block_fn`` -> the input's phase -> inverse STFT, block by block: yields each
+    block's output samples (model rate, peak-normalised domain) and the codes of its own frames.
+    ``take(lo, hi)``: the input samples lo:hi (an array, or a :class:`SampleWindow` on a stream)."""
+    for blk in frame_blocks(n_samples, cfg, block_frames):
+        with torch.no_grad():
+            spec = block_stft(take, blk, n_samples, cfg)  # (frames, bins)
+            mag = spec.abs()
+            est_power, codes = block_fn(mag.square(), slice(blk.first, blk.stop))
+            phase = torch.where(mag > 0, spec / mag.clamp_min(1e-30), torch.ones_like(spec))
+            y = block_istft(est_power.sqrt() * phase, blk, cfg).numpy()
+        # a copy: a view would keep the model's whole output for the block alive
+        yield y, None if codes is None else codes[blk.core_first - blk.first : blk.core_stop - blk.first].numpy().copy()
+
+
+def _assemble(audio: Audio, cfg: StftConfig, blocks: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> Resynthesis:
+    """The whole :class:`Resynthesis` of an in-memory waveform from its blocks."""
+    est = np.empty(audio.samples.size, dtype=np.float32)
+    codes, at = [], 0
+    for y, c in blocks:
+        est[at : at + y.size] = y
+        at += y.size
+        if c is not None:
+            codes.append(c)
+    return Resynthesis(est, restore(est, audio, cfg), np.concatenate(codes) if codes else None)
 
 
 def power_in_out(audio: Audio, res: Resynthesis, cfg: StftConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -79,13 +122,38 @@ def codes_path(dst: str | Path) -> Path:
     return Path(dst).with_suffix(".codes.npz")
 
 
-def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False, subtype: str | None = None) -> Resynthesis:
-    audio = load_audio(src, lm.stft)
-    res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
-    write_within_full_scale(dst, res.output, audio.source_rate, src, "resynthesis", subtype)
-    if save_codes and res.codes is not None:
-        save_codes_npz(codes_path(dst), res.codes, lm, source=src)
-    return res
+def resynthesise_file(src: str | Path, dst: str | Path, lm: LoadedModel, save_codes: bool = False, subtype: str | None = None,
+                      block_frames: int = BLOCK_FRAMES) -> None:
+    """``resynth`` of one file, streamed: the same samples as :func:`resynthesise_audio` of
+    the whole file, written within full scale, in memory that does not grow with its length."""
+    codes = _stream_file(src, dst, lm.stft, _checked(model_power_fn(lm)), src, subtype, block_frames, keep_codes=save_codes)
+    if codes is not None:
+        save_codes_npz(codes_path(dst), codes, lm, source=src)
+
+
+def _stream_file(src: str | Path, dst: str | Path, cfg: StftConfig, block_fn: BlockFn, named: str | Path, subtype: str | None,
+                 block_frames: int = BLOCK_FRAMES, n_frames: int | None = None, keep_codes: bool = False) -> np.ndarray | None:
+    """``src`` -> blocks -> ``dst`` at the source's rate, length and level, never holding the
+    file: a first pass finds the peak normalisation gain, the second streams. With
+    ``keep_codes`` returns the codes (frames x code dimension: ~1 MB per minute of audio).
+    ``n_frames``: the frame count the caller's codes have (checked before anything is written)."""
+    info = scan_audio(src, cfg)
+    if n_frames is not None and n_frames != cfg.n_frames(info.n_samples):
+        raise SdmvaeError(f"the codes have {n_frames} frames but the source audio has {cfg.n_frames(info.n_samples)}: not its codes")
+    kept: dict[str, np.ndarray] = {}
+
+    def samples() -> Iterator[np.ndarray]:
+        window, at = SampleWindow(stream_samples(info, cfg)), 0
+        for y, c in resynth_blocks(window.take, info.n_samples, cfg, block_fn, block_frames):
+            if keep_codes and c is not None:
+                if not kept:  # one array for all frames: no list of blocks to concatenate (twice the memory)
+                    kept["codes"] = np.empty((cfg.n_frames(info.n_samples), c.shape[1]), dtype=np.float32)
+                kept["codes"][at : at + len(c)] = c
+                at += len(c)
+            yield y
+
+    write_stream_within_full_scale(dst, restore_stream(samples(), info, cfg), info.source_rate, named, "resynthesis", subtype)
+    return kept.get("codes")
 
 
 def save_codes_npz(path: Path, codes: np.ndarray, lm: LoadedModel, source: str | Path | None = None) -> None:
@@ -95,7 +163,7 @@ def save_codes_npz(path: Path, codes: np.ndarray, lm: LoadedModel, source: str |
 
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, codes=codes.astype(np.float32), model=lm.model_config.model, hop_length=lm.stft.hop_length,
+            np.savez(fh, codes=np.asarray(codes, dtype=np.float32), model=lm.model_config.model, hop_length=lm.stft.hop_length,
                      sample_rate=lm.stft.sample_rate, checkpoint=str(Path(lm.path).resolve()),
                      source=str(Path(source).resolve()) if source is not None else "")
 
@@ -126,29 +194,33 @@ def codes_to_latent(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
     return codes
 
 
-def decode_codes(codes: np.ndarray, lm: LoadedModel, audio: Audio) -> Resynthesis:
+def decode_codes(codes: np.ndarray, lm: LoadedModel, audio: Audio, block_frames: int = BLOCK_FRAMES) -> Resynthesis:
     """Decode (possibly edited) codes to a waveform: decoded power, the phase of ``audio``'s
     STFT (the source the codes came from), inverse STFT, the source's rate and level."""
-    cfg = lm.stft
-    x = torch.from_numpy(audio.samples)
-    with torch.no_grad():
-        spec = stft(x, cfg)
-        if spec.shape[0] != codes.shape[0]:
-            raise SdmvaeError(f"the codes have {codes.shape[0]} frames but the source audio has {spec.shape[0]}: not its codes")
-        c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
-        power = torch.exp(lm.model.decode(codes_to_latent(lm, c)))
-        if not torch.isfinite(power).all():
+    n_frames = lm.stft.n_frames(audio.samples.size)
+    if n_frames != codes.shape[0]:
+        raise SdmvaeError(f"the codes have {codes.shape[0]} frames but the source audio has {n_frames}: not its codes")
+    res = _assemble(audio, lm.stft, resynth_blocks(_reader(audio.samples), audio.samples.size, lm.stft, _decoder(codes, lm), block_frames))
+    return Resynthesis(res.samples_16k, res.output, codes)
+
+
+def _decoder(codes: np.ndarray, lm: LoadedModel) -> BlockFn:
+    """The block function of ``--from-codes``: the decoded power of the block's frames' codes."""
+    def fn(power: torch.Tensor, frames: slice):
+        c = torch.from_numpy(np.ascontiguousarray(codes[frames], dtype=np.float32))
+        decoded = torch.exp(lm.model.decode(codes_to_latent(lm, c)))
+        if not torch.isfinite(decoded).all():
             raise SdmvaeError("the decoded power is NaN/inf (codes far outside what the model was trained on)")
-        mag = spec.abs()
-        phase = torch.where(mag > 0, spec / mag.clamp_min(1e-30), torch.ones_like(spec))
-        est = istft(power.sqrt() * phase, cfg, length=x.numel()).numpy()
-    return Resynthesis(est, restore(est, audio, cfg), codes)
+        return decoded, None
+
+    return fn
 
 
 def resynthesise_from_codes(codes_file: str | Path, dst: str | Path, model: str | None = None, source: str | Path | None = None,
-                            subtype: str | None = None) -> Resynthesis:
+                            subtype: str | None = None) -> None:
     """``resynth --from-codes``: the model is ``model``, else the checkpoint recorded in the
-    file, else the released default; the phase source is ``source``, else the recorded one."""
+    file, else the released default; the phase source is ``source``, else the recorded one.
+    Streamed, like :func:`resynthesise_file`."""
     d = read_codes_npz(codes_file)
     if model is None and d["checkpoint"] and Path(d["checkpoint"]).exists():
         model = d["checkpoint"]
@@ -156,10 +228,8 @@ def resynthesise_from_codes(codes_file: str | Path, dst: str | Path, model: str 
     src = source or d["source"]
     if not src:
         raise SdmvaeError(f"{codes_file}: no source audio recorded; give it with --phase-from IN.wav")
-    audio = load_audio(src, lm.stft)
-    res = decode_codes(d["codes"], lm, audio)
-    write_within_full_scale(dst, res.output, audio.source_rate, codes_file, "resynthesis", subtype)
-    return res
+    codes_to_latent(lm, torch.from_numpy(d["codes"][:1]))  # a code of another dimension: its one-line error, before any work
+    _stream_file(src, dst, lm.stft, _decoder(d["codes"], lm), codes_file, subtype, n_frames=d["codes"].shape[0])
 
 
 def plan_outputs(inp: Path, out: Path, from_list: bool = False, overwrite: bool = False, save_codes: bool = False) -> list[tuple[Path, Path]]:
@@ -228,9 +298,9 @@ _POOL: dict = {}
 
 
 def _pool_init(lm: LoadedModel, save_codes: bool, subtype: str | None) -> None:
-    from sdmvae_cli.workers import single_threaded_worker
+    from sdmvae_cli.threads import single_threaded
 
-    single_threaded_worker()
+    single_threaded()
     _POOL.update(lm=lm, save_codes=save_codes, subtype=subtype)
 
 

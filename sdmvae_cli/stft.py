@@ -13,9 +13,10 @@ follows librosa). With the sine window at 75 % overlap the squared windows sum t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
@@ -116,3 +117,91 @@ def istft(spec: torch.Tensor, cfg: StftConfig, length: int) -> torch.Tensor:
 def power_spectrogram(x: torch.Tensor, cfg: StftConfig) -> torch.Tensor:
     """|STFT|^2, (..., frames, bins): the data every model is trained on."""
     return stft(x, cfg).abs().square()
+
+
+# -- long signals in blocks -------------------------------------------------------------------
+# Why: the whole-file spectrogram of a long recording costs ~110 MB per minute of audio (complex
+# STFT, its magnitude, the model's output, the phase, ...), so an hour needed 7 GB. Frames are
+# independent until the inverse STFT overlap-adds them, so a file can be processed in blocks of
+# frames, each with the few neighbouring frames whose windows reach into its samples: the
+# output equals the whole-file output to float precision, and memory no longer grows with the
+# file (tests/test_long_audio.py).
+
+#: frames per block (16 s at hop 256 and 16 kHz): utterances fit in one block, processed exactly
+#: as the whole-file STFT; longer files are cut, at about 8 MB of complex STFT per block
+BLOCK_FRAMES = 1024
+
+
+@dataclass(frozen=True)
+class FrameBlock:
+    """Frames ``first:stop`` are computed; those of ``core_first:core_stop`` own the output
+    samples ``out_start:out_stop`` (the others are context, whose windows overlap them)."""
+
+    first: int
+    stop: int
+    core_first: int
+    core_stop: int
+    out_start: int
+    out_stop: int
+    whole: bool  # one block for the whole signal: the plain stft / istft, bit for bit
+
+
+def context_frames(cfg: StftConfig) -> int:
+    """Neighbouring frames on each side whose windows reach into a block's own samples."""
+    return -(-cfg.n_fft // (2 * cfg.hop_length))
+
+
+def frame_blocks(n_samples: int, cfg: StftConfig, block_frames: int = BLOCK_FRAMES) -> list[FrameBlock]:
+    """The blocks that cover a signal of ``n_samples``. ``center=False`` (no released model
+    uses it) is one whole block: its first and last samples are outside every block's core."""
+    n_frames = cfg.n_frames(n_samples)
+    if not cfg.center or block_frames >= n_frames:
+        return [FrameBlock(0, n_frames, 0, n_frames, 0, n_samples, True)]
+    if block_frames < 1:
+        raise ValueError(f"block_frames must be positive, got {block_frames}")
+    ctx, hop = context_frames(cfg), cfg.hop_length
+    return [FrameBlock(max(0, a - ctx), min(n_frames, a + block_frames + ctx), a, min(n_frames, a + block_frames),
+                       a * hop, min((a + block_frames) * hop, n_samples), False)
+            for a in range(0, n_frames, block_frames)]
+
+
+def padded_indices(block: FrameBlock, n_samples: int, cfg: StftConfig) -> np.ndarray:
+    """For each sample of the block's stretch of the padded signal (what its frames see), the
+    index of the original sample it is (-1: a zero of ``constant`` padding), as torch.stft's
+    ``center`` padding makes it: reflect, replicate, circular or constant."""
+    pad = cfg.n_fft // 2
+    j = np.arange(block.first * cfg.hop_length, (block.stop - 1) * cfg.hop_length + cfg.n_fft, dtype=np.int64) - pad
+    last = n_samples - 1
+    if cfg.pad_mode == "reflect":
+        j = np.abs(j)
+        return np.where(j > last, 2 * last - j, j)
+    if cfg.pad_mode == "replicate":
+        return np.clip(j, 0, last)
+    if cfg.pad_mode == "circular":
+        return np.mod(j, n_samples)
+    return np.where((j < 0) | (j > last), -1, j)
+
+
+def block_stft(take: Callable[[int, int], np.ndarray], block: FrameBlock, n_samples: int, cfg: StftConfig) -> torch.Tensor:
+    """Complex STFT (frames, bins) of frames ``block.first:block.stop``: the same numbers as
+    those rows of the whole signal's :func:`stft`. ``take(lo, hi)`` returns the original
+    samples ``lo:hi`` (float32); successive blocks ask for non-decreasing ``lo`` (except with
+    circular padding), so a stream can serve them."""
+    if block.whole:
+        return stft(torch.from_numpy(np.ascontiguousarray(take(0, n_samples))), cfg)
+    idx = padded_indices(block, n_samples, cfg)
+    used = idx[idx >= 0]
+    lo = int(used.min())
+    seg = np.asarray(take(lo, int(used.max()) + 1), dtype=np.float32)
+    x = np.where(idx >= 0, seg[np.maximum(idx - lo, 0)], np.float32(0)).astype(np.float32)
+    return stft(torch.from_numpy(x), replace(cfg, center=False))
+
+
+def block_istft(spec: torch.Tensor, block: FrameBlock, cfg: StftConfig) -> torch.Tensor:
+    """Output samples ``block.out_start:block.out_stop`` from the (modified) STFT of the block's
+    frames, as :func:`istft` of the whole spectrogram gives them: the block's own samples get
+    every overlapping frame, the edges (divided by an incomplete window sum) are cut off."""
+    if block.whole:
+        return istft(spec, cfg, length=block.out_stop)
+    y = istft(spec, cfg, length=block.out_stop - block.first * cfg.hop_length)  # starts at sample first * hop
+    return y[block.out_start - block.first * cfg.hop_length:]

@@ -62,3 +62,37 @@ def test_full_scale_tone_exceeds_float16():
     t = torch.arange(16000) / 16000
     p = power_spectrogram(torch.sin(2 * math.pi * 1000 * t), CFG)
     assert p.max() > 65504
+
+
+@pytest.mark.parametrize("cfg", [CFG, StftConfig(window="hann"), StftConfig(pad_mode="constant"), StftConfig(pad_mode="replicate"),
+                                 StftConfig(pad_mode="circular"), StftConfig(n_fft=512, win_length=400, hop_length=160)],
+                         ids=["paper", "hann", "constant", "replicate", "circular", "400-160-512"])
+@pytest.mark.parametrize("length", [16000 * 3, 16000 * 3 + 77])
+def test_blocks_of_frames_equal_the_whole_signal(cfg, length):
+    """Issue 23 (18): STFT -> any change of each frame -> inverse STFT, block by block with
+    context frames, equals the whole signal's, including the padded edges."""
+    from sdmvae_cli.stft import block_istft, block_stft, frame_blocks
+
+    rng = np.random.default_rng(length)
+    x = rng.standard_normal(length).astype(np.float32)
+    gains = torch.from_numpy(rng.uniform(0.2, 2.0, (cfg.n_frames(length), cfg.n_bins)).astype(np.float32))  # frames differ
+    whole = istft(stft(torch.from_numpy(x), cfg) * gains, cfg, length=length).numpy()
+    blocks = frame_blocks(length, cfg, 7)
+    assert len(blocks) > 20 and [b.out_start for b in blocks[1:]] == [b.out_stop for b in blocks[:-1]]
+    rows, out = [], []
+    for b in blocks:
+        spec = block_stft(lambda lo, hi: x[lo:hi], b, length, cfg)
+        rows.append(spec[b.core_first - b.first : b.core_stop - b.first])
+        out.append(block_istft(spec * gains[b.first : b.stop], b, cfg).numpy())
+    np.testing.assert_allclose(torch.cat(rows).numpy(), stft(torch.from_numpy(x), cfg).numpy(), rtol=0, atol=1e-4)
+    y = np.concatenate(out)
+    assert y.shape == whole.shape and np.abs(y - whole).max() <= 1e-6 * np.abs(whole).max()
+
+
+def test_one_block_is_the_plain_stft():
+    from sdmvae_cli.stft import frame_blocks
+
+    (b,) = frame_blocks(16000, CFG)
+    assert b.whole and (b.first, b.stop, b.out_start, b.out_stop) == (0, CFG.n_frames(16000), 0, 16000)
+    (b,) = frame_blocks(160000, StftConfig(center=False), 7)  # no padding: no block boundaries to hide
+    assert b.whole
