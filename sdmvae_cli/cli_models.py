@@ -7,15 +7,17 @@ from pathlib import Path
 from typing import List
 
 import typer
+from rich import box
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from sdmvae_cli.cli_common import MODEL_HELP, OVERWRITE_HELP, emit, emit_json, err, term
+from sdmvae_cli.errors import UsageError
 
-FLAG = {"dictionary": "dict"}  # ModelConfig field -> CLI flag, where they differ
-SCORE_COLUMNS = (("pesq_nb", "PESQ P.862 raw (paper)", "{:.2f}"), ("estoi", "ESTOI (paper's STOI)", "{:.3f}"),
-                 ("hoyer", "Hoyer (paper protocol)", "{:.3f}"), ("pesq_wb", "PESQ-WB", "{:.2f}"), ("stoi", "STOI", "{:.3f}"),
-                 ("si_sdr", "SI-SDR dB", "{:.1f}"))
+#: the released models' scores: the paper's three in the compact list, all of them with --long
+SCORE_KEYS = ("pesq_nb", "estoi", "hoyer", "pesq_wb", "stoi", "si_sdr", "hoyer_pooled")
 
 
 def _show(v) -> str:
@@ -24,13 +26,17 @@ def _show(v) -> str:
 
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
-    released: bool = typer.Option(False, "--released", "-r", help="List the released checkpoints (usable by name: --model vae-m64) with their data and scores."),
+    released: bool = typer.Option(False, "--released", "-r", help="List the released checkpoints (usable by name: --model vae-m64), one line each: arch, m, the paper's scores."),
+    long: bool = typer.Option(False, "--long", "-l", help="With --released: each model's description, training data and every score."),
 ) -> None:
     """List the registered architectures (for `train --arch`) and their options, or the released models."""
+    if long and not released:
+        raise UsageError("--long lists the released models in full; use it with --released")
     if released:
-        _released(as_json)
+        _released(as_json, long)
         return
     from sdmvae_cli.nets import REGISTRY, ModelConfig
+    from sdmvae_cli.trainopts import flag_of
 
     defaults = ModelConfig().to_dict()
     rows = [{"name": n, "description": c.DESCRIPTION, "options": {o: defaults[o] for o in c.OPTIONS}} for n, c in sorted(REGISTRY.items())]
@@ -42,32 +48,66 @@ def models(
     t.add_column("description")
     t.add_column("options (default)")
     for r in rows:
-        t.add_row(r["name"], r["description"], ", ".join(f"--{FLAG.get(k, k).replace('_', '-')} {_show(v)}" for k, v in r["options"].items()))
+        t.add_row(r["name"], r["description"], ", ".join(f"{flag_of(k)} {_show(v)}" for k, v in r["options"].items()))
     term.print(t)
 
 
-def _released(as_json: bool) -> None:
+#: the narrowest terminal the one-line-per-model table fits (its rows are 69 characters)
+COMPACT_WIDTH = 72
+
+
+def _released(as_json: bool, long: bool) -> None:
+    """One line per model by default (it wrapped to ~240 lines at 80 columns with the
+    descriptions in a table column); the descriptions and every score with --long or --json."""
     from sdmvae_cli.released import released_models
+    from sdmvae_cli.table import HEADERS
 
     rows = released_models()
     if as_json:
         emit_json(rows)
         return
-    t = Table(title="released models (--model NAME); scores: 150 held-out test utterances, 10 speakers")
-    t.add_column("name (* default)", no_wrap=True)
-    t.add_column("model")
-    for _, head, _ in SCORE_COLUMNS:
-        t.add_column(head, justify="right")
+    if long or term.width < COMPACT_WIDTH:  # narrower, the table would cut the names users type
+        _released_long(rows)
+        return
+    t = Table(title="released models (--model NAME; * default, e enhance's default)", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("name", no_wrap=True)
+    t.add_column("arch", no_wrap=True)
+    t.add_column("m", justify="right", no_wrap=True)
+    for k in SCORE_KEYS[:3]:
+        t.add_column(HEADERS[k].split(" (")[0], justify="right", no_wrap=True)  # the qualifier: in the note below
     for r in rows:
-        cells = [fmt.format(r["scores"][k]) if k in r["scores"] else "-" for k, _, fmt in SCORE_COLUMNS]
-        t.add_row(r["name"] + (" *" if r["default"] else ""), r["description"], *cells)
+        t.add_row(r["name"] + (" *" if r["default"] else "") + (" e" if r["enhance_default"] else ""), r["arch"] or "?", str(r["latent"] or "?"),
+                  *[_score(r, k) for k in SCORE_KEYS[:3]])
     term.print(t)
+    term.print(f"scores: 150 held-out test utterances of 10 speakers, comparable with the paper: "
+               f"{', '.join(HEADERS[k] for k in SCORE_KEYS[:3])}. Descriptions, training data and all scores: "
+               "--long or --json", highlight=False)
+
+
+def _score(row: dict, key: str) -> str:
+    from sdmvae_cli.table import DECIMALS
+
+    v = row["scores"].get(key)
+    return "-" if v is None else f"{v:.{DECIMALS[key]}f}"
+
+
+def _released_long(rows: list[dict]) -> None:
+    """Per model: name, arch and m, its description, every score (paper's first)."""
+    from sdmvae_cli.table import HEADERS
+
+    for r in rows:
+        term.print(f"[bold]{escape(r['name'])}[/bold]{' (default)' if r['default'] else ''}{' (enhance default)' if r['enhance_default'] else ''}: arch {r['arch'] or '?'}, m={r['latent'] or '?'}",
+                   highlight=False)
+        scores = [f"{HEADERS[k]} {_score(r, k)}" for k in SCORE_KEYS if k in r["scores"]]
+        for text in (r["description"], "; ".join(scores) or "no scores"):
+            if text:
+                term.print(Padding(Text(text), (0, 0, 0, 2), expand=False))  # wrapped lines keep the indent
     if rows and rows[0]["data"]:
         term.print(f"training data: {escape(rows[0]['data'])}", highlight=False)
 
 
 def export(
-    checkpoints: List[Path] = typer.Argument(..., help=MODEL_HELP.replace("; default: the released default", "")
+    checkpoints: List[str] = typer.Argument(..., help=MODEL_HELP.replace("; default: the released default", "")
                                              + " Several: the one of lowest validation loss is released (seeds of one configuration)."),
     dst: Path = typer.Argument(..., help="Release file to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),

@@ -48,6 +48,22 @@ def default_model_path() -> Path:
     return p
 
 
+def enhance_default_path() -> Path:
+    """The default prior of `sdmvae enhance`: ``enhance_default`` in ``default.json``. Why a key of
+    its own: the best resynthesis model is not the best enhancement prior, so each default is
+    chosen on validation data for its own task (models/README.md). Without the key: the default."""
+    try:
+        name = json.loads((released_dir() / "default.json").read_text()).get("enhance_default")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    if name is None:
+        return default_model_path()
+    p = released_dir() / name
+    if not p.exists():
+        raise SdmvaeError(f"the default enhancement prior {p.name} is missing from this installation; pass --model CKPT")
+    return p
+
+
 def released_path(name: str) -> Path | None:
     """The file of a released model named ``name`` (with or without ``.pt``), else None."""
     if not name or os.sep in name or "/" in name:
@@ -63,6 +79,16 @@ def looks_like_path(name: str) -> bool:
     return any(c in name for c in ("/", "\\", os.sep)) or name.startswith((".", "~"))
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One warning per process, however often a command resolves the same argument."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)
+
+
 def resolve_model(name: str | os.PathLike | None) -> Path:
     """A checkpoint argument -> the file or run directory to load (see the module docstring).
 
@@ -72,14 +98,16 @@ def resolve_model(name: str | os.PathLike | None) -> Path:
     if name is None:
         return default_model_path()
     raw = os.fspath(name)
-    p = Path(raw).expanduser()
-    hit = None if looks_like_path(raw) else released_path(raw)
+    p = Path(os.path.expanduser(raw))  # never raises (Path.expanduser does for an unknown ~user)
+    # a Path object is a path (what this function returns is resolved again downstream, and
+    # Path("./vae-m64") forgets its "./"); only a string can be a released name
+    hit = None if looks_like_path(raw) or not isinstance(name, str) else released_path(raw)
     if hit is not None and p.exists():
         if p.suffix == ".pt" and p.is_file():  # a checkpoint file by its file name: the file
-            log.warning("%s: using the file in this folder, not the released model %s", raw, hit.stem)
+            _warn_once(f"{raw}: using the file in this folder, not the released model {hit.stem}")
             return p
-        log.warning("%s is the released model; the %s in this folder is not used (write ./%s for it)",
-                    raw, "folder" if p.is_dir() else "file", raw)
+        _warn_once(f"{raw} is the released model; the {'folder' if p.is_dir() else 'file'} in this folder is not used "
+                   f"(write ./{raw} for it)")
         return hit
     if hit is not None:
         return hit
@@ -106,13 +134,30 @@ def released_models() -> list[dict]:
     except (OSError, ValueError):
         index = {}
     try:
-        default = json.loads((d / "default.json").read_text())["default"]
-    except (OSError, ValueError, KeyError):
-        default = None
+        defaults = json.loads((d / "default.json").read_text())
+        default = defaults["default"]
+        enhance_default = defaults.get("enhance_default", default)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        default = enhance_default = None
     rows = []
     for name in released_names():
         meta = index.get("models", {}).get(name, {})
+        arch, latent = _architecture(d / f"{name}.pt")
         rows.append({"name": name, "file": str(d / f"{name}.pt"), "default": f"{name}.pt" == default,
+                     "enhance_default": f"{name}.pt" == enhance_default,
+                     "arch": arch, "latent": latent,
                      "description": meta.get("description", ""), "best_epoch": meta.get("best_epoch"),
                      "data": index.get("data", ""), "scores": meta.get("scores", {})})
     return rows
+
+
+def _architecture(path: Path) -> tuple[str | None, int | None]:
+    """(arch, m) from the checkpoint's own config, the one source of both (the index's
+    descriptions are prose); a damaged file gives (None, None) and is still listed."""
+    from sdmvae_cli.checkpoint import read_checkpoint
+
+    try:
+        model = read_checkpoint(path)["config"]["model"]
+    except SdmvaeError:
+        return None, None
+    return model.get("model"), model.get("latent")

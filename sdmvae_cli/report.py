@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import platform
@@ -32,9 +33,14 @@ import numpy as np
 from sdmvae_cli import __version__
 from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.errors import SdmvaeError
-from sdmvae_cli.evaluate import package_version
+from sdmvae_cli.evaluate import package_version, read_per_file
+from sdmvae_cli.lock import claim_folder, lock_scope
+from sdmvae_cli.nets.base import ModelConfig
+from sdmvae_cli.plots import LOSS_PREFIXES
 from sdmvae_cli.prepare import current_fingerprint
 from sdmvae_cli.table import load_summary, row_label
+
+log = logging.getLogger("sdmvae")
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 
@@ -101,15 +107,15 @@ class Run:
     checkpoint: Path
     run_dir: Path | None = None
     hoyer: np.ndarray | None = None  # hoyer_frames.npy, where the evaluation wrote one
+    name: str = ""  # the run folder, or the released model's name (:func:`run_name`)
+    label: str = ""  # the page's title for this model: unique among the runs (:func:`unique_labels`)
 
     @property
     def model_name(self) -> str:
-        from sdmvae_cli.table import row_label
-
         return row_label(self.summary["model"])
 
     @property
-    def label(self) -> str:
+    def base_label(self) -> str:
         return f"{self.model_name}, m={self.summary['model']['latent']}"
 
     @property
@@ -146,35 +152,38 @@ def _checkpoint_of(summary: dict, eval_dir: Path, run_dir: Path | None) -> Path:
     raise SdmvaeError(f"{eval_dir}: the evaluated checkpoint {recorded} does not exist")
 
 
-def _slug(run_dir: Path | None, ckpt: Path) -> str:
-    name = run_dir.name if run_dir is not None else (ckpt.parent.name if ckpt.stem in ("best", "last") else ckpt.stem)
+def run_name(run_dir: Path | None, ckpt: Path) -> str:
+    """What a user calls the model: its run folder, else the checkpoint's name (a released
+    model's, e.g. vae-m64), or its folder's for a best.pt/last.pt."""
+    return run_dir.name if run_dir is not None else (ckpt.parent.name if ckpt.stem in ("best", "last") else ckpt.stem)
+
+
+def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def unique_labels(runs: Sequence[Run]) -> None:
+    """Title each run by its model and m, and where two runs share that title (two runs of one
+    configuration, or two configurations that label alike) add what tells them apart: the run
+    folder or released name, else the seed, else the evaluation folder, else the slug."""
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.base_label, []).append(r)
+    for base, group in by.items():
+        if len(group) == 1:
+            group[0].label = base
+            continue
+        for tag in (lambda r: r.name, lambda r: None if r.seed is None else f"seed {r.seed}", lambda r: r.eval_dir.name, lambda r: r.slug):
+            tags = [tag(r) for r in group]
+            if None not in tags and len(set(tags)) == len(tags):
+                break
+        for r, t in zip(group, tags):
+            r.label = f"{base} ({t})"
 
 
 def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
-
-
-def read_per_file(eval_dir: Path) -> list[dict]:
-    """per_file.csv of an evaluation; one clear line where it is missing, unreadable or lacks
-    the columns the page needs (a corrupt or edited file)."""
-    f = eval_dir / "per_file.csv"
-    if not f.is_file():
-        raise SdmvaeError(f"{eval_dir}: no per_file.csv")
-    try:
-        with open(f, newline="") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = reader.fieldnames or []
-    except (UnicodeDecodeError, csv.Error):
-        raise SdmvaeError(f"{f}: not a CSV written by `sdmvae evaluate` (a corrupt or edited file)") from None
-    if not columns:
-        raise SdmvaeError(f"{f}: empty (a corrupt or truncated file)")
-    missing = [c for c in ("id", "path") if c not in columns]
-    if missing:
-        raise SdmvaeError(f"{f}: no {' or '.join(repr(c) for c in missing)} column (a corrupt or edited file)")
-    return rows
 
 
 def read_hoyer_frames(eval_dir: Path) -> np.ndarray | None:
@@ -193,8 +202,10 @@ def read_hoyer_frames(eval_dir: Path) -> np.ndarray | None:
 
 
 def hoyer_label(summary: dict, eval_dir: Path) -> str:
-    """A histogram's legend for an evaluation: its run folder (or evaluation folder), model, m."""
-    run = Path(summary.get("checkpoint") or "").parent.name or eval_dir.name
+    """A histogram's legend for an evaluation: its run folder or released name (or evaluation
+    folder), model, m."""
+    ckpt = Path(summary.get("checkpoint") or "")
+    run = (run_name(None, ckpt) if ckpt.name else "") or eval_dir.name
     return f"{run}: {row_label(summary['model'])}, m={summary['model']['latent']}"
 
 
@@ -229,12 +240,14 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
         rows = read_per_file(eval_dir)
         hoyer = read_hoyer_frames(eval_dir)
         ckpt = _checkpoint_of(summary, eval_dir, run_dir)
-        slug = _slug(run_dir, ckpt)
+        name = run_name(run_dir, ckpt)
+        slug = _slug(name)
         taken = {r.slug for r in runs}
         base, i = slug, 2
         while slug in taken:
             slug, i = f"{base}-{i}", i + 1
-        runs.append(Run(slug, eval_dir, summary, rows, ckpt, run_dir, hoyer))
+        runs.append(Run(slug, eval_dir, summary, rows, ckpt, run_dir, hoyer, name=name))
+    unique_labels(runs)
     return runs
 
 
@@ -242,7 +255,7 @@ def collect_runs(paths: Sequence[str | Path]) -> list[Run]:
 def group_key(summary: dict) -> str:
     """Runs that differ only in their seed (and in how they were executed) share a row."""
     train = {k: v for k, v in summary.get("train", {}).items() if k not in NOT_CONFIG}
-    return json.dumps({"model": summary["model"], "train": train,
+    return json.dumps({"model": ModelConfig.completed(summary["model"]), "train": train,
                        "data": current_fingerprint(summary.get("data_fingerprint"), summary.get("prepared_dir")),
                        "split": summary.get("split")}, sort_keys=True)
 
@@ -287,8 +300,20 @@ def table_rows(runs: Sequence[Run]) -> list[dict]:
             "order": list(row_key(first.summary["model"])) + [int(first.summary["model"]["latent"])],
             "cells": cells,
         })
+    _distinct_row_labels(rows)
     rows.sort(key=lambda r: (str(r["order"]), r["label"]))
     return rows
+
+
+def _distinct_row_labels(rows: list[dict]) -> None:
+    """Two configurations that label alike at one m (e.g. another learning rate) would be two
+    identical rows: each is followed by its models' names on the page (slugs: unique)."""
+    count: dict[tuple, int] = {}
+    for r in rows:
+        count[(r["label"], r["latent"])] = count.get((r["label"], r["latent"]), 0) + 1
+    for r in rows:
+        if count[(r["label"], r["latent"])] > 1:
+            r["label"] += f" ({', '.join(r['models'])})"
 
 
 # -- utterances -------------------------------------------------------------------------------
@@ -376,19 +401,38 @@ def write_audio16(path: Path, samples: np.ndarray, rate: int) -> None:
         sf.write(str(tmp), np.clip(samples, -1.0, 1.0), rate, format="FLAC", subtype="PCM_16")
 
 
+def read_history(f: Path) -> list[dict]:
+    """history.csv read by its header: per epoch every loss column (``LOSS_PREFIXES``) that has a
+    value, and ``best``. Why by header: train writes more columns than it once did (IS and KL
+    terms, the validation median), and a resumed older run leaves some of them blank; reading
+    three fixed columns left the IS and KL panels empty. Unreadable: [] (the figure is optional)."""
+    try:
+        rows = read_rows(f)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    out = []
+    for r in rows:
+        try:
+            rec: dict[str, Any] = {"epoch": int(r["epoch"])}
+        except (KeyError, TypeError, ValueError):
+            continue
+        for k, v in r.items():
+            if isinstance(k, str) and k.startswith(LOSS_PREFIXES) and v:
+                try:
+                    rec[k] = float(v)
+                except ValueError:
+                    continue
+        if r.get("best") in ("True", "False"):
+            rec["best"] = r["best"] == "True"
+        out.append(rec)
+    return out
+
+
 def _history(run: Run, ckpt: dict) -> list[dict]:
     """Training history: the run directory's history.csv, else the copy kept in the checkpoint."""
     f = (run.run_dir or run.checkpoint.parent) / "history.csv"
-    if f.is_file():
-        rows = read_rows(f)
-        out = []
-        for r in rows:
-            try:
-                out.append({"epoch": int(r["epoch"]), "train_total": float(r["train_total"]), "val_total": float(r["val_total"])})
-            except (KeyError, ValueError):
-                continue
-        return out
-    return list(ckpt.get("history") or [])
+    hist = read_history(f) if f.is_file() else []
+    return hist or list(ckpt.get("history") or [])
 
 
 @dataclass
@@ -473,12 +517,10 @@ def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress:
         if h is not None and h.size:
             plot_hoyer_histogram(h, d / "hoyer.png", f"{run.label}: {run.summary.get('split', '')} frames")
             m["hoyer"] = f"models/{run.slug}/hoyer.png"
-        hist = _history(run, lm.checkpoint)
-        if hist:
-            plot_history(d, hist)
+        if plot_history(d, _history(run, lm.checkpoint)) is not None:
             m["loss"] = f"models/{run.slug}/loss.png"
         assets.models.append(m)
-    with_frames = [(hoyer_label(r.summary, r.eval_dir), r.hoyer) for r in runs
+    with_frames = [(r.label, r.hoyer) for r in runs
                    if r.hoyer is not None and r.hoyer.size and np.isfinite(r.hoyer).all()]
     if len(with_frames) > 1:
         plot_hoyer_histograms(with_frames, out / "img" / "hoyer-all.png")
@@ -487,7 +529,18 @@ def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress:
 
 
 # -- page ---------------------------------------------------------------------------------------
-def build_page(runs: Sequence[Run], assets: Assets, now: datetime | None = None) -> dict:
+def utterance_shortfall(runs: Sequence[Run], asked: int, shown: int) -> str | None:
+    """Why the page shows fewer utterances than --utterances asked for (None when it does not):
+    only utterances scored by every model are shown. Said on stderr and on the page, where a
+    quiet shortfall (3 asked, 1 shown) looked like a bug."""
+    if shown >= asked:
+        return None
+    per = ", ".join(f"{r.slug} {sum(not row.get('error') for row in r.rows)} of {len(r.rows)}" for r in runs)
+    return (f"--utterances {asked} asked for, {shown} shown: only {shown} test utterance{'s' if shown != 1 else ''} "
+            f"{'were' if shown != 1 else 'was'} scored by every model (scored: {per})")
+
+
+def build_page(runs: Sequence[Run], assets: Assets, now: datetime | None = None, utterance_note: str | None = None) -> dict:
     """The page model: everything the template shows, JSON-serialisable (written as report.json)."""
     now = now or datetime.now(timezone.utc)
     eval_versions = []
@@ -506,6 +559,7 @@ def build_page(runs: Sequence[Run], assets: Assets, now: datetime | None = None)
         "table": table_rows(runs),
         "old_summaries": any(is_old_summary(r.summary) for r in runs),
         "utterances": assets.utterances,
+        "utterance_note": utterance_note,
         "models": assets.models,
         "overview": assets.overview,
         "codes_vmax": assets.codes_vmax,
@@ -524,6 +578,7 @@ def render(page: dict) -> str:
 MARKER = "report.json"
 
 
+@lock_scope
 def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int = 3, force: bool = False,
                 progress_factory: Callable[[int], Any] | None = None, now: datetime | None = None) -> Path:
     """Write the report folder ``out`` (index.html, report.json, audio/, img/, models/).
@@ -541,12 +596,16 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
             raise SdmvaeError(f"--out {out} would replace an input ({r.eval_dir})")
         if is_within(out, r.eval_dir):  # the rule of every command: outputs never inside an input folder
             raise SdmvaeError(f"--out {out} is inside an input ({r.eval_dir}); choose a separate folder")
+    claim_folder(out, beside=True)  # one writer per report, until it is in place (beside it: `out` is renamed into place)
     if out.exists():
         if not force:
             raise SdmvaeError(f"{out} exists; choose another --out, or --force to replace an earlier report")
         if not (out / MARKER).is_file():
             raise SdmvaeError(f"{out} exists and is not an sdmvae report; refusing to replace it")
     utts = choose_utterances(runs, n_utterances)
+    note = utterance_shortfall(runs, n_utterances, len(utts))
+    if note:
+        log.warning("%s", note)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -554,7 +613,7 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
         assets = write_assets(runs, utts, tmp, progress=(bar.update if bar else None))
         if bar:
             bar.close()
-        page = build_page(runs, assets, now)
+        page = build_page(runs, assets, now, note)
         write_json(tmp / MARKER, page)
         write_text(tmp / "index.html", render(page))
         os.chmod(tmp, 0o777 & ~_umask())

@@ -1,6 +1,6 @@
 """`sdmvae table`: evaluation summaries as a per-run table, or as the paper's Table 1.
 
-Two layouts:
+Four layouts:
 - ``runs`` (default): one row per summary (a run is never merged with another because two runs
   share a configuration), every metric as mean ± std over files. Folder-mode summaries (a
   baseline codec, an oracle) sit in the same table.
@@ -8,15 +8,26 @@ Two layouts:
   SDM-VAE with its dictionary and k; ...), columns the latent size m, each with the paper's
   metrics; runs of one configuration that differ only in their seed are aggregated as
   mean ± std over seeds (n = number of seeds).
-- ``orderings``: for each m and metric, the configurations ranked by their mean over seeds,
-  and for each neighbouring pair whether the order holds for every seed (seeds matched by
-  number), so a reader sees which differences are larger than the seed noise.
+- ``orderings``: for each m and metric, every pair of configurations (higher mean over seeds
+  first) with the paired difference over the same test files, its bootstrap intervals over files
+  and over speakers, the sign in each seed and whether the ordering is significant
+  (:mod:`sdmvae_cli.paired`): a difference of means says nothing about whether it would survive
+  other files, speakers or seeds.
+- ``paired``: exactly two configurations, B - A on every metric, A the configuration of the
+  first summary given (so ``table A/*/summary.json B/*/summary.json --layout paired`` is B - A).
+All but ``runs`` place a summary by its configuration and m, so they refuse a folder-mode summary
+(one line naming it) rather than drop it unseen.
+
+The CSV format is for scripts: every number at full precision (round-trip exact, so a value read
+back equals the summary's); the rich and markdown views round (``COLUMNS``' decimals).
 
 Column headers say which numbers are comparable with the paper: ``pesq_nb`` (raw P.862
 narrow-band, the paper's PESQ), ``estoi`` (the paper's "STOI" column) and ``hoyer`` (eq. 12,
 the paper's protocol). PESQ-WB, STOI, SI-SDR and the pooled-trimmed Hoyer are modern extras.
 The last column of the ``runs`` layout is the run's validation loss at the epoch its file holds
-(its early-stopping statistic: the mean per-frame loss, or the median for "[median stop]" runs),
+(its early-stopping statistic, ``validation.statistic``: older summaries have the mean per-frame
+loss, or the median for "[median stop]" runs; a run stopped on another statistic than the default
+says which in its label),
 the number seeds and settings are chosen by, so a sweep table shows the rule beside the scores.
 """
 
@@ -30,8 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.errors import SdmvaeError, UsageError
+from sdmvae_cli.nets.base import ModelConfig
+from sdmvae_cli.paired import (
+    MIN_SEEDS,
+    OLD_NAMES,
+    Paired,
+    Scores,
+    paired_difference,
+    read_scores,
+)
 from sdmvae_cli.prepare import current_fingerprint
+from sdmvae_cli.trainopts import TrainOptions, stop_on_of
 
 #: (key, header, decimals); paper-comparable first
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -65,12 +86,17 @@ def row_label(m: dict) -> str:
     elif name == "threshold":
         lam = (f"learned lambda, Gamma({m['gamma_shape']:g}, {m['gamma_rate']:g}) prior" if m["learn_threshold"]
                else f"lambda={m['threshold']:g}")
-        extra = f", J={m['samples']}" if m.get("samples", 1) > 1 else ""
+        extra = "".join(f", {text}" for text, show in ((f"J={m.get('samples', 1)}", m.get("samples", 1) > 1),
+                                                       (f"prior spread {m.get('spread_prior', 1.0):g}", m.get("spread_prior", 1.0) != 1.0),
+                                                       (f"KL warm-up {m.get('kl_warmup', 0)}", m.get("kl_warmup", 0) > 0),
+                                                       ("sampled code", m.get("code", "mean") == "sample")) if show)
         label = f"Thresholded ({m['base']}, {lam}{extra})"
     elif name == "laplace":
         label = "Laplace-prior VAE"
     elif name == "cauchy":
-        label = "Cauchy VAE"
+        label = "Cauchy VAE (Cauchy posterior)"
+    elif name == "cauchy-gauss":
+        label = "Cauchy-prior VAE (Gaussian posterior)"
     else:
         label = name
     notes = []
@@ -81,7 +107,7 @@ def row_label(m: dict) -> str:
     return label + (f" [{', '.join(notes)}]" if notes else "")
 
 
-MODEL_ORDER = ("vae", "vsc", "sdm", "threshold", "laplace", "cauchy")
+MODEL_ORDER = ("vae", "vsc", "sdm", "threshold", "laplace", "cauchy", "cauchy-gauss")
 DICT_ORDER = ("identity", "dct", "learned")
 
 
@@ -117,6 +143,7 @@ class RunRow:
     group: str  # configuration identity without the seed (for aggregation over seeds)
     order: tuple
     values: dict[str, Stat] = field(default_factory=dict)
+    source: dict = field(default_factory=dict, repr=False)  # the summary (its per-file scores are read beside it)
 
 
 def _metric(s: dict, key: str) -> Stat:
@@ -124,13 +151,15 @@ def _metric(s: dict, key: str) -> Stat:
     metrics, sp = s.get("metrics", {}), s.get("sparsity") or {}
     if key == "val_loss":  # what the run was selected by: its early-stopping statistic on validation
         v = s.get("validation") or {}
-        return Stat(v.get("median") if v.get("stop_on") == "median" else v.get("total"))
+        if "statistic" in v:  # what `evaluate` records now, whatever the statistic
+            return Stat(v["statistic"])
+        return Stat(v.get("median") if v.get("stop_on") == "median" else v.get("total"))  # summaries from before: mean or median
     if key == "hoyer_pooled":
         v = sp.get("hoyer_pooled", sp.get("hoyer_mean"))
         return Stat(v, sp.get("hoyer_pooled_std", sp.get("hoyer_std")), sp.get("frames", 0))
     if key == "hoyer" and "hoyer" not in s.get("settings", {}):
         return Stat(None)  # an old summary's per-file Hoyer was over trimmed frames: not the paper's
-    d = metrics.get(key) or (metrics.get("pesq") if key == "pesq_wb" else None)
+    d = metrics.get(key) or (metrics.get(OLD_NAMES[key]) if key in OLD_NAMES else None)
     if not d:
         return Stat(None)
     return Stat(d.get("mean"), d.get("std"), d.get("n", 0))
@@ -170,7 +199,7 @@ def _check_fields(p: Path, s: dict) -> None:
     if any(sp.get(k) is not None and not _number(sp[k]) for k in ("hoyer_pooled", "hoyer_pooled_std", "hoyer_mean", "hoyer_std", "frames")):
         raise bad("'sparsity' field")
     v = s.get("validation") or {}
-    if any(v.get(k) is not None and not _number(v[k]) for k in ("total", "median")):
+    if any(v.get(k) is not None and not _number(v[k]) for k in ("total", "median", "posterior_mean", "statistic")):
         raise SdmvaeError(f"{p}: its 'validation' losses are not numbers (a corrupt or edited summary)")
     if s["kind"] == "checkpoint":
         m = s["model"]
@@ -207,16 +236,17 @@ def read_summary(p: Path) -> RunRow:
     else:
         m = s["model"]
         train = s.get("train") or {}
-        stop_on = train.get("stop_on", "mean")
-        ident = {"model": m, "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
+        stop_on = stop_on_of(train)
+        ident = {"model": ModelConfig.completed(m), "lr": train.get("lr"), "batch_size": train.get("batch_size"), "split": s.get("split"),
                  "data": current_fingerprint(s.get("data_fingerprint"), s.get("prepared_dir")), "stop_on": stop_on}
         label = row_label(m)
-        for note, show in ((f"lr={train.get('lr', 1e-4):g}", train.get("lr") not in (None, 1e-4)), ("median stop", stop_on != "mean")):
+        for note, show in ((f"lr={train.get('lr', 1e-4):g}", train.get("lr") not in (None, 1e-4)), (f"{stop_on} stop", stop_on != TrainOptions.stop_on)):
             if show:
                 label = label[:-1] + f", {note}]" if label.endswith("]") else f"{label} [{note}]"
         row = RunRow(_run_name(p), str(p), label, int(m["latent"]), train.get("seed"),
                      json.dumps(ident, sort_keys=True), row_key(m))
     row.values = {k: _metric(s, k) for k, _, _ in COLUMNS}
+    row.source = s
     return row
 
 
@@ -294,10 +324,20 @@ def render_runs(rows: list[RunRow], fmt: str):
 
 
 # -- the paper's Table 1 layout ----------------------------------------------------------------
+def refuse_folder_summaries(rows: list[RunRow], layout: str) -> None:
+    """The table1, orderings and paired layouts place a summary by its model configuration and m; a
+    folder-mode summary (`evaluate --ref/--est`: a baseline codec, an oracle) has neither, and a
+    row of its own would sit under no m column. Dropping it silently hid an input, so it is
+    refused, naming the file; the runs layout shows it beside the models."""
+    for r in rows:
+        if r.m is None:  # only folder-mode summaries have no latent size
+            raise UsageError(f"{r.path}: a folder-mode summary (`evaluate --ref/--est`, no model) has no configuration "
+                             f"or m for the {layout} layout; leave it out, or show it with --layout runs")
+
+
 def render_table1(rows: list[RunRow], fmt: str, keys: tuple[str, ...] = PAPER_KEYS):
-    groups = [g for g in aggregate(rows) if g.m is not None]
-    if not groups:
-        raise SdmvaeError("the table1 layout needs checkpoint summaries (`sdmvae evaluate CKPT PREPARED_DIR`)")
+    refuse_folder_summaries(rows, "table1")
+    groups = aggregate(rows)
     ms = sorted({g.m for g in groups if g.m is not None})
     labels: list[str] = []
     for g in groups:
@@ -320,77 +360,173 @@ def render_table1(rows: list[RunRow], fmt: str, keys: tuple[str, ...] = PAPER_KE
     return _render_grid(head, body, fmt, "Table 1: mean ± std over seeds (seeds per m in the last column)", n_left=1)
 
 
-# -- which orderings hold for every seed --------------------------------------------------------
-ORDER_KEYS = PAPER_KEYS + ("pesq_wb",)
+# -- paired statistics: every ordering with its intervals, or two configurations ------------------
+#: the metrics compared: the paper's three, then the modern ones
+ORDER_KEYS = PAPER_KEYS + ("pesq_wb", "stoi", "si_sdr")
+#: the CSV columns of a paired comparison (after the columns naming the configurations)
+PAIRED_CSV = ("diff", "files", "files_left_out", "file_ci_low", "file_ci_high", "speakers", "speaker_diff",
+              "speaker_ci_low", "speaker_ci_high", "seeds", "seed_signs", "seed_diffs", "significant")
 
 
 @dataclass
-class Step:
-    """One link of an ordering chain: ``higher`` scores above ``lower`` in ``holds`` of the
-    ``paired`` seeds both configurations were run with (matched by seed number)."""
+class Comparison:
+    """``b`` - ``a`` on metric ``key`` (in the orderings layout ``b`` is the configuration with the
+    higher mean over seeds), with its paired statistics."""
 
-    m: int
     key: str
-    higher: Group
-    lower: Group
-    holds: int
-    paired: int
+    a: Group
+    b: Group
+    stats: Paired
+
+    @property
+    def holds(self) -> int:
+        """Paired seeds in which b scores above a."""
+        return sum(1 for d in self.stats.seed_diffs if d > 0)
 
     @property
     def every_seed(self) -> bool:
-        return self.paired >= 2 and self.holds == self.paired
+        """b above a in every paired seed (at least two): the ordering survives retraining."""
+        return len(self.stats.seeds) >= MIN_SEEDS and self.holds == len(self.stats.seeds)
 
 
-def ordering_steps(rows: list[RunRow], keys: tuple[str, ...] = ORDER_KEYS) -> list[Step]:
-    """For each m and metric, configurations sorted by their mean over seeds, and for each
-    neighbouring pair the number of seeds in which the order holds. Seeds are matched by number
-    over the seeds that EVERY ranked configuration has, so a chain of links that hold for every
-    seed holds end to end (per seed, > is transitive). Summaries of another split or other
-    prepared data, and a seed repeated within a configuration, are refused: they would be ranked
-    as if they were seeds or configurations."""
-    checkpoint_rows = [r for r in rows if r.m is not None]
-    sources = {tuple(json.loads(r.group).get(k) for k in ("split", "data")) for r in checkpoint_rows}
+def comparable_groups(rows: list[RunRow], layout: str) -> list[Group]:
+    """The configurations of summaries that can be paired: checkpoint summaries of one split of
+    one prepared dataset, each seed of a configuration once (else seeds or files would be paired
+    with another dataset's, or a run counted twice)."""
+    refuse_folder_summaries(rows, layout)
+    sources = {tuple(json.loads(r.group).get(k) for k in ("split", "data")) for r in rows}
     if len(sources) > 1:
-        raise SdmvaeError("the orderings layout needs summaries of one split of one prepared dataset; got "
+        raise SdmvaeError(f"the {layout} layout needs summaries of one split of one prepared dataset; got "
                           + ", ".join(sorted(f"{sp} split of data {fp}" for sp, fp in sources)))
-    steps = []
-    groups = aggregate(checkpoint_rows)
+    groups = aggregate(rows)
     for g in groups:
         seeds = [r.seed for r in g.runs if r.seed is not None]
         if len(seeds) != len(set(seeds)):
             raise SdmvaeError(f"{g.label} (m={g.m}) has two summaries of one seed ({', '.join(r.path for r in g.runs)}); "
                               "give each run once")
+    return groups
+
+
+class PerFile:
+    """Each run's per-file scores, read once per table (a run is in many pairs)."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys = keys
+        self.read: dict[str, Scores | None] = {}
+
+    def of(self, g: Group) -> dict[int, Scores | None]:
+        for r in g.runs:
+            if r.path not in self.read:
+                self.read[r.path] = read_scores(Path(r.path), r.source, self.keys)
+        return {r.seed: self.read[r.path] for r in g.runs if r.seed is not None}
+
+    def missing(self) -> list[str]:
+        return [p for p, s in self.read.items() if s is None]
+
+
+def compare(a: Group, b: Group, key: str, per_file: PerFile) -> Comparison:
+    def means(g: Group) -> dict[int, float | None]:
+        return {r.seed: r.values[key].mean for r in g.runs if r.seed is not None}
+
+    return Comparison(key, a, b, paired_difference(key, per_file.of(a), per_file.of(b), means(a), means(b)))
+
+
+def ordering_pairs(rows: list[RunRow], keys: tuple[str, ...] = ORDER_KEYS, per_file: PerFile | None = None) -> list[Comparison]:
+    """For each m and metric, every pair of configurations, higher mean over seeds first, with the
+    paired difference higher - lower (seeds of each pair matched by number)."""
+    groups = comparable_groups(rows, "orderings")
+    per_file = per_file or PerFile(keys)
+    out = []
     for m in sorted({g.m for g in groups}):
         for key in keys:
             ranked = sorted((g for g in groups if g.m == m and g.values[key].mean is not None), key=lambda g: -g.values[key].mean)
-            per = [{r.seed: r.values[key].mean for r in g.runs if r.seed is not None and r.values[key].mean is not None} for g in ranked]
-            common = sorted(set.intersection(*(set(p) for p in per))) if per else []
-            for (hi, a), (lo, b) in zip(zip(ranked, per), zip(ranked[1:], per[1:])):
-                steps.append(Step(m, key, hi, lo, sum(a[s] > b[s] for s in common), len(common)))
-    return steps
+            out += [compare(lo, hi, key, per_file) for i, hi in enumerate(ranked) for lo in ranked[i + 1 :]]
+    return out
+
+
+def paired_configurations(rows: list[RunRow], keys: tuple[str, ...] = ORDER_KEYS, per_file: PerFile | None = None) -> list[Comparison]:
+    """Exactly two configurations, B - A on each metric, A the configuration of the first summary
+    given (``table A/*/summary.json B/*/summary.json --layout paired``: B - A)."""
+    groups = comparable_groups(rows, "paired")
+    if len(groups) != 2:
+        raise UsageError(f"the paired layout compares exactly two configurations; got {len(groups)} "
+                         f"({'; '.join(f'{g.label} m={g.m}' for g in groups)}); use --layout orderings for every pair")
+    a, b = sorted(groups, key=lambda g: min(rows.index(r) for r in g.runs))
+    per_file = per_file or PerFile(keys)
+    return [compare(a, b, k, per_file) for k in keys if a.values[k].mean is not None and b.values[k].mean is not None]
+
+
+def _paired_csv(st: Paired) -> list:
+    fci, sci = st.file_ci or (None, None), st.speaker_ci or (None, None)
+    return [_num(st.diff), st.files, st.left_out, _num(fci[0]), _num(fci[1]), st.speakers, _num(st.speaker_diff),
+            _num(sci[0]), _num(sci[1]), " ".join(map(str, st.seeds)), st.signs, " ".join(_num(d) for d in st.seed_diffs),
+            int(st.significant)]
+
+
+def _paired_cells(st: Paired) -> list[str]:
+    """The people's view of a comparison: difference, the two intervals with their n, seed signs,
+    files left out, significance."""
+    d = DECIMALS[st.key] + 1
+
+    def ci(c: tuple[float, float] | None, n: int) -> str:
+        return f"[{c[0]:+.{d}f}, {c[1]:+.{d}f}] n={n}" if c is not None else "-"
+
+    return [f"{st.diff:+.{d}f}" if st.diff is not None else "-", ci(st.file_ci, st.files), ci(st.speaker_ci, st.speakers),
+            st.signs or "-", str(st.left_out) if st.files or st.left_out else "-", "yes" if st.significant else "no"]
+
+
+PAIRED_HEAD = ["95% CI over files", "95% CI over speakers", "seed signs", "files left out", "significant"]
+PAIRED_RULE = ("95 % bootstrap intervals (BCa) of the mean paired difference over files and over speakers; "
+               "significant: both exclude 0 and every seed (at least 2, matched by number) has its sign")
+
+
+def _missing_note(per_file: PerFile) -> str | None:
+    gone = per_file.missing()
+    if not gone:
+        return None
+    return (f"no per-file scores (per_file.csv beside summary.json) for {len(gone)} summaries ({', '.join(gone[:3])}"
+            f"{', ...' if len(gone) > 3 else ''}): their comparisons have seed signs from the summaries, no intervals")
 
 
 def render_orderings(rows: list[RunRow], fmt: str):
-    steps = ordering_steps(rows)
-    if not steps:
+    per_file = PerFile(ORDER_KEYS)
+    pairs = ordering_pairs(rows, per_file=per_file)
+    if not pairs:
         raise SdmvaeError("the orderings layout needs checkpoint summaries of at least two configurations at one m")
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["m", "metric", "higher", "lower", "higher_mean", "lower_mean", "seeds_holding", "seeds_paired", "every_seed"])
-        for st in steps:
-            w.writerow([st.m, st.key, st.higher.label, st.lower.label, _num(st.higher.values[st.key].mean),
-                        _num(st.lower.values[st.key].mean), st.holds, st.paired, int(st.every_seed)])
+        w.writerow(["m", "metric", "higher", "lower", "higher_mean", "lower_mean", "seeds_holding", "seeds_paired", "every_seed", *PAIRED_CSV])
+        for c in pairs:
+            w.writerow([c.b.m, c.key, c.b.label, c.a.label, _num(c.b.values[c.key].mean), _num(c.a.values[c.key].mean),
+                        c.holds, len(c.stats.seeds), int(c.every_seed), *_paired_csv(c.stats)])
         return buf.getvalue()
-    body = []
-    for (m, key) in dict.fromkeys((st.m, st.key) for st in steps):
-        chain = [st for st in steps if (st.m, st.key) == (m, key)]
-        text = _cell(chain[0].higher, key)
-        for st in chain:
-            text += f" {'>' if st.every_seed else '~'} ({st.holds}/{st.paired}) " + _cell(st.lower, key)
-        body.append([str(m), HEADERS[key], text])
-    return _render_grid(["m", "metric", "configurations by mean; '>' holds for every seed, '~' not (seeds holding/paired)"],
-                        body, fmt, "Which orderings hold for every seed", n_left=3)
+    body = [[str(c.b.m), HEADERS[c.key], _cell(c.b, c.key), _cell(c.a, c.key), *_paired_cells(c.stats)] for c in pairs]
+    return _render_grid(["m", "metric", "higher (mean over seeds)", "lower", "higher - lower", *PAIRED_HEAD], body, fmt,
+                        f"Every ordering, paired over files: {PAIRED_RULE}", n_left=4, note=_missing_note(per_file))
+
+
+def render_paired(rows: list[RunRow], fmt: str):
+    per_file = PerFile(ORDER_KEYS)
+    pairs = paired_configurations(rows, per_file=per_file)
+    if not pairs:
+        raise SdmvaeError("the two configurations share no metric")
+    a, b = pairs[0].a, pairs[0].b
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["metric", "a", "b", "a_m", "b_m", "a_mean", "b_mean", *PAIRED_CSV])
+        for c in pairs:
+            w.writerow([c.key, a.label, b.label, a.m, b.m, _num(c.stats.a_mean), _num(c.stats.b_mean), *_paired_csv(c.stats)])
+        return buf.getvalue()
+
+    def mean(v: float | None, key: str) -> str:
+        return "-" if v is None else f"{v:.{DECIMALS[key]}f}"
+
+    body = [[HEADERS[c.key], mean(c.stats.a_mean, c.key), mean(c.stats.b_mean, c.key), *_paired_cells(c.stats)] for c in pairs]
+    return _render_grid(["metric", f"A: {a.label} m={a.m}", f"B: {b.label} m={b.m}", "B - A", *PAIRED_HEAD], body, fmt,
+                        f"B - A on the same files (means over the paired files and seeds): {PAIRED_RULE}", n_left=1,
+                        note=_missing_note(per_file))
 
 
 def _cell(g: Group, key: str) -> str:
@@ -398,18 +534,21 @@ def _cell(g: Group, key: str) -> str:
 
 
 def _num(v: float | None) -> str:
-    return "" if v is None else f"{v:.6g}"
+    """A CSV cell: the full-precision (round-trip exact) number, for scripts; rounding belongs to
+    the views people read (rich, markdown), where DECIMALS applies."""
+    return "" if v is None else repr(float(v))
 
 
-def _render_grid(head: list[str], body: list[list[str]], fmt: str, title: str, n_left: int):
+def _render_grid(head: list[str], body: list[list[str]], fmt: str, title: str, n_left: int, note: str | None = None):
+    """A table for people; ``note``: what a reader must know about the numbers (below the table)."""
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < n_left else "---:" for i in range(len(head))) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
     if fmt == "rich":
         from rich.table import Table
 
-        rt = Table(title=title)
+        rt = Table(title=title, caption=note)
         for i, h in enumerate(head):
             rt.add_column(h.replace(" (", "\n("), justify="left" if i < n_left else "right")
         for row in body:
@@ -427,4 +566,6 @@ def render(paths: list[Path], fmt: str = "rich", layout: str = "runs") -> Any:
         return render_table1(rows, fmt)
     if layout == "orderings":
         return render_orderings(rows, fmt)
-    raise SdmvaeError(f"unknown layout {layout!r}; expected runs, table1 or orderings")
+    if layout == "paired":
+        return render_paired(rows, fmt)
+    raise SdmvaeError(f"unknown layout {layout!r}; expected runs, table1, orderings or paired")

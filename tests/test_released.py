@@ -55,7 +55,7 @@ def test_default_model_resynthesises_real_speech_well(real_utterance, tmp_path):
 def test_models_command_lists_registry_as_json():
     r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "models", "--json"], capture_output=True, text=True)
     rows = json.loads(r.stdout)
-    assert {row["name"] for row in rows} == {"vae", "sdm", "vsc", "threshold", "laplace", "cauchy"}
+    assert {row["name"] for row in rows} == {"vae", "sdm", "vsc", "threshold", "laplace", "cauchy", "cauchy-gauss"}
     assert "alpha" in next(row for row in rows if row["name"] == "vsc")["options"]
 
 
@@ -68,20 +68,28 @@ def test_builtin_tcd_timit_split_is_well_formed():
 def test_a_released_name_is_never_shadowed_silently_by_a_folder(tmp_path, monkeypatch, caplog):
     """Issue 23.3: a run folder named like a release (`runs/..`'s old default, or a copy) used to
     win over the released model without a word."""
+    from sdmvae_cli import released
     from sdmvae_cli.released import released_path, resolve_model
 
+    monkeypatch.setattr(released, "_warned", set())  # each warning once per process: this test sees its own
     monkeypatch.chdir(tmp_path)
     (tmp_path / "vae-m64").mkdir()
     with caplog.at_level("WARNING", logger="sdmvae"):
         assert resolve_model("vae-m64") == released_path("vae-m64")
     assert "./vae-m64" in caplog.text  # says how to reach the folder
     assert resolve_model("./vae-m64") == Path("vae-m64")  # a path that looks like one is the path
+    assert resolve_model(resolve_model("./vae-m64")) == Path("vae-m64")  # resolved twice (load_model does): still the path
+    assert resolve_model("vae-m64/") == Path("vae-m64")
     assert resolve_model(str(tmp_path / "vae-m64")) == tmp_path / "vae-m64"
     caplog.clear()
     (tmp_path / "vae-m64.pt").write_bytes(b"x")
     with caplog.at_level("WARNING", logger="sdmvae"):
         assert resolve_model("vae-m64.pt") == Path("vae-m64.pt")  # a .pt file by its name: the file, with a word
     assert "released model vae-m64" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sdmvae"):
+        resolve_model("vae-m64.pt")
+    assert not caplog.text  # said once
     (tmp_path / "myrun").mkdir()
     assert resolve_model("myrun") == Path("myrun")  # no release of that name: the folder, silently
     with pytest.raises(SdmvaeError, match="released: .*vae-m64"):

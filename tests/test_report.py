@@ -23,6 +23,7 @@ import soundfile as sf
 
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.report import METRICS, make_report, metric_stats
+from sdmvae_cli.train import write_history
 
 from conftest import DEV, REPO, needs_shared, write_wav
 
@@ -81,6 +82,18 @@ def check_page(out: Path) -> Page:
 
 
 # -- synthetic inputs --------------------------------------------------------------------------
+def made_up_history(epochs: int) -> list[dict]:
+    """Epoch records with every field train records (trainopts.EpochRecord), made-up losses; the
+    best epoch is the second to last."""
+    from dataclasses import asdict, fields
+
+    from sdmvae_cli.trainopts import EpochRecord
+
+    losses = [f.name for f in fields(EpochRecord) if f.name.startswith(("train_", "val_"))]
+    return [asdict(EpochRecord(epoch=e, **{k: (i + 1) * 10 / (e + 1) - i for i, k in enumerate(losses)}, seconds=1.5,
+                               frames_per_s=1e4, best=e < epochs - 1, engine="cpu:eager")) for e in range(epochs)]
+
+
 def fake_eval(d: Path, ckpt: Path, utts: list[tuple[str, str, Path]], seed: int, rng, old: bool = False, run_dir: bool = False) -> Path:
     """An evaluation directory as `sdmvae evaluate` writes it, with made-up metric values."""
     import torch
@@ -91,11 +104,7 @@ def fake_eval(d: Path, ckpt: Path, utts: list[tuple[str, str, Path]], seed: int,
         shutil.copyfile(ckpt, d / "best.pt")
         ckpt = d / "best.pt"
         (d / "config.json").write_text(json.dumps(ck["config"] | {"seed": seed}))
-        with open(d / "history.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["epoch", "train_total", "val_total", "best"])
-            for e in range(5):
-                w.writerow([e, 100.0 / (e + 1), 110.0 / (e + 1), True])
+        write_history(d, made_up_history(5))  # as train writes it
         d = d / "eval-test"
     d.mkdir(parents=True)
     keys = ["pesq", "stoi", "estoi", "si_sdr", "hoyer"] if old else ["pesq_nb", "pesq_wb", "stoi", "estoi", "si_sdr", "hoyer"]
@@ -157,6 +166,84 @@ def test_page_links_audio_and_accessibility(synthetic_report):
     run = next(m for m in report["models"] if m["slug"] == "vae-s0")
     assert run["loss"] and json.loads((out / run["config"]).read_text())["seed"] == 0  # the run dir's own config.json
     assert report["codes_vmax"] > 0
+
+
+def test_every_model_has_its_own_title(synthetic_report, tmp_path):
+    """Two runs of one configuration were both titled "VAE, m=64" (players, spectrograms, codes,
+    Hoyer); now each title adds what tells them apart: the run folder or released name, else the
+    seed."""
+    from sdmvae_cli.report import collect_runs, table_rows
+
+    _, _, index = synthetic_report
+    report = json.loads((index.parent / "report.json").read_text())
+    labels = [m["label"] for m in report["models"]]
+    assert labels == ["VAE, m=64 (vae-s0)", "VAE, m=64 (vae-m64)", "SDM-VAE (identity), m=64"]  # a run folder, a released name
+    for u in report["utterances"]:
+        assert [c["label"] for c in u["cells"]] == ["Input", *labels]
+    html = index.read_text()
+    assert all(html.count(f"<figcaption>{lab}</figcaption>") == len(report["utterances"]) for lab in labels)
+    # one released model evaluated for two seeds' worth of summaries: the same name, so the seed
+    rng = np.random.default_rng(1)
+    utts = report["utterances"]
+    evs = [fake_eval(tmp_path / f"e{s}" / "eval-test", MODEL_CFG["vae"], [(u["id"], u["speaker"], Path("x.wav")) for u in utts], s, rng)
+           for s in (3, 4)]
+    assert [r.label for r in collect_runs(evs)] == ["VAE, m=64 (seed 3)", "VAE, m=64 (seed 4)"]
+    s = json.loads((evs[1] / "summary.json").read_text())  # another learning rate: two configurations, one model label
+    s["train"]["lr"] = 3e-4
+    (evs[1] / "summary.json").write_text(json.dumps(s))
+    assert sorted(r["label"] for r in table_rows(collect_runs(evs))) == ["VAE (vae-m64)", "VAE (vae-m64-2)"]
+
+
+def test_loss_panels_plot_every_loss_column_train_writes(synthetic_report, tmp_path, monkeypatch):
+    """history.csv is read by its header: every train_*/val_* column train writes is plotted
+    (only total losses were read, so the IS and KL panels were empty, the median never drawn),
+    and the best epoch is the one the run marked."""
+    from sdmvae_cli import plots
+    from sdmvae_cli.report import _history, collect_runs, read_history
+
+    hist = made_up_history(6)
+    write_history(tmp_path, hist)
+    got = read_history(tmp_path / "history.csv")
+    losses = [k for k in hist[0] if k.startswith(("train_", "val_"))]
+    assert len(losses) >= 7 and [sorted(set(h) - {"epoch", "best"}) for h in got] == [sorted(losses)] * 6
+    assert [h["val_kl"] for h in got] == [h["val_kl"] for h in hist] and [h["best"] for h in got] == [h["best"] for h in hist]
+    run = collect_runs([synthetic_report[1][0]])[0]  # a run directory: its history.csv
+    assert sorted(set(_history(run, {})[0]) - {"epoch", "best"}) == sorted(losses)
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.plot_loss(got, tmp_path / "loss.png")
+    assert len(figs[0].axes) == len(plots.LOSS_TERMS)  # every column train writes is a curve of total, IS or KL
+    lines = [ln for ax in figs[0].axes for ln in ax.get_lines()]
+    for k in losses:
+        assert any(np.allclose(ln.get_ydata(), [h[k] for h in hist]) for ln in lines if len(ln.get_ydata()) == 6), k
+    marks = {tuple(ln.get_xdata()) for ln in lines if len(ln.get_xdata()) == 2}
+    assert marks == {(4, 4)}  # the last epoch marked best, in every panel
+
+
+def test_spectrogram_thumbnails_have_a_colour_bar_in_db(tmp_path, monkeypatch):
+    from sdmvae_cli import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    p = np.random.default_rng(0).uniform(1e-6, 1.0, (50, 513))
+    plots.plot_power(p, 0.016, 16000, tmp_path / "s.png", "input", top_db=0.0)
+    _, bar = figs[0].axes
+    assert bar.get_ylabel() == "dB" and bar.get_ylim() == pytest.approx((-80, 0))
+
+
+def test_fewer_utterances_than_asked_are_said_and_recorded(good_eval, tmp_path, capsys):
+    """--utterances 3 where 2 were scored by every model showed 2 without a word; now stderr and
+    the page say how many were available and why."""
+    from sdmvae_cli.cli import run
+
+    assert run(["report", str(good_eval), "--out", str(tmp_path / "r"), "-n", "3"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--utterances 3 asked for, 2 shown" in err[0] and "scored by every model" in err[0], err
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert len(report["utterances"]) == 2 and "2 shown" in report["utterance_note"] and "(scored: vae-m64 2 of 2)" in report["utterance_note"]
+    assert report["utterance_note"] in (tmp_path / "r" / "index.html").read_text()
+    assert run(["report", str(good_eval), "--out", str(tmp_path / "r2"), "-n", "2"]) == 0
+    assert capsys.readouterr().err.strip() == "" and json.loads((tmp_path / "r2" / "report.json").read_text())["utterance_note"] is None
 
 
 def test_table_values_equal_summaries(synthetic_report):
