@@ -26,6 +26,7 @@ from sdmvae_cli.atomic import atomic_path
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
 from sdmvae_cli.stft import StftConfig
+from sdmvae_cli.trainopts import STOP_COLUMNS, UNIT_WEIGHT_TERMS, stop_on_of
 
 FORMAT = "sdmvae-checkpoint"
 FORMAT_VERSION = 1
@@ -173,16 +174,15 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
     if unit and any(m.get("model") == "threshold" for m in models):
         raise SdmvaeError("thresholded candidates with different loss weights (beta, beta2): their validation losses "
                           "are not comparable; choose among runs of one weighting")
-    stops = {(d["config"].get("train") or {}).get("stop_on", "mean") for d in datas}
-    if len(stops) > 1 or (unit and stops == {"median"}):
-        raise SdmvaeError("the candidates were stopped on different validation statistics (mean, median) or on the median "
-                          "with different loss weights: their validation losses are not comparable")
-    key = "val_median" if stops == {"median"} else "val_total"
-    losses = {str(f): _validation_loss(f, d, unit, key) for f, d in zip(files, datas)}
+    stops = {stop_on_of(d["config"].get("train")) for d in datas}
+    stop = next(iter(stops))
+    if len(stops) > 1 or (unit and stop not in UNIT_WEIGHT_TERMS):
+        raise SdmvaeError(f"the candidates were stopped on different validation statistics ({', '.join(sorted(stops))}) or on the "
+                          "median with different loss weights: their validation losses are not comparable")
+    losses = {str(f): _validation_loss(f, d, UNIT_WEIGHT_TERMS[stop] if unit else (STOP_COLUMNS[stop],)) for f, d in zip(files, datas)}
     best = min(files, key=lambda f: losses[str(f)])
-    crit = ("validation IS reconstruction + KL at unit weights (the candidates' beta/coherence differ)" if unit
-            else "median per-frame validation loss (the runs' early-stopping statistic)" if key == "val_median"
-            else "validation loss (the training objective)")
+    crit = (f"validation IS reconstruction + KL at unit weights, {stop} statistic (the candidates' beta/coherence differ)" if unit
+            else f"{stop} validation statistic (the runs' early-stopping statistic)")
     return Choice(best, losses, crit)
 
 
@@ -201,8 +201,9 @@ def validation_record(data: dict[str, Any]) -> dict[str, Any] | None:
     rec = _epoch_record(data)
     if rec is None or "val_total" not in rec:
         return None
-    stop_on = ((data.get("config") or {}).get("train") or {}).get("stop_on", "mean")
-    return {"epoch": rec["epoch"], "total": rec["val_total"], "median": rec.get("val_median"), "stop_on": stop_on}
+    stop_on = stop_on_of((data.get("config") or {}).get("train"))
+    return {"epoch": rec["epoch"], "total": rec["val_total"], "median": rec.get("val_median"),
+            "posterior_mean": rec.get("val_pm_total"), "stop_on": stop_on, "statistic": rec.get(STOP_COLUMNS.get(stop_on, ""))}
 
 
 def _epoch_record(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -210,14 +211,15 @@ def _epoch_record(data: dict[str, Any]) -> dict[str, Any] | None:
     return next((h for h in data.get("history") or [] if h.get("epoch") == data.get("epoch")), None)
 
 
-def _validation_loss(f: Path, data: dict[str, Any], unit_weights: bool, key: str = "val_total") -> float:
+def _validation_loss(f: Path, data: dict[str, Any], columns: tuple[str, ...]) -> float:
+    """The sum of ``columns`` (one statistic, or a unit-weight recon + KL) of the checkpoint's epoch."""
     rec = _epoch_record(data)
-    if rec is None or key not in rec:
+    if rec is None or any(c not in rec for c in columns):
         raise SdmvaeError(f"{f}: no validation loss recorded for its epoch; cannot choose by validation")
-    val = rec["val_recon"] + rec["val_kl"] if unit_weights else rec[key]
-    if not isinstance(val, (int, float)) or not math.isfinite(val):
-        raise SdmvaeError(f"{f}: its validation loss is {val}; cannot choose by validation")
-    return float(val)
+    vals = [rec[c] for c in columns]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+        raise SdmvaeError(f"{f}: its validation loss is {vals[0] if len(vals) == 1 else vals}; cannot choose by validation")
+    return float(sum(vals))
 
 
 def check_export_destination(dst: str | os.PathLike, inputs: list[Path], overwrite: bool) -> None:

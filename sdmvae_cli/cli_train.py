@@ -15,19 +15,18 @@ from typing import Literal, Optional
 import typer
 from rich.markup import escape
 
-from sdmvae_cli.cli_common import DEVICE_HELP, arch_name, bar, device_name, emit, emit_json, err, hidden_sizes, positive, unit_open
+from sdmvae_cli.cli_common import arch_name, bar, device_option, emit, emit_json, err, hidden_sizes, positive, unit_open
 from sdmvae_cli.errors import Interrupted, SdmvaeError, UsageError
 
-#: CLI parameter -> ModelConfig field, and -> TrainOptions field (where the names differ)
+#: CLI parameter -> ModelConfig field, and -> TrainOptions field (a parameter is its flag's name,
+#: trainopts.FIELD_FLAGS, with a trailing ``_`` where the name is a Python builtin; tested)
 MODEL_PARAMS = {"arch": "model", "latent": "latent", "hidden": "hidden", "activation": "activation", "input_transform": "input_transform",
                 "beta": "beta", "dict_": "dictionary", "k": "k", "dict_lr": "dict_lr", "coherence": "coherence", "alpha": "alpha",
                 "c_start": "c_start", "c_end": "c_end", "c_warmup": "c_warmup", "base": "base", "threshold": "threshold",
                 "learn_threshold": "learn_threshold", "gamma_shape": "gamma_shape", "gamma_rate": "gamma_rate", "beta2": "beta2",
-                "samples": "samples"}
+                "samples": "samples", "spread_prior": "spread_prior", "kl_warmup": "kl_warmup", "code": "code"}
 TRAIN_PARAMS = {"lr": "lr", "batch_size": "batch_size", "epochs": "epochs", "patience": "patience", "stop_on": "stop_on", "seed": "seed",
                 "device": "device", "cuda_graph": "cuda_graph", "compile_": "compile", "tf32": "tf32"}
-#: ModelConfig field -> its flag's name, where they differ
-FLAG_OF = {f: p.rstrip("_") for p, f in MODEL_PARAMS.items() if p.rstrip("_") != f}
 #: how to run, not what to compute: always from this command line, never from --config (a run
 #: trained on a GPU is rerun on a laptop without --device cpu)
 EXECUTION = ("device", "cuda_graph", "compile", "tf32")
@@ -80,27 +79,40 @@ def refuse_foreign_options(arch: str, given: list[str]) -> None:
     error, not a value stored in config.json that nothing uses: the run would look like an
     SDM-VAE in its config and be a VAE. Which options an architecture reads is its class's
     ``OPTIONS`` (the same list `sdmvae models` shows)."""
-    from sdmvae_cli.nets import REGISTRY
+    from sdmvae_cli.nets import REGISTRY, foreign_options
+    from sdmvae_cli.trainopts import flag_of
 
-    reads = set(REGISTRY[arch].OPTIONS) | {"model"}
-    foreign = [p for p in given if MODEL_PARAMS[p] not in reads]
+    foreign = foreign_options(arch, [MODEL_PARAMS[p] for p in given])
     if foreign:
-        flags = ", ".join("--" + p.rstrip("_").replace("_", "-") for p in foreign)
+        flags = ", ".join(flag_of(f) for f in foreign)
         raise UsageError(f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --arch {arch} "
-                         f"(it reads {', '.join('--' + FLAG_OF.get(o, o).replace('_', '-') for o in REGISTRY[arch].OPTIONS)}; see `sdmvae models`)")
+                         f"(it reads {', '.join(flag_of(o) for o in REGISTRY[arch].OPTIONS)}; see `sdmvae models`)")
 
 
 def default_run_name(cfg, seed: int) -> str:
-    """``runs/<arch>-m<latent>[-<family options>]-s<seed>``: what makes runs differ, so a second
-    seed needs no --out, and never the spelling of a released model (``vae-m64``), which a
-    run folder in the working directory would otherwise shadow in ``-m vae-m64``."""
-    parts = [cfg.model, f"m{cfg.latent}"]
+    """``runs/<arch>-m<latent>[-<family options>][-<other non-default options>]-s<seed>``: what
+    makes runs differ, so a second seed or another beta needs no --out, and never the
+    spelling of a released model (``vae-m64``), which a run folder in the working directory
+    would otherwise shadow in ``-m vae-m64``."""
+    from sdmvae_cli.nets import REGISTRY, ModelConfig
+    from sdmvae_cli.trainopts import flag_of
+
+    parts, named = [cfg.model, f"m{cfg.latent}"], {"latent"}
     if cfg.model == "sdm":
         parts += [cfg.dictionary, f"k{cfg.k}"]
+        named |= {"dictionary", "k"}
     elif cfg.model == "vsc":
         parts.append(f"a{cfg.alpha:g}")
+        named.add("alpha")
     elif cfg.model == "threshold":
         parts += [cfg.base, "learned" if cfg.learn_threshold else f"l{cfg.threshold:g}"]
+        named |= {"base", "learn_threshold", "threshold"}
+    default = ModelConfig()
+    for o in REGISTRY[cfg.model].OPTIONS:
+        v = getattr(cfg, o)
+        if o not in named and v != getattr(default, o):
+            shown = "x".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+            parts.append(flag_of(o).lstrip("-") + shown)
     return "-".join([*parts, f"s{seed}"])
 
 
@@ -132,14 +144,19 @@ def train(
     gamma_rate: float = typer.Option(4.0, callback=positive, help="threshold: Gamma prior rate for lambda."),
     beta2: float = typer.Option(1.0, min=0, help="threshold: weight of the Gamma KL."),
     samples: int = typer.Option(1, min=1, help="threshold: J samples per frame, max-ELBO selection."),
+    spread_prior: float = typer.Option(1.0, callback=positive, help="threshold: the base prior's spread: variance of N(0, v) (gaussian), scale of Laplace(0, v) (laplace); the authors' 0.1."),
+    kl_warmup: int = typer.Option(0, min=0, help="threshold: epochs of linear KL warm-up of the training objective (0: none)."),
+    code: Literal["mean", "sample"] = typer.Option("mean", help="threshold: resynthesis code: mean (E[T(s)], dense) or sample (the max-ELBO thresholded sample of J fixed draws: exact zeros, as the authors' codes; the posterior-mean validation statistic then decodes it too: use it with --samples 20)."),
     lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
     batch_size: int = typer.Option(128, min=1, help="Frames per batch."),
     epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
     patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),
-    stop_on: Literal["mean", "median"] = typer.Option("mean", help="Validation statistic for early stopping and best.pt: mean "
-                                                      "(the paper's validation loss) or median of the per-frame losses (robust)."),
+    stop_on: Literal["posterior-mean", "mean", "median"] = typer.Option(
+        "posterior-mean", help="Validation statistic for early stopping and best.pt: posterior-mean (the ELBO with the posterior-mean "
+        "code decoded and the KL in closed form: no sampling noise), mean (the paper's one-sample validation loss) or median "
+        "(of the one-sample per-frame losses)."),
     seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
-    device: str = typer.Option("auto", callback=device_name, help=DEVICE_HELP),
+    device: str = device_option(),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
     compile_: Literal["auto", "on", "off"] = typer.Option("auto", "--compile", help="torch.compile of the training step: auto (on with CUDA; on a CPU when the planned work, members x min(epochs, patience+1) x frames, holds >= 2M member-frames), on, off."),
     tf32: bool = typer.Option(True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."),

@@ -44,7 +44,7 @@ from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.frames import FrameSource
 from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
 from sdmvae_cli.nets.base import SCALAR_HPARAMS, draw_noise
-from sdmvae_cli.trainopts import PER_MEMBER_OPTIONS, EpochRecord, TrainOptions
+from sdmvae_cli.trainopts import PER_MEMBER_OPTIONS, STOP_COLUMNS, VALIDATION_COLUMNS, EpochRecord, TrainOptions
 
 log = logging.getLogger("sdmvae")
 
@@ -324,7 +324,12 @@ class Stack:
 
         def member_val(params, hp, x, noise):  # per-frame totals too: the median needs them
             t = member_terms(params, hp, x, noise)
-            return t.total, torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum()])
+            template._hp = hp
+            try:
+                d = functional_call(template, (params, self.buffers), (x,), {"noise_free": True})
+            finally:
+                template._hp = None
+            return t.total, torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), d.total.sum(), d.recon.sum(), d.kl.sum()])
 
         if len(self.members) == 1 and not self.always_vmap:
             # a stack of one (`sdmvae train`): the same computation without vmap, whose per-op
@@ -479,10 +484,12 @@ class Stack:
 
     @torch.no_grad()
     def validate(self) -> torch.Tensor:
-        """Per member, with fixed noise: the mean (total, recon, kl) per validation frame and the
-        median of the per-frame total, (N, 4). The median is the robust early-stopping statistic
-        (``stop_on="median"``): a VAE's mean validation loss can be dominated by a handful of
-        loud frames (docs/results.md)."""
+        """Per member, (N, 7) in the order of VALIDATION_COLUMNS: the one-sample ELBO's mean (total,
+        recon, kl) per validation frame with fixed noise, the median of its per-frame total, and
+        the noise-free statistic's (total, recon, kl) (:meth:`SpectrogramVAE.mean_code_loss`, the
+        default for early stopping): the one-sample
+        mean can be dominated by the sampling noise of a handful of loud frames
+        (docs/results.md); the median tracks a mid-loudness frame."""
         self.template.eval()
         n_val = self.val.shape[0]
         if self._val_noise is None:
@@ -491,7 +498,7 @@ class Stack:
                    for m in self.members]
             self._val_noise = {k: torch.stack([p[k] for p in per]) for k in spec}
         vb = max(256, self.opts.val_batch // max(1, len(self.members)))
-        sums = torch.zeros((len(self.members), 3), dtype=torch.float64, device=self.device)
+        sums = torch.zeros((len(self.members), 6), dtype=torch.float64, device=self.device)
         totals = []
         for s in range(0, n_val, vb):
             e = min(n_val, s + vb)
@@ -501,7 +508,8 @@ class Stack:
             totals.append(frame_totals)
         self.template.train()
         median = torch.cat(totals, 1).median(dim=1).values.double()
-        return torch.cat([sums / n_val, median[:, None]], 1)
+        means = sums / n_val
+        return torch.cat([means[:, :3], median[:, None], means[:, 3:]], 1)
 
     # -- per-member state ------------------------------------------------------------------------
     def member_state(self, i: int) -> dict[str, torch.Tensor]:
@@ -599,24 +607,27 @@ def median_still_improving(history: list[dict], best_epoch: int, patience: int) 
 
 def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], va: list[float], secs: float, n_seen: int,
                   cb: StackCallbacks) -> None:
-    if not all(math.isfinite(v) for v in (*tr, *va)):
+    vals = dict(zip(VALIDATION_COLUMNS, va))
+    crit = vals[STOP_COLUMNS[m.opts.stop_on]]
+    # diverged: the training loss or the run's own statistic is not finite (another statistic
+    # may overflow on a loud frame, the one-sample loss above all: recorded, not fatal)
+    if not all(math.isfinite(v) for v in tr) or not math.isfinite(crit):
         kept = (f"the last completed epoch is kept in {m.run_dir / 'last.pt'}" if m.wrote_checkpoint
                 else "no epoch had completed, so no checkpoint was written")
         what = "training" if not all(math.isfinite(v) for v in tr) else "validation"
         m.status = "diverged"
-        m.message = (f"{m.name}: {what} loss became {tr[0] if what == 'training' else va[0]} at epoch {epoch}; stopped, {kept} "
+        m.message = (f"{m.name}: {what} loss became {tr[0] if what == 'training' else crit} at epoch {epoch}; stopped, {kept} "
                      "(the data was checked finite: the optimisation diverged; try a lower --lr)")
         stack.active[i] = 0.0
         if cb.on_done:
             cb.on_done(m)
         return
-    crit = va[3] if m.opts.stop_on == "median" else va[0]
     improved = crit < m.best_val
     if improved:
         m.best_val, m.best_epoch, m.since_best = crit, epoch, 0
     else:
         m.since_best += 1
-    rec = EpochRecord(epoch, *tr, *va, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved,
+    rec = EpochRecord(epoch, *tr, **vals, seconds=round(secs, 4), frames_per_s=round(n_seen / secs, 1), best=improved,
                       engine=stack.engine, stack_members=len(stack.members))
     m.history.append(asdict(rec))
     m.epoch = epoch + 1
@@ -626,7 +637,7 @@ def _finish_epoch(stack: Stack, i: int, m: Member, epoch: int, tr: list[float], 
         if late is not None:
             m.advice = (f"stopped on the mean validation loss (best epoch {m.best_epoch}), but the median per-frame loss was "
                         f"still improving (best at epoch {late}): a few validation frames dominate the mean; "
-                        "--stop-on median is robust to them (docs/results.md)")
+                        "--stop-on posterior-mean (the default) has no sampling noise (README, train)")
             m.message += f"; {m.advice}"
     elif m.epoch >= m.opts.epochs:
         m.status, m.message = "finished", f"reached the epoch cap ({m.opts.epochs})"

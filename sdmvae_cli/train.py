@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
-import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,11 +28,12 @@ from sdmvae_cli.atomic import write_json, write_text
 from sdmvae_cli.checkpoint import read_checkpoint, save_checkpoint
 from sdmvae_cli.errors import SdmvaeError
 from sdmvae_cli.frames import FrameSource, device_budget, open_frames
+from sdmvae_cli.lock import claim_folder, lock_scope
 from sdmvae_cli.nets import ModelConfig, validate_config
 from sdmvae_cli.prepare import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.stack import OPTIMIZER_KIND, STREAMED_STACK, Member, Stack, StackCallbacks, group_key, init_state, train_stack
 from sdmvae_cli.stft import StftConfig
-from sdmvae_cli.trainopts import EpochRecord, TrainOptions, compile_enabled, planned_epochs, resolve_device
+from sdmvae_cli.trainopts import LEGACY_STOP_ON, EpochRecord, TrainOptions, compile_enabled, planned_epochs, resolve_device
 
 __all__ = ["EpochRecord", "TrainOptions", "TrainResult", "TrainingDiverged", "RunSpec", "train", "train_runs", "resolve_device"]
 
@@ -80,6 +82,7 @@ def check_run_dir(run_dir: Path, overwrite: bool, prepared_dir: Path | None = No
     from sdmvae_cli.outputs import check_dir_destination
 
     check_dir_destination(run_dir, inputs=[prepared_dir] if prepared_dir is not None else [])
+    claim_folder(run_dir)  # one writer per run folder, until train_runs returns (sdmvae_cli.lock)
     old = [n for n in RUN_FILES if (run_dir / n).exists()]
     if old and not overwrite:
         raise SdmvaeError(f"{run_dir} already holds a run ({', '.join(old)}); continue it with --resume {run_dir}, "
@@ -87,13 +90,31 @@ def check_run_dir(run_dir: Path, overwrite: bool, prepared_dir: Path | None = No
 
 
 def clear_run_dir(run_dir: Path) -> None:
-    """Remove an earlier run's files (``--overwrite``, once every check has passed)."""
+    """Remove an earlier run's files (``--overwrite``, once every check has passed), and the
+    evaluations of its checkpoints inside the folder (``eval-<split>/``, evaluate's default):
+    left beside the new run they would describe the replaced model (a report read them as the
+    new one's scores). A folder of the user's stays."""
     from sdmvae_cli.outputs import remove_stale_temporaries
 
     for n in RUN_FILES + RUN_EXTRAS:
         (run_dir / n).unlink(missing_ok=True)
     if run_dir.exists():
         remove_stale_temporaries(run_dir)
+        for ev in _own_evaluations(run_dir):
+            shutil.rmtree(ev)
+
+
+def _own_evaluations(run_dir: Path) -> list[Path]:
+    """``eval-*`` folders in ``run_dir`` whose summary.json scored a checkpoint of this folder."""
+    found = []
+    for d in sorted(run_dir.glob("eval-*")):
+        try:
+            ck = json.loads((d / "summary.json").read_text()).get("checkpoint")
+            if d.is_dir() and not d.is_symlink() and isinstance(ck, str) and Path(ck).parent == run_dir.resolve():
+                found.append(d)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return found
 
 
 def check_frames(frames, where: str, chunk: int = 65536) -> None:
@@ -143,6 +164,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
         m = Member(spec.name, cfg, opts, spec.run_dir)
         m.perm_gen, m.noise_gen = _generators(opts.seed, device)
         return m, init_state(cfg, opts.seed), None
+    claim_folder(spec.run_dir)  # one writer per run folder, until train_runs returns (sdmvae_cli.lock)
     last = spec.run_dir / "last.pt"
     if not last.exists():
         raise SdmvaeError(f"--resume: {last} does not exist")
@@ -160,6 +182,7 @@ def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path
     cfg = ModelConfig.from_dict(state["config"]["model"])
     saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
     saved.setdefault("tf32", False)  # checkpoints from before the option trained in full fp32: resume as they ran
+    saved.setdefault("stop_on", LEGACY_STOP_ON)  # and before stop_on, on the mean
     opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})
     m = Member(spec.name, cfg, opts, spec.run_dir, history=list(state["history"]), epoch=int(state["epoch"]) + 1,
                best_val=float(state["best_val"]), best_epoch=int(state["best_epoch"]), since_best=int(state["since_best"]),
@@ -205,6 +228,7 @@ def _saver(info: dict, stft: StftConfig, prepared_dir: Path, device: torch.devic
     return save
 
 
+@lock_scope
 def train_runs(
     prepared_dir: str | Path,
     specs: list[RunSpec],

@@ -3,12 +3,45 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
 from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
+
+
+#: the validation statistics a run may stop on (``--stop-on``) -> the history column holding it.
+#: posterior-mean (the default): the ELBO with the posterior-mean code decoded and the KL in
+#: closed form, free of sampling noise; mean: the one-sample ELBO with fixed noise (the paper's
+#: validation loss, and the default before this version); median: the median over frames of
+#: that one-sample loss (robust to a few loud frames, but tracks a mid-loudness frame).
+STOP_COLUMNS: dict[str, str] = {"posterior-mean": "val_pm_total", "mean": "val_total", "median": "val_median"}
+#: what a checkpoint or summary that names no statistic was stopped on (every run before stop_on existed)
+LEGACY_STOP_ON = "mean"
+#: options whose default changed, with the old default: a run started under it resumes with it,
+#: and a spec that leaves the option unset is the same spec as before (sweep --resume)
+CHANGED_DEFAULTS: dict[str, Any] = {"stop_on": LEGACY_STOP_ON}
+#: Stack.validate's columns, in order
+VALIDATION_COLUMNS = ("val_total", "val_recon", "val_kl", "val_median", "val_pm_total", "val_pm_recon", "val_pm_kl")
+#: the unit-weight bound (IS reconstruction + KL) of each statistic that has one, for comparing runs of different beta
+UNIT_WEIGHT_TERMS: dict[str, tuple[str, str]] = {"posterior-mean": ("val_pm_recon", "val_pm_kl"), "mean": ("val_recon", "val_kl")}
+
+
+#: an option's command-line flag where it differs from its field (ModelConfig / TrainOptions):
+#: `train --arch` sets ``model``, ``--dict`` sets ``dictionary``; every other flag is its field
+#: with ``-`` for ``_``. Sweep specs take both spellings; `sdmvae models` shows the flags.
+FIELD_FLAGS: dict[str, str] = {"model": "arch", "dictionary": "dict"}
+
+
+def flag_of(field_name: str) -> str:
+    """``dictionary`` -> ``--dict``, ``batch_size`` -> ``--batch-size``."""
+    return "--" + FIELD_FLAGS.get(field_name, field_name).replace("_", "-")
+
+
+def stop_on_of(train: dict[str, Any] | None) -> str:
+    """The statistic a run's stored training options say it stopped on (legacy: the mean)."""
+    return (train or {}).get("stop_on", LEGACY_STOP_ON)
 
 
 @dataclass
@@ -21,7 +54,7 @@ class TrainOptions:
     device: str = "auto"  # auto | cpu | cuda
     cuda_graph: bool = True
     compile: str = "auto"  # auto | on | off: torch.compile of the training step (auto: see compile_enabled)
-    stop_on: str = "mean"  # validation statistic for early stopping and best.pt: mean (the paper) | median of per-frame losses
+    stop_on: str = "posterior-mean"  # validation statistic for early stopping and best.pt: a key of STOP_COLUMNS
     tf32: bool = True  # CUDA matrix products in TF32 (no effect on a CPU); False: full fp32
     graph_steps: int = 32  # steps per CUDA graph replay, and per block of pre-drawn noise
     val_batch: int = 16384
@@ -49,8 +82,8 @@ class TrainOptions:
                 raise SdmvaeError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.patience < 1:
             raise SdmvaeError(f"--patience must be >= 1, got {self.patience}")
-        if self.stop_on not in ("mean", "median"):
-            raise SdmvaeError(f"--stop-on must be mean or median, got {self.stop_on!r}")
+        if self.stop_on not in STOP_COLUMNS:
+            raise SdmvaeError(f"--stop-on must be one of {', '.join(STOP_COLUMNS)}, got {self.stop_on!r}")
         if self.compile not in ("auto", "on", "off"):
             raise SdmvaeError(f"--compile must be auto, on or off, got {self.compile!r}")
 
@@ -70,6 +103,10 @@ class EpochRecord:
     val_recon: float
     val_kl: float
     val_median: float  # median over validation frames of the per-frame total
+    # the noise-free statistic (SpectrogramVAE.mean_code_loss) and its terms; NaN in histories from before it
+    val_pm_total: float = field(default=math.nan, kw_only=True)
+    val_pm_recon: float = field(default=math.nan, kw_only=True)
+    val_pm_kl: float = field(default=math.nan, kw_only=True)
     seconds: float
     frames_per_s: float  # per member: each member of the stack saw this many frames per second
     best: bool = False

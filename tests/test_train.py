@@ -1,6 +1,5 @@
 import csv
 import json
-import math
 import subprocess
 import sys
 
@@ -184,3 +183,45 @@ def test_options_of_a_config_architecture_are_accepted(synthetic_prepared, tmp_p
     assert run([*base, "--arch", "vsc", "--out", str(tmp_path / "a")]) == 0
     assert run([*base, "--config", str(tmp_path / "a"), "--alpha", "0.2", "--out", str(tmp_path / "b")]) == 0
     assert json.loads((tmp_path / "b" / "config.json").read_text())["model"]["alpha"] == 0.2
+
+
+def test_default_run_names_say_every_non_default_option():
+    """Two runs that differ in any model option get two default folders (issue 23.3)."""
+    from sdmvae_cli.cli_train import default_run_name
+
+    assert default_run_name(ModelConfig(model="sdm"), 1) == "sdm-m64-dct-k64-s1"
+    assert default_run_name(ModelConfig(model="vae", beta=0.5, hidden=[256, 128]), 0) == "vae-m64-hidden256x128-beta0.5-s0"
+    names = {default_run_name(ModelConfig(model="threshold", **kw), 0) for kw in ({}, {"spread_prior": 0.1}, {"code": "sample"},
+                                                                                    {"samples": 20}, {"learn_threshold": True})}
+    assert len(names) == 5
+
+
+@pytest.mark.parametrize("argv", [["--arch", "threshold", "--kl-warmup", "99999999999999999999"],
+                                  ["--arch", "threshold", "--samples", "100000"], ["--arch", "vae", "--latent", "99999999999"],
+                                  ["--arch", "vae", "--hidden", "10000000"]])
+def test_absurd_sizes_are_one_line_not_an_internal_error(synthetic_prepared, tmp_path, argv, capsys):
+    """Issue 23 (hostile run): sizes that would overflow or ask for terabytes."""
+    from sdmvae_cli.cli import run
+
+    assert run(["train", str(synthetic_prepared), *argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("must be in [" in err or "each in [1, " in err) and "internal error" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_overwrite_removes_the_replaced_runs_evaluations_not_the_users_files(synthetic_prepared, tmp_path):
+    """Hostile run: after `--overwrite`, the old eval-test/ sat beside the new best.pt and a
+    report showed the replaced model's scores as the new one's."""
+    from sdmvae_cli.cli import run
+
+    base = ["train", str(synthetic_prepared), "--arch", "vae", "--latent", "8", "--epochs", "1", "--device", "cpu", "--no-plot", "-q",
+            "--out", str(tmp_path / "r")]
+    assert run(base) == 0
+    (tmp_path / "r" / "eval-test").mkdir()
+    (tmp_path / "r" / "eval-test" / "summary.json").write_text(json.dumps({"checkpoint": str((tmp_path / "r" / "best.pt").resolve())}))
+    (tmp_path / "r" / "eval-mine").mkdir()
+    (tmp_path / "r" / "eval-mine" / "summary.json").write_text(json.dumps({"checkpoint": "/elsewhere/best.pt"}))
+    (tmp_path / "r" / "notes.txt").write_text("mine")
+    assert run([*base, "--overwrite"]) == 0
+    assert not (tmp_path / "r" / "eval-test").exists()
+    assert (tmp_path / "r" / "eval-mine" / "summary.json").exists() and (tmp_path / "r" / "notes.txt").read_text() == "mine"

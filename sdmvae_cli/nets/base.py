@@ -54,6 +54,9 @@ class ModelConfig:
     gamma_rate: float = 4.0
     beta2: float = 1.0  # weight of the threshold's Gamma KL (beta1 is `beta`)
     samples: int = 1  # J: samples per frame, max-ELBO selection
+    spread_prior: float = 1.0  # base prior N(0, v) (variance) / Laplace(0, b) (scale); the authors' spread_prior (0.1)
+    kl_warmup: int = 0  # epochs of linear KL warm-up of the training objective (0: none)
+    code: str = "mean"  # resynthesis code: mean (E[T(s)], dense) | sample (max-ELBO thresholded sample of J draws)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +64,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         return dataclass_from_dict(cls, d, "model")
+
+    @classmethod
+    def completed(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A stored model dict with the fields it predates filled with their defaults (which is
+        what loading it builds): how a configuration is compared, so evaluations written
+        before a field existed group with those written after."""
+        return {**asdict(cls()), **d}
 
 
 #: the float fields of ModelConfig: hyper-parameters that may differ between members of one
@@ -125,6 +135,12 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | N
     return mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if eps is None else eps)
 
 
+#: integer sizes and schedules, [low, high]: past these a run would ask for terabytes or overflow
+#: (one clear line instead of an internal error); far above any configuration of the papers
+SIZE_LIMITS: dict[str, tuple[int, int]] = {"latent": (1, 4096), "k": (1, 4096), "samples": (1, 256), "c_warmup": (0, 1_000_000),
+                                           "kl_warmup": (0, 1_000_000)}
+MAX_LAYER = 65536
+
 #: the options every model reads (architecture and KL weight)
 COMMON_OPTIONS: tuple[str, ...] = ("latent", "hidden", "activation", "input_transform", "beta")
 
@@ -170,12 +186,14 @@ class SpectrogramVAE(nn.Module):
     def validate(cls, cfg: ModelConfig) -> None:
         """Ranges every model checks (a spec or config file skips the command line's checks;
         the types were checked where the config was read): families add their own."""
-        if cfg.latent < 1:
-            raise SdmvaeError("--latent must be >= 1")
+        for name, (lo, hi) in SIZE_LIMITS.items():
+            v = getattr(cfg, name)
+            if not lo <= v <= hi:
+                raise SdmvaeError(f"--{name.replace('_', '-')} must be in [{lo}, {hi}], got {v}")
         if cfg.n_bins < 2:
             raise SdmvaeError(f"n_bins must be >= 2, got {cfg.n_bins}")
-        if not cfg.hidden or any(not isinstance(h, int) or h < 1 for h in cfg.hidden):
-            raise SdmvaeError(f"--hidden needs at least one layer size, each >= 1, got {cfg.hidden!r}")
+        if not cfg.hidden or any(not isinstance(h, int) or not 1 <= h <= MAX_LAYER for h in cfg.hidden):
+            raise SdmvaeError(f"--hidden needs at least one layer size, each in [1, {MAX_LAYER}], got {cfg.hidden!r}")
         nonneg = ("beta", "coherence", "threshold", "beta2", "c_warmup")
         positive = ("dict_lr", "c_start", "c_end", "gamma_shape", "gamma_rate")
         for name in nonneg + positive:
@@ -223,9 +241,40 @@ class SpectrogramVAE(nn.Module):
     def interpretable_code(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.mean_code(post)
 
+    def decoded_code(self, x: torch.Tensor, post: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The decoder input resynthesis decodes for frames ``x`` (posterior ``post``), and so
+        the one the noise-free validation statistic decodes: the posterior-mean code. A family
+        whose code needs the frames themselves (the thresholded model's max-ELBO sample,
+        ``code = "sample"``) overrides it."""
+        return self.mean_code(post)
+
+    def code_of(self, x: torch.Tensor) -> torch.Tensor:
+        """The interpretable code of frames ``x`` as resynthesis and evaluation use it. The
+        default is that of the posterior; a family whose code needs the frames themselves (the
+        thresholded model's max-ELBO sample, ``code = "sample"``) overrides it."""
+        return self.interpretable_code(self.encode(x))
+
+    @torch.no_grad()
+    def exact_zero_fraction(self, x: torch.Tensor) -> float:
+        """Fraction of the entries of :meth:`code_of` that are exactly 0: what separates a truly
+        sparse code (thresholded samples) from a merely small one (a posterior mean), which
+        Hoyer's measure does not."""
+        return float((self.code_of(x) == 0).double().mean())
+
     def kl(self, post: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         """Per-frame KL (or its estimate) between posterior and prior, shape (batch,)."""
         raise NotImplementedError
+
+    def kl_exact(self, post: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-frame KL in closed form (no sample): what the noise-free validation statistic
+        adds. Families whose training KL is already closed form (it ignores ``z``) inherit
+        this; a Monte Carlo family overrides it."""
+        return self.kl(post, None)
+
+    def weighted_kl(self, kl: torch.Tensor) -> torch.Tensor:
+        """The KL as the objective adds it: ``beta * kl`` (a family that weighs its own terms
+        overrides this)."""
+        return self.hp("beta") * kl
 
     # -- generic loss ----------------------------------------------------------------
     def loss(self, x: torch.Tensor, noise: Noise | None = None) -> LossTerms:
@@ -233,11 +282,23 @@ class SpectrogramVAE(nn.Module):
         z = self.sample(post, noise)
         recon = itakura_saito(x, self.decode(z))
         kl = self.kl(post, z)
-        return LossTerms(recon + self.hp("beta") * kl + self.penalty(), recon, kl)
+        return LossTerms(recon + self.weighted_kl(kl) + self.penalty(), recon, kl)
 
-    def forward(self, x: torch.Tensor, noise: Noise | None = None) -> LossTerms:
-        """The training objective (what ``torch.func.functional_call`` calls in a stack)."""
-        return self.loss(x, noise)
+    def mean_code_loss(self, x: torch.Tensor) -> LossTerms:
+        """The validation statistic that rides on no sampling noise (``--stop-on posterior-mean``,
+        the default): the negative ELBO with the posterior-mean code decoded (what resynthesis
+        uses) and the KL in closed form. Why: the one-sample ELBO's IS term (eq. 2) is
+        exponential in the decoder's output, so a few loud validation frames give it a
+        heavy-tailed sampling noise (1e8 nats in one draw) that decides when a run stops."""
+        post = self.encode(x)
+        recon = itakura_saito(x, self.decode(self.decoded_code(x, post)))
+        kl = self.kl_exact(post)
+        return LossTerms(recon + self.weighted_kl(kl) + self.penalty(), recon, kl)
+
+    def forward(self, x: torch.Tensor, noise: Noise | None = None, noise_free: bool = False) -> LossTerms:
+        """The training objective (what ``torch.func.functional_call`` calls in a stack), or with
+        ``noise_free`` the validation statistic of :meth:`mean_code_loss`."""
+        return self.mean_code_loss(x) if noise_free else self.loss(x, noise)
 
     def penalty(self) -> torch.Tensor | float:
         """Extra regulariser added to every frame's total (e.g. dictionary coherence)."""
@@ -277,7 +338,7 @@ class SpectrogramVAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Decoded power of the posterior-mean code, and the interpretable code."""
         post = self.encode(x)
-        return torch.exp(self.decode(self.mean_code(post))), self.interpretable_code(post)
+        return torch.exp(self.decode(self.decoded_code(x, post))), self.interpretable_code(post)
 
 
 def log_laplace(z: torch.Tensor, loc: float | torch.Tensor = 0.0, scale: float | torch.Tensor = 1.0) -> torch.Tensor:

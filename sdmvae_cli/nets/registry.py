@@ -37,3 +37,11 @@ def validate_config(cfg: "ModelConfig") -> type["SpectrogramVAE"]:
 
 def build_model(cfg: "ModelConfig") -> "SpectrogramVAE":
     return validate_config(cfg)(cfg)
+
+
+def foreign_options(model: str, fields: list[str]) -> list[str]:
+    """The ModelConfig fields among ``fields`` that the architecture ``model`` does not read (its
+    class's ``OPTIONS``): set there, they would be stored in config.json and used by nothing,
+    and the run would look like another model in its config."""
+    reads = set(REGISTRY[model].OPTIONS) | {"model", "n_bins"}
+    return [f for f in fields if f not in reads]
