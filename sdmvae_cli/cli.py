@@ -14,14 +14,17 @@ import os
 import signal
 import sys
 import threading
+from typing import NamedTuple
 
 import typer
 
 from sdmvae_cli import __version__
-from sdmvae_cli.cli_common import set_verbosity
-from sdmvae_cli.errors import SdmvaeError, check_interrupt, on_sigint, reset_interrupt
+from sdmvae_cli.cli_common import Command, Group, set_verbosity
+from sdmvae_cli.errors import SdmvaeError, UsageError, check_interrupt, on_sigint, reset_interrupt
+from sdmvae_cli.threads import MAX_THREADS, apply_thread_policy, parse_threads
 
 app = typer.Typer(
+    cls=Group,
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,26 +44,23 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print informational messages (also after the subcommand)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr; stdout unchanged (also after the subcommand)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    threads: str = typer.Option("auto", "--threads", metavar="N|auto", help="CPU threads per process (also after the subcommand). "
+                                "auto: 1, or OMP_NUM_THREADS when set (README, 'Threads')."),
 ) -> None:
-    pass  # applied by run() before parsing, wherever the flags are
+    pass  # applied by run() before parsing, wherever the flags are (--threads included)
 
 
 def _register() -> None:
     from sdmvae_cli import cli_demo, cli_enhance, cli_evaluate, cli_models, cli_plot, cli_prepare, cli_report, cli_resynth, cli_sweep, cli_train
 
-    app.command("prepare")(cli_prepare.prepare)
-    app.command("models")(cli_models.models)
-    app.command("train")(cli_train.train)
-    app.command("sweep")(cli_sweep.sweep)
-    app.command("sweep-stacks")(cli_sweep.sweep_stacks)
-    app.command("resynth")(cli_resynth.resynth)
-    app.command("evaluate")(cli_evaluate.evaluate)
-    app.command("table")(cli_evaluate.table)
-    app.add_typer(cli_plot.plot_app, name="plot")
-    app.command("demo")(cli_demo.demo)
-    app.command("report")(cli_report.report)
-    app.command("enhance")(cli_enhance.enhance)
-    app.command("export")(cli_models.export)
+    for name, fn in (("prepare", cli_prepare.prepare), ("models", cli_models.models), ("train", cli_train.train),
+                     ("sweep", cli_sweep.sweep), ("sweep-stacks", cli_sweep.sweep_stacks), ("resynth", cli_resynth.resynth),
+                     ("evaluate", cli_evaluate.evaluate), ("table", cli_evaluate.table), ("demo", cli_demo.demo),
+                     ("report", cli_report.report), ("enhance", cli_enhance.enhance), ("export", cli_models.export)):
+        app.command(name, cls=Command)(fn)
+    app.add_typer(cli_plot.plot_app, name="plot", cls=Group)
+    for info in cli_plot.plot_app.registered_commands:
+        info.cls = Command  # typer's default class, whose help shows a type beside every flag
 
 
 _register()
@@ -68,22 +68,34 @@ _register()
 GLOBAL_FLAGS = {"-q": "quiet", "--quiet": "quiet", "-v": "verbose", "--verbose": "verbose"}
 
 
-def split_global_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
-    """-q/--quiet and -v/--verbose wherever they are (before a ``--``): removed from ``argv``
-    and returned, so ``sdmvae train ... -q`` works as ``sdmvae -q train ...``."""
-    rest, quiet, verbose = [], False, False
-    for i, a in enumerate(argv):
+class GlobalOptions(NamedTuple):
+    quiet: bool = False
+    verbose: bool = False
+    threads: int | None = None  # None: auto (sdmvae_cli.threads)
+
+
+def split_global_flags(argv: list[str]) -> tuple[list[str], GlobalOptions]:
+    """-q/--quiet, -v/--verbose and --threads N wherever they are (before a ``--``): removed
+    from ``argv`` and returned, so ``sdmvae train ... -q`` works as ``sdmvae -q train ...``.
+    A bad --threads value is a :class:`UsageError`."""
+    rest, flags, threads = [], set(), None
+    it = iter(enumerate(argv))
+    for i, a in it:
         if a == "--":
             rest.extend(argv[i:])
             break
-        flag = GLOBAL_FLAGS.get(a)
-        if flag == "quiet":
-            quiet = True
-        elif flag == "verbose":
-            verbose = True
+        if a == "--threads" or a.startswith("--threads="):
+            value = a.partition("=")[2] if "=" in a else next(it, (None, None))[1]
+            try:
+                threads = parse_threads(value or "")
+            except ValueError:
+                got = repr(value) if value is not None else "nothing"
+                raise UsageError(f"--threads: expected an integer from 1 to {MAX_THREADS} or auto, got {got}") from None
+        elif a in GLOBAL_FLAGS:
+            flags.add(GLOBAL_FLAGS[a])
         else:
             rest.append(a)
-    return rest, quiet, verbose
+    return rest, GlobalOptions("quiet" in flags, "verbose" in flags, threads)
 
 
 def _fail(message: str, code: int) -> int:
@@ -101,8 +113,12 @@ def run(argv: list[str] | None = None) -> int:
     exception: one line; ``SDMVAE_DEBUG=1`` re-raises it for the traceback);
     130: interrupted (Ctrl-C), with what was kept when the command knows it.
     """
-    args, quiet, verbose = split_global_flags(list(sys.argv[1:] if argv is None else argv))
-    set_verbosity(quiet, verbose)
+    try:
+        args, opts = split_global_flags(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:
+        return _fail(str(exc), exc.exit_code)
+    set_verbosity(opts.quiet, opts.verbose)
+    apply_thread_policy(opts.threads)
     reset_interrupt()
     previous = None
     if threading.current_thread() is threading.main_thread():

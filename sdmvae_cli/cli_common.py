@@ -17,17 +17,48 @@ from typing import Any, Iterable
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 term = Console()  # stdout, for commands whose table IS the result (table, models, demo)
 err = Console(stderr=True, soft_wrap=True)  # everything for people
+for _console in (term, err):
+    if _console.width < 20:  # COLUMNS=0 (or junk) made rich print nothing at all
+        _console.width = 80
 log = logging.getLogger("sdmvae")
 
 OVERWRITE_HELP = "Replace an existing output (an input is never overwritten)."
 MODEL_HELP = "Checkpoint (a .pt, a run directory) or a released model's name (`sdmvae models --released`); default: the released default."
-DEVICE_HELP = "auto (GPU when present), cpu or cuda."
+DEVICE_HELP = "auto (GPU when present, the default everywhere), cpu, cuda or cuda:N."
 SUBTYPE_HELP = "Sample format of written audio: PCM_16, PCM_24 or FLOAT (default: the format's usual one, 16-bit for WAV/FLAC)."
 
 _quiet = False
+
+
+def _without_flag_types(params: list[Any]) -> list[Any]:
+    """A flag takes no value, so its help row shows no type: newer typer writes ``<bool>`` beside
+    every flag (``--overwrite <bool>``, even ``--help <bool>``), which reads as if it took one."""
+    for p in params:
+        if getattr(p, "is_flag", False) and hasattr(p, "display_type_rich"):
+            p.display_type_rich = _no_type  # the hook typer's help reads; older typer shows none anyway
+    return params
+
+
+def _no_type(ctx: Any = None) -> None:
+    return None
+
+
+class Command(TyperCommand):
+    """Every `sdmvae` command (registered in cli.py with ``cls=Command``)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The `sdmvae` and `sdmvae plot` groups."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
 
 
 def set_verbosity(quiet: bool, verbose: bool) -> None:
@@ -102,6 +133,11 @@ def device_name(value: str) -> str:
     if value not in ("auto", "cpu", "cuda") and not value.startswith("cuda:"):
         raise typer.BadParameter(f"expected auto, cpu, cuda or cuda:N, got {value!r}")
     return value
+
+
+def device_option(where: str = "") -> Any:
+    """THE ``--device`` option of every command: one default (auto), one check, one help line."""
+    return typer.Option("auto", "--device", callback=device_name, metavar="auto|cpu|cuda[:N]", help=(where + " " if where else "") + DEVICE_HELP)
 
 
 def pick_device(device: str):

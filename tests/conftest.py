@@ -82,3 +82,20 @@ def write_wav(path: Path, x: np.ndarray, rate: int = 16000) -> Path:
 def copy_tree(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The CLI in-process: (exit status, stdout, stderr)."""
+    from sdmvae_cli.cli import run
+
+    code = run([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    """The single line a refused command prints on stderr (no traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
