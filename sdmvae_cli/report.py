@@ -15,6 +15,7 @@ from ``file://``. It is written beside its destination and renamed into place wh
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import logging
 import math
@@ -597,6 +598,7 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
         if is_within(out, r.eval_dir):  # the rule of every command: outputs never inside an input folder
             raise SdmvaeError(f"--out {out} is inside an input ({r.eval_dir}); choose a separate folder")
     claim_folder(out, beside=True)  # one writer per report, until it is in place (beside it: `out` is renamed into place)
+    _remove_stale_builds(out)
     if out.exists():
         if not force:
             raise SdmvaeError(f"{out} exists; choose another --out, or --force to replace an earlier report")
@@ -628,6 +630,15 @@ def make_report(paths: Sequence[str | Path], out: str | Path, n_utterances: int 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "index.html"
+
+
+def _remove_stale_builds(out: Path) -> None:
+    """The build folders (``.<name>.<random>/``) of reports of ``out`` killed before they were
+    renamed into place (kill -9 gives no chance to clean up). Safe under the report's lock: no
+    other build of ``out`` runs. A ``.<name>.old.*`` folder may hold the previous report: kept."""
+    for d in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        if d.is_dir() and not d.is_symlink() and not d.name.startswith(f".{out.name}.old."):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -287,9 +287,12 @@ def test_refuses_to_overwrite(synthetic_report, tmp_path):
     # --force replaces an earlier report, and leaves nothing beside it
     again = make_report(inputs[1:2], tmp_path / "r", n_utterances=1)
     before = sorted(p.name for p in again.parent.parent.iterdir())
+    stale = tmp_path / ".r.k1ll3d"  # the build folder of a report killed with kill -9 before its rename
+    stale.mkdir()
+    (stale / "index.html").write_text("half")
     make_report(inputs[1:3], tmp_path / "r", n_utterances=1, force=True)
     assert len(Page(again.read_text()).rows) == 2
-    assert sorted(p.name for p in again.parent.parent.iterdir()) == before
+    assert sorted(p.name for p in again.parent.parent.iterdir()) == before  # the stale build is gone too
 
 
 def test_cli_errors_are_one_line(tmp_path):
