@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import pickle
+import signal
 import warnings
 from typing import Callable
 
@@ -78,10 +81,6 @@ def isolated(fn: Callable[..., float], *args, what: str, crash: str) -> float:
     """``fn(*args)`` in a forked child process, so that C code that kills its process (a
     segfault) costs this one call: a :class:`MetricError` naming the signal and ``crash`` (the
     known cause). Errors ``fn`` raises come back as MetricError with their message."""
-    import os
-    import pickle
-    import signal
-
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: compute, send, leave without running the parent's exit handlers
