@@ -29,10 +29,13 @@ import os, sys, time
 from sdmvae_cli.lock import folder_lock
 with folder_lock(sys.argv[1], beside=sys.argv[2] == "beside"):
     if sys.argv[3] == "fork":
+        r, w = os.pipe()
         child = os.fork()
-        if child == 0:
+        if child == 0:  # fork's after-child hooks have run by now: say so, then live on
+            os.write(w, b"1")
             time.sleep(120)
             os._exit(0)
+        os.read(r, 1)  # the test starts once the worker runs (never on scheduling luck)
         print(child, flush=True)
     print("held", flush=True)
     sys.stdin.read()
