@@ -31,10 +31,12 @@ def threshold_model(seed: int = 0, **kw):
 @pytest.mark.parametrize("base", ["gaussian", "laplace"])
 def test_default_threshold_loss_is_the_documented_formula(base):
     """Default options (beta 1, N(0, 1) / Laplace(0, 1) prior, lambda 0.5, J = 1, no warm-up): the
-    loss for fixed noise equals the formula computed here by hand, in training and eval mode."""
-    m = threshold_model(base=base)
-    x = frames()
-    noise = draw_noise(m.noise_spec(x.shape[0]), generator=torch.Generator().manual_seed(3))
+    loss for fixed noise equals the formula computed here by hand, in training and eval mode. In
+    float64: the two computations sum in different orders, and a KL near zero differs by float32
+    rounding (2e-5 relative, seen on one machine), which is not what this test is about."""
+    m = threshold_model(base=base).double()
+    x = frames().double()
+    noise = {k: v.double() for k, v in draw_noise(m.noise_spec(x.shape[0]), generator=torch.Generator().manual_seed(3)).items()}
     with torch.no_grad():
         post = m.encode(x)
         mu, ls = post["mu"], post["log_scale"]
@@ -71,8 +73,8 @@ def test_a_config_without_the_new_options_loads_with_the_former_behaviour():
 # -- prior variance -------------------------------------------------------------------------------
 @pytest.mark.parametrize("base", ["gaussian", "laplace"])
 def test_spread_prior_changes_the_kl_as_the_closed_form_says(base):
-    m1, m01 = threshold_model(base=base), threshold_model(base=base, spread_prior=0.1, beta=0.01)
-    x = frames()
+    m1, m01 = threshold_model(base=base).double(), threshold_model(base=base, spread_prior=0.1, beta=0.01).double()
+    x = frames().double()  # float64: the formula below sums its terms in another order than the model
     with torch.no_grad():
         post = m1.encode(x)
         mu, ls = post["mu"], post["log_scale"]
