@@ -22,14 +22,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdmvae_cli.frames import FrameSource  # noqa: E402
+from sdmvae_cli.data.frames import FrameSource  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
-from sdmvae_cli.stack import Member, Stack, init_state  # noqa: E402
-from sdmvae_cli.trainopts import TrainOptions  # noqa: E402
+from sdmvae_cli.training.options import TrainOptions  # noqa: E402
+from sdmvae_cli.training.stack import Member, Stack, init_state  # noqa: E402
 
-CONFIGS = [dict(model="vae"), dict(model="sdm", k=8), dict(model="vsc"), dict(model="threshold"),
-           dict(model="threshold", learn_threshold=True), dict(model="laplace"), dict(model="cauchy"),
-           dict(model="sdm", dictionary="learned", k=8), dict(model="vae", latent=6), dict(model="sdm", k=6, latent=6)]
+CONFIGS = [
+    dict(model="vae"),
+    dict(model="sdm", k=8),
+    dict(model="vsc"),
+    dict(model="threshold"),
+    dict(model="threshold", learn_threshold=True),
+    dict(model="laplace"),
+    dict(model="cauchy"),
+    dict(model="sdm", dictionary="learned", k=8),
+    dict(model="vae", latent=6),
+    dict(model="sdm", k=6, latent=6),
+]
 
 
 def main() -> None:
@@ -45,7 +54,9 @@ def main() -> None:
         cfg = ModelConfig(**{"latent": 8, **kw})
         m = Member("m", cfg, TrainOptions(seed=k), Path("."))
         m.perm_gen, m.noise_gen = torch.Generator().manual_seed(k), torch.Generator().manual_seed(k)
-        st = Stack([m], [init_state(cfg, k)], [None], src, src.buffer[:256], torch.device("cpu"), use_graph=False, compile_loss=True)
+        st = Stack(
+            [m], [init_state(cfg, k)], [None], src, src.buffer[:256], torch.device("cpu"), use_graph=False, compile_loss=True
+        )
         t = time.perf_counter()
         st.run_epoch(0)
         print(f"stack {k} ({kw}): first epoch {time.perf_counter() - t:.2f} s", flush=True)

@@ -117,9 +117,9 @@ def speech_dictionary(data: Path, cache: Path, rank: int = 32, n_speakers: int =
     """IS-NMF dictionary of clean training-split speech (the baseline's speech model), cached."""
     if cache.exists():
         return torch.load(cache)
-    from sdmvae_cli.audio import load_audio, trim_silence
-    from sdmvae_cli.nmf import fit_is_nmf
-    from sdmvae_cli.stft import StftConfig, power_spectrogram
+    from sdmvae_cli.audio.io import load_audio, trim_silence
+    from sdmvae_cli.audio.stft import StftConfig, power_spectrogram
+    from sdmvae_cli.inference.nmf import fit_is_nmf
 
     cfg = StftConfig()
     split = json.loads((REPO / "scripts" / "table1_split.json").read_text())
@@ -138,7 +138,7 @@ def speech_dictionary(data: Path, cache: Path, rank: int = 32, n_speakers: int =
 # -- scoring ---------------------------------------------------------------------------------------
 def pesq_nb(ref: np.ndarray, est: np.ndarray) -> float:
     """The project's pesq_nb where metrics.py has it, else the same inversion of P.862.1 here."""
-    from sdmvae_cli import metrics
+    from sdmvae_cli.evaluation import metrics
 
     if hasattr(metrics, "pesq_nb"):
         return metrics.pesq_nb(ref, est)
@@ -149,10 +149,15 @@ def pesq_nb(ref: np.ndarray, est: np.ndarray) -> float:
 
 
 def score(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
-    from sdmvae_cli.metrics import MetricError, pesq_wb, si_sdr, stoi
+    from sdmvae_cli.evaluation.metrics import MetricError, pesq_wb, si_sdr, stoi
 
     out = {}
-    for key, fn in (("si_sdr", si_sdr), ("pesq_wb", pesq_wb), ("pesq_nb", pesq_nb), ("estoi", lambda r, e: stoi(r, e, extended=True))):
+    for key, fn in (
+        ("si_sdr", si_sdr),
+        ("pesq_wb", pesq_wb),
+        ("pesq_nb", pesq_nb),
+        ("estoi", lambda r, e: stoi(r, e, extended=True)),
+    ):
         try:
             out[key] = fn(ref, est)
         except (MetricError, Exception) as exc:  # noqa: B014  a failed metric is a blank, reported
@@ -164,10 +169,10 @@ def score(ref: np.ndarray, est: np.ndarray) -> dict[str, float]:
 def run_item(item: dict) -> list[dict]:
     """One mixture through every system (a worker's unit of work)."""
     torch.set_num_threads(1)
-    from sdmvae_cli.audio import Audio, load_audio
-    from sdmvae_cli.checkpoint import load_model
-    from sdmvae_cli.enhance import EnhanceOptions, enhance_audio, nmf_baseline, resolve_model
-    from sdmvae_cli.stft import StftConfig, istft, stft
+    from sdmvae_cli.audio.io import Audio, load_audio
+    from sdmvae_cli.audio.stft import StftConfig, istft, stft
+    from sdmvae_cli.inference.enhance import EnhanceOptions, enhance_audio, nmf_baseline, resolve_model
+    from sdmvae_cli.nets.checkpoint import load_model
 
     cfg = StftConfig()
     clean = load_audio(item["file"], cfg).samples.astype(np.float64)
@@ -185,7 +190,9 @@ def run_item(item: dict) -> list[dict]:
         x = torch.from_numpy(audio.samples)
         est = istft(nmf_baseline(stft(x, cfg), W, opts), cfg, length=x.numel()).numpy() * peak
         rows.append({**base, "system": "nmf", **score(clean, est), "seconds": time.perf_counter() - t})
-    runs = [(name, opts) for name in item["priors"]] + [(name, EnhanceOptions(**{**item["opts"], "method": "mcem"})) for name in item["mcem"]]
+    runs = [(name, opts) for name in item["priors"]] + [
+        (name, EnhanceOptions(**{**item["opts"], "method": "mcem"})) for name in item["mcem"]
+    ]
     for name, o in runs:
         lm = load_model(resolve_model(name))
         t = time.perf_counter()
@@ -206,12 +213,17 @@ def summarise(rows: list[dict]) -> dict:
             for k in keys:
                 if np.isfinite(r[k]):
                     cell[k].append(r[k])
-    return {s: {snr: {k: (float(np.mean(v)) if v else None) for k, v in c.items()} | {"n": len(c["si_sdr"])} for snr, c in d.items()} for s, d in out.items()}
+    return {
+        s: {snr: {k: (float(np.mean(v)) if v else None) for k, v in c.items()} | {"n": len(c["si_sdr"])} for snr, c in d.items()}
+        for s, d in out.items()
+    }
 
 
 def quality(a) -> None:
     data = Path(a.data)
-    files = validation_utterances(data, a.max_seconds) if a.split == "validation" else test_utterances(data, a.per_speaker, a.limit)
+    files = (
+        validation_utterances(data, a.max_seconds) if a.split == "validation" else test_utterances(data, a.per_speaker, a.limit)
+    )
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dict_path = None if a.no_nmf else out / "speech_nmf_W.pt"
@@ -222,9 +234,20 @@ def quality(a) -> None:
     items = []
     for i, f in enumerate(files):
         for snr in snrs:
-            items.append({"file": str(f), "utt": f.stem, "noise": NOISES[i % len(NOISES)], "snr": snr, "seed": 1000 + i,
-                          "opts": opts, "dict": str(dict_path) if dict_path else "", "priors": a.priors.split(","),
-                          "mcem": [p for p in a.mcem_priors.split(",") if p], "max_s": a.max_seconds})
+            items.append(
+                {
+                    "file": str(f),
+                    "utt": f.stem,
+                    "noise": NOISES[i % len(NOISES)],
+                    "snr": snr,
+                    "seed": 1000 + i,
+                    "opts": opts,
+                    "dict": str(dict_path) if dict_path else "",
+                    "priors": a.priors.split(","),
+                    "mcem": [p for p in a.mcem_priors.split(",") if p],
+                    "max_s": a.max_seconds,
+                }
+            )
     t0 = time.perf_counter()
     rows: list[dict] = []
     partial = out / "per_file.partial.csv"  # rows as they come: an interrupted run keeps its work
@@ -250,21 +273,29 @@ def quality(a) -> None:
     partial.replace(out / "per_file.csv")
     from dataclasses import asdict
 
-    from sdmvae_cli.enhance import EnhanceOptions
+    from sdmvae_cli.inference.enhance import EnhanceOptions
 
-    summary = {"split": a.split, "max_seconds": a.max_seconds,
-               "utterances": len(files), "mixtures": len(items), "options": asdict(EnhanceOptions(**opts)), "wall_s": round(time.perf_counter() - t0, 1),
-               "jobs": a.jobs, "torch": torch.__version__, "systems": summarise(rows)}
+    summary = {
+        "split": a.split,
+        "max_seconds": a.max_seconds,
+        "utterances": len(files),
+        "mixtures": len(items),
+        "options": asdict(EnhanceOptions(**opts)),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "jobs": a.jobs,
+        "torch": torch.__version__,
+        "systems": summarise(rows),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 
 
 def speed(a) -> None:
     torch.set_num_threads(a.threads)
-    from sdmvae_cli.audio import Audio, load_audio
-    from sdmvae_cli.checkpoint import load_model
-    from sdmvae_cli.enhance import EnhanceOptions, enhance_audio, resolve_model
-    from sdmvae_cli.stft import StftConfig
+    from sdmvae_cli.audio.io import Audio, load_audio
+    from sdmvae_cli.audio.stft import StftConfig
+    from sdmvae_cli.inference.enhance import EnhanceOptions, enhance_audio, resolve_model
+    from sdmvae_cli.nets.checkpoint import load_model
 
     files = test_utterances(Path(a.data), 1)
     clean = load_audio(files[0], StftConfig()).samples.astype(np.float64)
@@ -287,9 +318,22 @@ def speed(a) -> None:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
             med = statistics.median(times)
-            print(json.dumps({"model": name, "method": method, "iterations": opts.iterations, "device": a.device, "threads": a.threads,
-                              "audio_s": a.seconds, "median_s": round(med, 4), "rtf": round(med / a.seconds, 4),
-                              "torch": torch.__version__}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "model": name,
+                        "method": method,
+                        "iterations": opts.iterations,
+                        "device": a.device,
+                        "threads": a.threads,
+                        "audio_s": a.seconds,
+                        "median_s": round(med, 4),
+                        "rtf": round(med / a.seconds, 4),
+                        "torch": torch.__version__,
+                    }
+                ),
+                flush=True,
+            )
 
 
 def report(a) -> None:
@@ -323,8 +367,10 @@ def report(a) -> None:
     noises = list(dict.fromkeys(r["noise"] for r in rows))
     table([(n, lambda r, n=n: r["noise"] == n and r["snr"] in (0.0, 5.0)) for n in noises], "noise (0 and 5 dB)")
     n_utt = len({r["utt"] for r in rows})
-    print(f"{n_utt} utterances, {len(rows) // len(systems)} mixtures; per-system mean seconds per mixture: "
-          + ", ".join(f"{s_} {mean([r for r in rows if r['system'] == s_], 'seconds'):.2f}" for s_ in systems if s_ != "noisy"))
+    print(
+        f"{n_utt} utterances, {len(rows) // len(systems)} mixtures; per-system mean seconds per mixture: "
+        + ", ".join(f"{s_} {mean([r for r in rows if r['system'] == s_], 'seconds'):.2f}" for s_ in systems if s_ != "noisy")
+    )
 
 
 def main() -> None:
@@ -339,9 +385,18 @@ def main() -> None:
     q.add_argument("--method", default="vem")
     q.add_argument("--mcem-priors", default="sdm-identity-m64", help="also run these priors with --method mcem")
     q.add_argument("--iterations", type=int, default=40)
-    q.add_argument("--split", choices=("test", "validation"), default="test",
-                   help="test: the 10 test speakers (reporting); validation: the released models' validation speakers (choosing a default)")
-    q.add_argument("--max-seconds", type=float, default=0.0, help="cut every utterance to its first N seconds (0: whole; --split validation needs it, its readers are 11-16 s)")
+    q.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="test: the 10 test speakers (reporting); validation: the released models' validation speakers (choosing a default)",
+    )
+    q.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="cut every utterance to its first N seconds (0: whole; --split validation needs it, its readers are 11-16 s)",
+    )
     q.add_argument("--snrs", default="", help="comma-separated SNRs in dB (default -5,0,5)")
     q.add_argument("--no-nmf", action="store_true", help="skip the NMF-only baseline (and its speech dictionary)")
     q.add_argument("-j", "--jobs", type=int, default=1)

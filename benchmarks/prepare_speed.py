@@ -28,8 +28,11 @@ def main() -> None:
         sys.exit(f"corpus {a.corpus} not found")
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "sdmvae_cli", "prepare", "folder", str(a.corpus), tmp + "/p", "-j", str(a.jobs)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "sdmvae_cli", "prepare", "folder", str(a.corpus), tmp + "/p", "-j", str(a.jobs)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         secs = time.perf_counter() - t
         info = json.loads(Path(tmp, "p", "prepare.json").read_text())
     # ru_maxrss of children: the largest single child (KiB on Linux)
@@ -40,11 +43,21 @@ def main() -> None:
     import soundfile as sf
 
     audio_h = sum(sf.info(str(p)).duration for p in a.corpus.rglob("*") if p.suffix in (".flac", ".wav")) / 3600
-    print(json.dumps({
-        "corpus": str(a.corpus), "jobs": a.jobs, "cpus": os.cpu_count(), "audio_hours": round(audio_h, 3),
-        "frames": frames, "trimmed_hours": round(frames * hop / 3600, 3), "wall_s": round(secs, 2),
-        "s_per_audio_hour": round(secs / audio_h, 1), "peak_rss_mib_largest_process": round(peak_mib, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "corpus": str(a.corpus),
+                "jobs": a.jobs,
+                "cpus": os.cpu_count(),
+                "audio_hours": round(audio_h, 3),
+                "frames": frames,
+                "trimmed_hours": round(frames * hop / 3600, 3),
+                "wall_s": round(secs, 2),
+                "s_per_audio_hour": round(secs / audio_h, 1),
+                "peak_rss_mib_largest_process": round(peak_mib, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -37,14 +37,18 @@ def tiled(minutes: float, out: Path) -> Path:
 
 #: runs the command and prints its peak RSS: getrusage(RUSAGE_CHILDREN) of a fresh parent
 #: (of this script it would be the largest child so far)
-WRAPPER = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-           "sys.stderr.write(r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+WRAPPER = (
+    "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+    "sys.stderr.write(r.stderr); print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def peak_rss(args: list[str]) -> tuple[int, float]:
     """(peak RSS in bytes, wall seconds) of one command in a fresh child process."""
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     wall = time.perf_counter() - t
     code, kb = r.stdout.split()
     if code != "0":
@@ -67,8 +71,19 @@ def main() -> None:
         dst.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "sdmvae_cli", "resynth", str(src), str(dst)] + (["-m", a.model] if a.model else [])
         rss, wall = peak_rss(cmd + (["--save-codes", "--overwrite"] if a.save_codes else []))
-        print(json.dumps({"minutes": minutes, "peak_rss_mb": round(rss / 2**20), "wall_s": round(wall, 1), "save_codes": a.save_codes,
-                          "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "minutes": minutes,
+                    "peak_rss_mb": round(rss / 2**20),
+                    "wall_s": round(wall, 1),
+                    "save_codes": a.save_codes,
+                    "cpus": os.cpu_count(),
+                    "machine": platform.processor() or platform.machine(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from sdmvae_cli.audio import Audio
-    from sdmvae_cli.checkpoint import load_model
-    from sdmvae_cli.resynth import model_power_fn, resynthesise_audio
-    from sdmvae_cli.synthetic import source_filter_speech
+    from sdmvae_cli.audio.io import Audio
+    from sdmvae_cli.audio.synthetic import source_filter_speech
+    from sdmvae_cli.inference.resynth import model_power_fn, resynthesise_audio
+    from sdmvae_cli.nets.checkpoint import load_model
 
     t = time.perf_counter()
     lm = load_model(a.model)
@@ -47,8 +47,19 @@ def main() -> None:
         resynthesise_audio(audio, lm.stft, fn)
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    print(json.dumps({"model": lm.model_config.model, "threads": a.threads, "audio_s": a.seconds, "median_s": round(med, 5),
-                      "rtf": round(med / a.seconds, 5), "model_load_s": round(load_s, 3), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "model": lm.model_config.model,
+                "threads": a.threads,
+                "audio_s": a.seconds,
+                "median_s": round(med, 5),
+                "rtf": round(med / a.seconds, 5),
+                "model_load_s": round(load_s, 3),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

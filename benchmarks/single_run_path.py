@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sweep_speed import make_stack  # noqa: E402
 
-from sdmvae_cli.frames import FrameSource  # noqa: E402
+from sdmvae_cli.data.frames import FrameSource  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
-from sdmvae_cli.stack import Stack  # noqa: E402
+from sdmvae_cli.training.stack import Stack  # noqa: E402
 
 
 def main() -> None:
@@ -58,9 +58,12 @@ def main() -> None:
                 st.run_epoch(e + 1)
                 times[name].append(time.perf_counter() - t0)
         best = {k: min(v) for k, v in times.items()}
-        print(f"{model}: " + ", ".join(f"{k} {a.frames / t:,.0f} frames/s" for k, t in best.items())
-              + f" -> engine {best['foreach-adam'] / best['engine']:.2f}x foreach-adam, {best['vmap'] / best['engine']:.2f}x vmap",
-              flush=True)
+        print(
+            f"{model}: "
+            + ", ".join(f"{k} {a.frames / t:,.0f} frames/s" for k, t in best.items())
+            + f" -> engine {best['foreach-adam'] / best['engine']:.2f}x foreach-adam, {best['vmap'] / best['engine']:.2f}x vmap",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

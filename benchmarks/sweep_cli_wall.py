@@ -49,13 +49,39 @@ def main() -> None:
 
     try:
         spec = work / "spec.json"
-        spec.write_text(json.dumps({"common": {"model": "vae", "latent": 64, "patience": a.epochs + 1},
-                                    "runs": [{"name": f"s{i}", "seed": i} for i in range(a.members)]}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "common": {"model": "vae", "latent": 64, "patience": a.epochs + 1},
+                    "runs": [{"name": f"s{i}", "seed": i} for i in range(a.members)],
+                }
+            )
+        )
         got = {"sweep": timed([*cli, "sweep", a.prepared, str(spec), "--out", str(work / "sweep"), *common], env())}
         for label, extra in (("train, default compile", []), ("train --compile off", ["--compile", "off"])):
-            got[label] = sum(timed([*cli, "train", a.prepared, "--out", str(work / f"{label[:5]}{extra and 'off'}{i}"), "--model", "vae",
-                                    "--latent", "64", "--seed", str(i), "--patience", str(a.epochs + 1), *common, *extra], env())
-                             for i in range(a.members))
+            got[label] = sum(
+                timed(
+                    [
+                        *cli,
+                        "train",
+                        a.prepared,
+                        "--out",
+                        str(work / f"{label[:5]}{extra and 'off'}{i}"),
+                        "--model",
+                        "vae",
+                        "--latent",
+                        "64",
+                        "--seed",
+                        str(i),
+                        "--patience",
+                        str(a.epochs + 1),
+                        *common,
+                        *extra,
+                    ],
+                    env(),
+                )
+                for i in range(a.members)
+            )
         print(f"{a.members} members x {a.epochs} epochs on {a.prepared}{' (cold inductor cache)' if a.cold_cache else ''}:")
         for label, secs in got.items():
             print(f"  {label:>24s}: {secs:7.1f} s  ({secs / got['sweep']:.2f}x the sweep)", flush=True)

@@ -36,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdmvae_cli.frames import FrameSource  # noqa: E402
+from sdmvae_cli.data.frames import FrameSource  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
 
 
@@ -60,8 +60,22 @@ def child(n: int, seed: int, compile_on: bool, frames: int, epochs: int, model: 
 
 
 def measure(n: int, seed: int, compile_on: bool, a: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(n), "--seed", str(seed), "--compile", "on" if compile_on else "off",
-           "--frames", str(a.frames), "--epochs", str(a.epochs), "--model", a.model]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(n),
+        "--seed",
+        str(seed),
+        "--compile",
+        "on" if compile_on else "off",
+        "--frames",
+        str(a.frames),
+        "--epochs",
+        str(a.epochs),
+        "--model",
+        a.model,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -81,21 +95,27 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.child, a.seed, a.compile == "on", a.frames, a.epochs, a.model)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {a.model}, {a.frames} frames, "
-          f"median of {a.epochs} epochs after a warm-up, {a.rounds} rounds", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {a.model}, {a.frames} frames, "
+        f"median of {a.epochs} epochs after a warm-up, {a.rounds} rounds",
+        flush=True,
+    )
     kinds = a.kinds.split(",")
     res: dict[tuple[int, str], list[dict]] = {}
     for r in range(a.rounds):
         for n in a.members:
-            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 if kind == "stack":
                     got = measure(n, 0, True, a)
                 else:
                     parts = [measure(1, i, kind == "serial-compiled", a) for i in range(n)]
                     got = {"warmup": sum(p["warmup"] for p in parts), "epoch": sum(p["epoch"] for p in parts)}
                 res.setdefault((n, kind), []).append(got)
-                print(f"round {r} members {n} {kind:>15s}: {got['epoch']:7.3f} s/epoch "
-                      f"({n * a.frames / got['epoch']:8.0f} member-frames/s), warm-up epoch {got['warmup']:6.1f} s", flush=True)
+                print(
+                    f"round {r} members {n} {kind:>15s}: {got['epoch']:7.3f} s/epoch "
+                    f"({n * a.frames / got['epoch']:8.0f} member-frames/s), warm-up epoch {got['warmup']:6.1f} s",
+                    flush=True,
+                )
     for n in a.members:
         if (n, "stack") not in res:
             continue
@@ -103,8 +123,11 @@ def main() -> None:
             if kind == "stack":
                 continue
             ratios = [s["epoch"] / t["epoch"] for s, t in zip(res[(n, kind)], res[(n, "stack")])]
-            print(f"members {n}: {kind} / stack per epoch = {', '.join(f'{x:.2f}' for x in ratios)} "
-                  f"(median {statistics.median(ratios):.2f}x)", flush=True)
+            print(
+                f"members {n}: {kind} / stack per epoch = {', '.join(f'{x:.2f}' for x in ratios)} "
+                f"(median {statistics.median(ratios):.2f}x)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

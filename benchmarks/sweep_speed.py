@@ -28,11 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdmvae_cli.frames import FrameSource  # noqa: E402
+from sdmvae_cli.data.frames import FrameSource  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
-from sdmvae_cli.stack import Member, Stack, init_state  # noqa: E402
-from sdmvae_cli.trainopts import TrainOptions  # noqa: E402
-
+from sdmvae_cli.training.options import TrainOptions  # noqa: E402
+from sdmvae_cli.training.stack import Member, Stack, init_state  # noqa: E402
 
 VARIANTS = {  # name -> (fused Adam, threaded permutations, TF32)
     "engine": (True, True, True),
@@ -49,8 +48,16 @@ def random_frames(n: int) -> np.ndarray:
     return (rng.gamma(0.5, 1.0, (n, 513)) * 1e-3).astype(np.float32)
 
 
-def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.device, compile_loss: bool,
-               variant: str = "engine", seed: int = 0) -> Stack:
+def make_stack(
+    n: int,
+    cfg: ModelConfig,
+    src: FrameSource,
+    val: torch.Tensor,
+    device: torch.device,
+    compile_loss: bool,
+    variant: str = "engine",
+    seed: int = 0,
+) -> Stack:
     fused, threaded, tf32 = VARIANTS[variant]
     Stack.fused_adam, Stack.threaded_permutations = fused, threaded
     members = []
@@ -60,8 +67,16 @@ def make_stack(n: int, cfg: ModelConfig, src: FrameSource, val: torch.Tensor, de
         m.perm_gen = torch.Generator().manual_seed(i)
         m.noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
         members.append(m)
-    return Stack(members, [init_state(cfg, i) for i in seeds], [None] * n, src, val, device,
-                 use_graph=device.type == "cuda", compile_loss=compile_loss)
+    return Stack(
+        members,
+        [init_state(cfg, i) for i in seeds],
+        [None] * n,
+        src,
+        val,
+        device,
+        use_graph=device.type == "cuda",
+        compile_loss=compile_loss,
+    )
 
 
 def time_epochs(stack: Stack, epochs: int) -> float:
@@ -94,8 +109,10 @@ def main() -> None:
     val = src.buffer[:4096]
     kw = {"dictionary": "dct", "k": 64} if a.model == "sdm" else {}
     cfg = ModelConfig(model=a.model, latent=64, **kw)
-    print(f"device {device} {torch.cuda.get_device_name() if device.type == 'cuda' else ''} torch {torch.__version__} "
-          f"model {a.model} frames {a.frames} compile {a.compile}")
+    print(
+        f"device {device} {torch.cuda.get_device_name() if device.type == 'cuda' else ''} torch {torch.__version__} "
+        f"model {a.model} frames {a.frames} compile {a.compile}"
+    )
     if a.check:
         check(cfg, src, val, device, a.compile == "on")
     for n in a.members:
@@ -106,10 +123,14 @@ def main() -> None:
             secs = time_epochs(make_stack(n, cfg, src, val, device, a.compile == "on", variant), a.epochs)
             peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
             first = first or secs
-            line = (f"{variant:>12s} members {n:3d}: {secs:7.3f} s/epoch, aggregate {n * a.frames / secs / 1e6:7.2f} M frames/s, "
-                    f"peak {peak:8.0f} MiB, {first / secs:5.2f}x the first variant")
+            line = (
+                f"{variant:>12s} members {n:3d}: {secs:7.3f} s/epoch, aggregate {n * a.frames / secs / 1e6:7.2f} M frames/s, "
+                f"peak {peak:8.0f} MiB, {first / secs:5.2f}x the first variant"
+            )
             if a.sequential:
-                seq = sum(time_epochs(make_stack(1, cfg, src, val, device, a.compile == "on", variant), a.epochs) for _ in range(n))
+                seq = sum(
+                    time_epochs(make_stack(1, cfg, src, val, device, a.compile == "on", variant), a.epochs) for _ in range(n)
+                )
                 line += f"; one after another {seq:7.3f} s -> stacked is {seq / secs:4.2f}x faster"
             print(line, flush=True)
 
@@ -124,7 +145,10 @@ def check(cfg: ModelConfig, src: FrameSource, val: torch.Tensor, device: torch.d
     start = init_state(cfg, 0)
     diff = max((out["before"][k] - out["no-tf32"][k]).abs().max().item() for k in out["before"])
     moved = max((out["before"][k][0].cpu() - start[k]).abs().max().item() for k in out["before"])
-    print(f"check: after one epoch, foreach vs fused Adam weights differ by at most {diff:.2e} (weights moved {moved:.2e})", flush=True)
+    print(
+        f"check: after one epoch, foreach vs fused Adam weights differ by at most {diff:.2e} (weights moved {moved:.2e})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

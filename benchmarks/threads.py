@@ -36,21 +36,40 @@ POLICIES = {  # name -> (flags, torch imported first, environment)
     "threads=1": (["--threads", "1"], False, {}),
     "threads=2,passive": (["--threads", "2"], False, {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
-SPEC = {"common": {"latent": 64, "compile": "off"},
-        "runs": [{"name": "vae", "model": "vae"}, {"name": "sdm", "model": "sdm", "dictionary": "dct"}, {"name": "vsc", "model": "vsc"}]}
+SPEC = {
+    "common": {"latent": 64, "compile": "off"},
+    "runs": [
+        {"name": "vae", "model": "vae"},
+        {"name": "sdm", "model": "sdm", "dictionary": "dct"},
+        {"name": "vsc", "model": "vsc"},
+    ],
+}
 
 
 def command(job: str, prep: Path, out: Path, epochs: int, flags: list[str], torch_first: bool) -> list[str]:
     if job == "train":
-        args = ["train", str(prep), "--arch", "vae", "--epochs", str(epochs), "--compile", "off", "--device", "cpu", "--no-plot",
-                "--out", str(out)]
+        args = [
+            "train",
+            str(prep),
+            "--arch",
+            "vae",
+            "--epochs",
+            str(epochs),
+            "--compile",
+            "off",
+            "--device",
+            "cpu",
+            "--no-plot",
+            "--out",
+            str(out),
+        ]
     else:
         spec = out.parent / "spec.json"
         spec.write_text(json.dumps(SPEC))
         args = ["sweep", str(prep), str(spec), "--out", str(out), "--epochs", str(epochs), "--device", "cpu"]
     argv = [*args, *flags, "-q"]
     if torch_first:  # the OpenMP runtime starts before sdmvae can set a policy: torch's defaults
-        code = f"import torch, sys; from sdmvae_cli.cli import run; sys.exit(run({argv!r}))"
+        code = f"import torch, sys; from sdmvae_cli.cli.app import run; sys.exit(run({argv!r}))"
         return [sys.executable, "-c", code]
     return [sys.executable, "-m", "sdmvae_cli", *argv]
 
@@ -88,8 +107,16 @@ def main() -> None:
                         with tempfile.TemporaryDirectory() as tmp:
                             s = timed(command(job, a.prepared, Path(tmp) / "out", a.epochs, flags, torch_first), env)
                         base = s if base is None else base
-                        row = {"load": load, "job": job, "round": rnd, "policy": name, "seconds": round(s, 2),
-                               "speedup_vs_torch_default": round(base / s, 2), "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()}
+                        row = {
+                            "load": load,
+                            "job": job,
+                            "round": rnd,
+                            "policy": name,
+                            "seconds": round(s, 2),
+                            "speedup_vs_torch_default": round(base / s, 2),
+                            "cpus": os.cpu_count(),
+                            "machine": platform.processor() or platform.machine(),
+                        }
                         rows.append(row)
                         print(json.dumps(row), flush=True)
         finally:
@@ -99,11 +126,14 @@ def main() -> None:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         with a.json.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-    for (load, job) in sorted({(r["load"], r["job"]) for r in rows}):
+    for load, job in sorted({(r["load"], r["job"]) for r in rows}):
         for name in POLICIES:
             sel = [r for r in rows if (r["load"], r["job"], r["policy"]) == (load, job, name)]
-            print(f"{load:5s} {job:6s} {name:18s} median {statistics.median(r['seconds'] for r in sel):7.1f} s  "
-                  f"speedup {[r['speedup_vs_torch_default'] for r in sel]}", file=sys.stderr)
+            print(
+                f"{load:5s} {job:6s} {name:18s} median {statistics.median(r['seconds'] for r in sel):7.1f} s  "
+                f"speedup {[r['speedup_vs_torch_default'] for r in sel]}",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

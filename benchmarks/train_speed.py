@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from sdmvae_cli.synthetic import make_synthetic_prepared  # noqa: E402
+from sdmvae_cli.audio.synthetic import make_synthetic_prepared  # noqa: E402
 from sdmvae_cli.nets import ModelConfig  # noqa: E402
-from sdmvae_cli.train import TrainOptions, train  # noqa: E402
+from sdmvae_cli.training.train import TrainOptions, train  # noqa: E402
 
 CONFIGS = {
     "vae": dict(model="vae"),
@@ -59,15 +59,34 @@ def main() -> None:
     results = []
     for name in a.models.split(","):
         cfg = ModelConfig(**CONFIGS[name])
-        opts = TrainOptions(epochs=a.epochs, patience=10**6, device=a.device, cuda_graph=not a.no_graph, graph_steps=a.graph_steps, compile=a.compile)
+        opts = TrainOptions(
+            epochs=a.epochs,
+            patience=10**6,
+            device=a.device,
+            cuda_graph=not a.no_graph,
+            graph_steps=a.graph_steps,
+            compile=a.compile,
+        )
         r = train(prep, cfg, opts, tmp / f"run-{name}")
         secs = [h["seconds"] for h in r.history]
         later = secs[1:] or secs
-        dev = torch.cuda.get_device_name(0) if (a.device != "cpu" and torch.cuda.is_available()) else platform.processor() or platform.machine()
+        dev = (
+            torch.cuda.get_device_name(0)
+            if (a.device != "cpu" and torch.cuda.is_available())
+            else platform.processor() or platform.machine()
+        )
         res = {
-            "model": name, "frames": a.frames, "batch": 128, "device": dev, "threads": torch.get_num_threads(),
-            "cuda_graph": not a.no_graph, "compile": a.compile, "epoch0_s": round(secs[0], 3), "epoch_s_median": round(statistics.median(later), 3),
-            "frames_per_s": round(a.frames / statistics.median(later)), "torch": torch.__version__,
+            "model": name,
+            "frames": a.frames,
+            "batch": 128,
+            "device": dev,
+            "threads": torch.get_num_threads(),
+            "cuda_graph": not a.no_graph,
+            "compile": a.compile,
+            "epoch0_s": round(secs[0], 3),
+            "epoch_s_median": round(statistics.median(later), 3),
+            "frames_per_s": round(a.frames / statistics.median(later)),
+            "torch": torch.__version__,
         }
         print(json.dumps(res), flush=True)
         results.append(res)

@@ -1,3 +1,3 @@
-from sdmvae_cli.cli import main
+from sdmvae_cli.cli.app import main
 
 main()

@@ -68,7 +68,7 @@ def real_utterance() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_prepared(tmp_path_factory) -> Path:
-    from sdmvae_cli.synthetic import make_synthetic_prepared
+    from sdmvae_cli.audio.synthetic import make_synthetic_prepared
 
     return make_synthetic_prepared(tmp_path_factory.mktemp("prep") / "p", n_train=3000, n_val=600, n_test=300)
 
@@ -86,7 +86,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 def cli(capsys, *args) -> tuple[int, str, str]:
     """The CLI in-process: (exit status, stdout, stderr)."""
-    from sdmvae_cli.cli import run
+    from sdmvae_cli.cli.app import run
 
     code = run([str(a) for a in args])
     out, err = capsys.readouterr()

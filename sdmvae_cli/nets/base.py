@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 import torch
 from torch import nn
 
-from sdmvae_cli.errors import SdmvaeError, dataclass_from_dict
+from sdmvae_cli.core.errors import SdmvaeError, dataclass_from_dict
 
 #: floor added to power before the log input transform (power of a -160 dB bin)
 LOG_FLOOR = 1e-8
@@ -73,6 +73,9 @@ class ModelConfig:
         return {**asdict(cls()), **d}
 
 
+#: every field of ModelConfig (a stored dict is filtered to these before it is read)
+MODEL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(ModelConfig))
+
 #: the float fields of ModelConfig: hyper-parameters that may differ between members of one
 #: stacked training run (``sdmvae sweep``); models read them through :meth:`SpectrogramVAE.hp`
 SCALAR_HPARAMS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.type in ("float", float))
@@ -82,8 +85,12 @@ NoiseSpec = dict[str, tuple[str, tuple[int, ...]]]
 Noise = Mapping[str, torch.Tensor]
 
 
-def draw_noise(spec: NoiseSpec, lead: tuple[int, ...] = (), generator: torch.Generator | None = None,
-               device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+def draw_noise(
+    spec: NoiseSpec,
+    lead: tuple[int, ...] = (),
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
     """Standard normal / uniform tensors for ``spec``, with extra leading dims ``lead``.
 
     Training draws all sampling noise through here, from the run's own generator, in a fixed
@@ -137,8 +144,13 @@ def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | N
 
 #: integer sizes and schedules, [low, high]: past these a run would ask for terabytes or overflow
 #: (one clear line instead of an internal error); far above any configuration of the papers
-SIZE_LIMITS: dict[str, tuple[int, int]] = {"latent": (1, 4096), "k": (1, 4096), "samples": (1, 256), "c_warmup": (0, 1_000_000),
-                                           "kl_warmup": (0, 1_000_000)}
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "latent": (1, 4096),
+    "k": (1, 4096),
+    "samples": (1, 256),
+    "c_warmup": (0, 1_000_000),
+    "kl_warmup": (0, 1_000_000),
+}
 MAX_LAYER = 65536
 
 #: the options every model reads (architecture and KL weight)
@@ -164,6 +176,14 @@ class SpectrogramVAE(nn.Module):
     name: ClassVar[str] = "base"
     OPTIONS: ClassVar[tuple[str, ...]] = ()
     DESCRIPTION: ClassVar[str] = ""
+    #: the family's name in tables and reports, and its rank in the paper's row order
+    LABEL: ClassVar[str] = ""
+    ROW_RANK: ClassVar[int] = 99
+    #: the family's prior for Monte Carlo EM enhancement (nets/latents.py); None: variational EM only
+    MCEM_LATENT: ClassVar[type | None] = None
+    #: True when the validation KL the family logs is already weighted (so runs of different
+    #: weights have no common unit-weight bound to be ranked by)
+    LOGS_WEIGHTED_KL: ClassVar[bool] = False
     #: size of the interpretable code (k for SDM-VAE)
     code_dim: int
     #: per-member scalar hyper-parameters, set by the stacked trainer inside vmap
@@ -199,11 +219,40 @@ class SpectrogramVAE(nn.Module):
         for name in nonneg + positive:
             v = getattr(cfg, name)
             if not math.isfinite(v) or v < 0 or (name in positive and v == 0):
-                raise SdmvaeError(f"--{name.replace('_', '-')} must be {'> 0' if name in positive else '>= 0'} and finite, got {v}")
+                raise SdmvaeError(
+                    f"--{name.replace('_', '-')} must be {'> 0' if name in positive else '>= 0'} and finite, got {v}"
+                )
         if cfg.input_transform not in ("power", "log"):
             raise SdmvaeError(f"unknown input transform {cfg.input_transform!r}; expected power or log")
 
     # -- shared pieces ---------------------------------------------------------------
+    # -- family hooks: what the rest of the package needs to know about a family, asked of its
+    # class rather than spelled out in `if model == ...` chains elsewhere
+    @classmethod
+    def family_label(cls, cfg: ModelConfig) -> str:
+        """Row label of a configuration of this family (its distinguishing options, not beta or
+        the encoder input, which :func:`sdmvae_cli.evaluation.results.row_label` adds)."""
+        return cls.LABEL or cls.name
+
+    @classmethod
+    def row_order(cls, cfg: ModelConfig) -> tuple:
+        """Sort key inside the family, in the paper's order (after ``ROW_RANK``)."""
+        return ()
+
+    @classmethod
+    def name_parts(cls, cfg: ModelConfig) -> tuple[list[str], set[str]]:
+        """(parts of a default run folder name, the options those parts already show)."""
+        return [], set()
+
+    @classmethod
+    def upgrade_state(cls, state: dict[str, Any]) -> dict[str, Any]:
+        """A state dict of an older checkpoint format made loadable (nothing to do by default)."""
+        return state
+
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """The decoder input of an interpretable code (the code itself unless a family maps it)."""
+        return codes
+
     def hp(self, name: str) -> Any:
         """A scalar hyper-parameter: this member's tensor inside a stacked sweep, else the config's."""
         if self._hp is not None and name in self._hp:

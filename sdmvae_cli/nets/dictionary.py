@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError
 
 
 def dct_dictionary(m: int, k: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, TypeVar
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError
 
 if TYPE_CHECKING:
     from sdmvae_cli.nets.base import ModelConfig, SpectrogramVAE

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import COMMON_OPTIONS, ModelConfig, SpectrogramVAE, reparameterise
 from sdmvae_cli.nets.dictionary import make_dictionary, mutual_coherence_penalty
+from sdmvae_cli.nets.latents import SdmLatent
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import GaussianHeads
 
@@ -32,6 +33,27 @@ def sdm_kl(mu: torch.Tensor, logvar: torch.Tensor, gamma: torch.Tensor) -> torch
 class SDMVAE(SpectrogramVAE):
     DESCRIPTION = "SDM-VAE: z = D a, prior N(0, diag(gamma)) with closed-form gamma (Sadeghi & Magron 2022)."
     OPTIONS = COMMON_OPTIONS + ("dictionary", "k", "dict_lr", "coherence")
+    ROW_RANK, MCEM_LATENT = 2, SdmLatent
+    DICTIONARY_ORDER = ("identity", "dct", "learned")
+
+    @classmethod
+    def family_label(cls, cfg: ModelConfig) -> str:
+        if cfg.dictionary == "identity":
+            return "SDM-VAE (identity)"
+        return f"SDM-VAE ({'learned' if cfg.dictionary == 'learned' else 'DCT'}, k={cfg.k})"
+
+    @classmethod
+    def row_order(cls, cfg: ModelConfig) -> tuple:
+        order = cls.DICTIONARY_ORDER
+        return (order.index(cfg.dictionary) if cfg.dictionary in order else 9, cfg.k)
+
+    @classmethod
+    def name_parts(cls, cfg: ModelConfig) -> tuple[list[str], set[str]]:
+        return [cfg.dictionary, f"k{cfg.k}"], {"dictionary", "k"}
+
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """z = D a (eq. 4)."""
+        return codes @ self.D.t()
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

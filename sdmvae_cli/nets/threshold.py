@@ -51,7 +51,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from sdmvae_cli.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import COMMON_OPTIONS, LossTerms, ModelConfig, SpectrogramVAE, draw_noise, itakura_saito, open_uniform
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import Heads
@@ -131,8 +131,47 @@ def gamma_kl(shape_q: torch.Tensor, rate_q: torch.Tensor, shape_p, rate_p) -> to
 @register("threshold")
 class ThresholdVSC(SpectrogramVAE):
     DESCRIPTION = "Shifted soft-threshold of a Gaussian/Laplacian posterior, straight-through (Fallah & Rozell 2022)."
-    OPTIONS = COMMON_OPTIONS + ("base", "threshold", "learn_threshold", "gamma_shape", "gamma_rate", "beta2", "samples",
-                                "spread_prior", "kl_warmup", "code")
+    OPTIONS = COMMON_OPTIONS + (
+        "base",
+        "threshold",
+        "learn_threshold",
+        "gamma_shape",
+        "gamma_rate",
+        "beta2",
+        "samples",
+        "spread_prior",
+        "kl_warmup",
+        "code",
+    )
+    LOGS_WEIGHTED_KL = True  # its KL has two weights (beta, beta2) applied inside
+    ROW_RANK = 3  # no MCEM prior: the threshold is part of the posterior, not of a generative prior
+
+    @classmethod
+    def family_label(cls, cfg: ModelConfig) -> str:
+        lam = (
+            f"learned lambda, Gamma({cfg.gamma_shape:g}, {cfg.gamma_rate:g}) prior"
+            if cfg.learn_threshold
+            else f"lambda={cfg.threshold:g}"
+        )
+        extra = "".join(
+            f", {text}"
+            for text, show in (
+                (f"J={cfg.samples}", cfg.samples > 1),
+                (f"prior spread {cfg.spread_prior:g}", cfg.spread_prior != 1.0),
+                (f"KL warm-up {cfg.kl_warmup}", cfg.kl_warmup > 0),
+                ("sampled code", cfg.code == "sample"),
+            )
+            if show
+        )
+        return f"Thresholded ({cfg.base}, {lam}{extra})"
+
+    @classmethod
+    def row_order(cls, cfg: ModelConfig) -> tuple:
+        return (cfg.learn_threshold, cfg.base, cfg.threshold)
+
+    @classmethod
+    def name_parts(cls, cfg: ModelConfig) -> tuple[list[str], set[str]]:
+        return [cfg.base, "learned" if cfg.learn_threshold else f"l{cfg.threshold:g}"], {"base", "learn_threshold", "threshold"}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -235,7 +274,11 @@ class ThresholdVSC(SpectrogramVAE):
         return torch.exp(self.decode(z)), z
 
     def spike_probability(self, post) -> torch.Tensor:
-        lam = post["lam_shape"] / post["lam_rate"] if self.cfg.learn_threshold else self.hp("threshold") * torch.ones_like(post["mu"])
+        lam = (
+            post["lam_shape"] / post["lam_rate"]
+            if self.cfg.learn_threshold
+            else self.hp("threshold") * torch.ones_like(post["mu"])
+        )
         if self.cfg.base == "gaussian":
             return torch.erf(lam / (torch.exp(0.5 * post["log_scale"]) * math.sqrt(2.0)))
         return 1 - torch.exp(-lam / post["log_scale"].exp())
@@ -255,7 +298,9 @@ class ThresholdVSC(SpectrogramVAE):
         weights), so :meth:`loss` adds it as is."""
         kl = self.hp("beta") * self.base_kl(post)
         if self.cfg.learn_threshold:
-            kl = kl + self.hp("beta2") * gamma_kl(post["lam_shape"], post["lam_rate"], self.hp("gamma_shape"), self.hp("gamma_rate")).sum(-1)
+            kl = kl + self.hp("beta2") * gamma_kl(
+                post["lam_shape"], post["lam_rate"], self.hp("gamma_shape"), self.hp("gamma_rate")
+            ).sum(-1)
         return kl
 
     def weighted_kl(self, kl):

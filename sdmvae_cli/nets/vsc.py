@@ -14,8 +14,10 @@ and each member of a stacked sweep can have its own c_start/c_end.
 from __future__ import annotations
 
 import torch
-from sdmvae_cli.errors import SdmvaeError
+
+from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import COMMON_OPTIONS, ModelConfig, SpectrogramVAE, gaussian_kl_std
+from sdmvae_cli.nets.latents import VscLatent
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import Heads
 
@@ -43,6 +45,24 @@ def c_schedule(epoch, start, end, warmup: int):
 class VSC(SpectrogramVAE):
     DESCRIPTION = "Spike-and-slab prior and posterior (Tonolini et al. 2020)."
     OPTIONS = COMMON_OPTIONS + ("alpha", "c_start", "c_end", "c_warmup")
+    ROW_RANK, MCEM_LATENT = 1, VscLatent
+
+    @classmethod
+    def family_label(cls, cfg: ModelConfig) -> str:
+        return f"VSC (alpha={cfg.alpha:g})"
+
+    @classmethod
+    def row_order(cls, cfg: ModelConfig) -> tuple:
+        return (cfg.alpha,)
+
+    @classmethod
+    def name_parts(cls, cfg: ModelConfig) -> tuple[list[str], set[str]]:
+        return [f"a{cfg.alpha:g}"], {"alpha"}
+
+    @classmethod
+    def upgrade_state(cls, state: dict) -> dict:
+        """Format 1 stored the c schedule as a buffer; it is computed from the epoch now."""
+        return {k: v for k, v in state.items() if k != "c"}
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)

@@ -1,0 +1,107 @@
+"""`sdmvae enhance`: parse options, call :mod:`sdmvae_cli.inference.enhance` (nothing else).
+
+Registered from cli/app.py with ``app.command("enhance")(enhance)``; kept apart so app.py does not
+grow. Written paths go to stdout (one per line), everything for people to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+
+from sdmvae_cli.cli.common import bar, device_option, emit, err, folder_meant, positive
+from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
+
+# ranges: the same as sdmvae_cli.inference.enhance.LIMITS (not imported here: it would load torch for every
+# command's --help); tests/inference/test_enhance.py checks that they agree.
+
+
+def enhance(
+    inp: Path = typer.Argument(
+        ..., metavar="NOISY", help="A noisy audio file, a directory (mirrored), or with --from-list a text file of paths."
+    ),
+    dst_arg: str = typer.Argument(..., metavar="OUT", help="Output file, or directory (an existing one, or a path ending in /)."),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Checkpoint, run directory or released name (vae-m64, ...); default: the enhancement default (models/README.md).",
+    ),
+    method: Literal["vem", "mcem"] = typer.Option(
+        "vem", help="vem (variational EM, fast) or mcem (Monte Carlo EM, Metropolis-Hastings; Leglaive et al. 2018)."
+    ),
+    iterations: int = typer.Option(40, "--iterations", "-n", min=1, max=1000, help="EM iterations."),
+    nmf_rank: int = typer.Option(8, min=1, max=512, help="Rank K of the noise NMF."),
+    steps: int = typer.Option(4, min=0, max=100, help="vem: Adam steps on the posterior per EM iteration."),
+    lr: float = typer.Option(
+        0.05,
+        max=1.0,
+        callback=positive,
+        help="vem: Adam learning rate on the posterior, in (0, 1] (higher: more noise removed, more speech distortion).",
+    ),
+    chains: int = typer.Option(4, min=1, max=32, help="mcem: Metropolis-Hastings chains per frame."),
+    mh_steps: int = typer.Option(8, min=1, max=100, help="mcem: MH steps per EM iteration."),
+    seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed of the NMF initialisation and of the sampling."),
+    device: str = device_option(),
+    from_list: bool = typer.Option(False, help="NOISY is a text file with one audio path per line."),
+    overwrite: bool = typer.Option(False, help="Replace outputs that already exist (an input is never overwritten)."),
+    skip_existing: bool = typer.Option(
+        False, help="Keep outputs that already exist and enhance the rest (finishes an interrupted folder)."
+    ),
+) -> None:
+    """Remove noise without noisy training data: the model is a clean-speech prior, the noise an NMF fitted on each file."""
+    from sdmvae_cli.core.device import resolve_device
+    from sdmvae_cli.inference.enhance import EnhanceOptions, enhance_many, plan_enhance, resolve_prior
+    from sdmvae_cli.inference.mcem import check_mcem_prior
+    from sdmvae_cli.nets.checkpoint import load_model
+
+    opts = EnhanceOptions(
+        method=method,
+        iterations=iterations,
+        nmf_rank=nmf_rank,
+        steps=steps,
+        lr=lr,
+        chains=chains,
+        mh_steps=mh_steps,
+        keep=min(2, mh_steps),
+        seed=seed,
+    )
+    try:
+        opts.validate()  # the signature's ranges already hold; this is the library's own word
+    except SdmvaeError as exc:
+        raise UsageError(str(exc)) from None  # one line, exit 2
+    dst = Path(dst_arg)
+    pairs, skipped = plan_enhance(
+        inp, dst, folder=folder_meant(dst, dst_arg), from_list=from_list, overwrite=overwrite, skip_existing=skip_existing
+    )
+    if skipped:
+        err.print(f"kept {len(skipped)} existing output(s); enhancing the other {len(pairs)}", highlight=False)
+    if not pairs:
+        return
+    lm = load_model(resolve_prior(model), device=resolve_device(device))
+    if method == "mcem":
+        check_mcem_prior(lm.model)
+    progress = bar(len(pairs), "enhance") if len(pairs) > 1 else None
+    written: list[Path] = []
+    try:
+        failures = enhance_many(pairs, lm, opts, progress=progress.update if progress else None, written=written)
+    except KeyboardInterrupt:
+        if progress:
+            progress.close()
+        emit(*written)
+        raise Interrupted(
+            f"interrupted: {len(written)} of {len(pairs)} output(s) were complete and are kept (listed on stdout); "
+            "re-run the same command with --skip-existing to enhance the rest"
+        ) from None
+    if progress:
+        progress.close()
+    emit(*written)
+    if len(pairs) == 1 and failures:
+        raise SdmvaeError(failures[0][1])
+    for src, why in failures:
+        print(f"failed: {why}", file=sys.stderr)
+    if failures:
+        raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")

@@ -1,0 +1,270 @@
+"""`sdmvae train`: parses options (and ``--config``) and calls :func:`sdmvae_cli.training.train.train`.
+
+The architecture is ``--arch`` (``--model`` is kept as an alias for older scripts: everywhere
+else ``--model/-m`` is a checkpoint used for inference). ``--config FILE`` starts from a run's
+``config.json`` (or a run directory holding one); options given on the command line override
+it, the others come from the file, then from the defaults below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+from rich.markup import escape
+
+from sdmvae_cli.cli.common import arch_name, device_option, emit, emit_json, err, hidden_sizes, positive, unit_open
+from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
+
+#: CLI parameter -> ModelConfig field, and -> TrainOptions field (a parameter is its flag's name,
+#: training.options.FIELD_FLAGS, with a trailing ``_`` where the name is a Python builtin; tested)
+MODEL_PARAMS = {
+    "arch": "model",
+    "latent": "latent",
+    "hidden": "hidden",
+    "activation": "activation",
+    "input_transform": "input_transform",
+    "beta": "beta",
+    "dict_": "dictionary",
+    "k": "k",
+    "dict_lr": "dict_lr",
+    "coherence": "coherence",
+    "alpha": "alpha",
+    "c_start": "c_start",
+    "c_end": "c_end",
+    "c_warmup": "c_warmup",
+    "base": "base",
+    "threshold": "threshold",
+    "learn_threshold": "learn_threshold",
+    "gamma_shape": "gamma_shape",
+    "gamma_rate": "gamma_rate",
+    "beta2": "beta2",
+    "samples": "samples",
+    "spread_prior": "spread_prior",
+    "kl_warmup": "kl_warmup",
+    "code": "code",
+}
+TRAIN_PARAMS = {
+    "lr": "lr",
+    "batch_size": "batch_size",
+    "epochs": "epochs",
+    "patience": "patience",
+    "stop_on": "stop_on",
+    "seed": "seed",
+    "device": "device",
+    "cuda_graph": "cuda_graph",
+    "compile_": "compile",
+    "tf32": "tf32",
+}
+#: how to run, not what to compute: always from this command line, never from --config (a run
+#: trained on a GPU is rerun on a laptop without --device cpu)
+EXECUTION = ("device", "cuda_graph", "compile", "tf32")
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's ``config.json`` (the file, or a run directory holding it)."""
+    f = path / "config.json" if path.is_dir() else path
+    if not f.is_file():
+        raise SdmvaeError(f"--config {path}: no such file (a run's config.json, or its run directory)")
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SdmvaeError(f"--config {f}: not JSON ({type(exc).__name__})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("model"), dict):
+        raise SdmvaeError(f"--config {f}: not a run's config.json (no 'model' section)")
+    if not isinstance(d.get("train") or {}, dict) or not isinstance(d.get("prepared_dir") or "", str):
+        raise SdmvaeError(f"--config {f}: not a run's config.json (its 'train' or 'prepared_dir' is of the wrong type)")
+    return d
+
+
+def merged_config(ctx: typer.Context, given: dict, config: dict | None):
+    """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
+    from sdmvae_cli.nets import REGISTRY, ModelConfig
+    from sdmvae_cli.training.options import TrainOptions
+
+    def explicit(name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    model = dict(config["model"]) if config else {}
+    train = dict(config.get("train") or {}) if config else {}
+    for p, f in MODEL_PARAMS.items():
+        if config is None or explicit(p) or f not in model:
+            v = given[p]
+            model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
+    if isinstance(model.get("model"), str) and model["model"] in REGISTRY:  # else ModelConfig's error below
+        refuse_foreign_options(model["model"], [p for p in MODEL_PARAMS if explicit(p)])
+    for p, f in TRAIN_PARAMS.items():
+        if config is None or explicit(p) or f not in train or f in EXECUTION:
+            train[f] = given[p]
+    try:
+        return ModelConfig.from_dict(model), TrainOptions.from_dict(train)
+    except SdmvaeError as exc:
+        raise UsageError(f"--config: {exc}" if config else str(exc)) from None
+
+
+def refuse_foreign_options(arch: str, given: list[str]) -> None:
+    """An option the architecture does not read (``--arch vae --dict identity``) is a usage
+    error, not a value stored in config.json that nothing uses: the run would look like an
+    SDM-VAE in its config and be a VAE. Which options an architecture reads is its class's
+    ``OPTIONS`` (the same list `sdmvae models` shows)."""
+    from sdmvae_cli.nets import REGISTRY, foreign_options
+    from sdmvae_cli.training.options import flag_of
+
+    foreign = foreign_options(arch, [MODEL_PARAMS[p] for p in given])
+    if foreign:
+        flags = ", ".join(flag_of(f) for f in foreign)
+        raise UsageError(
+            f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --arch {arch} "
+            f"(it reads {', '.join(flag_of(o) for o in REGISTRY[arch].OPTIONS)}; see `sdmvae models`)"
+        )
+
+
+def train(
+    ctx: typer.Context,
+    prepared_dir: Optional[Path] = typer.Argument(
+        None, help="Output of `sdmvae prepare` (default with --config: the run's prepared_dir)."
+    ),
+    arch: str = typer.Option(
+        "sdm", "--arch", "--model", callback=arch_name, help="Architecture (see `sdmvae models`); --model is the older spelling."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="Start from a run's config.json (or its run directory); options given here override it."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Run directory (default runs/<arch>-m<latent>[-<options>]-s<seed>)."
+    ),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in the run directory (default: refuse)."),
+    latent: int = typer.Option(64, min=1, help="Latent dimension m (paper: 32, 64)."),
+    hidden: str = typer.Option(
+        "128", callback=hidden_sizes, help="Hidden layer sizes, comma-separated (encoder; the decoder mirrors it)."
+    ),
+    activation: Literal["tanh", "relu"] = typer.Option("tanh", help="tanh or relu."),
+    input_transform: Literal["log", "power"] = typer.Option(
+        "log", help="Encoder input: log (log power) or power (raw, as the authors' code)."
+    ),
+    beta: float = typer.Option(1.0, min=0, help="KL weight (beta1 for threshold)."),
+    dict_: Literal["dct", "identity", "learned"] = typer.Option("dct", "--dict", help="sdm: dct, identity or learned."),
+    k: int = typer.Option(64, min=1, help="sdm: number of atoms."),
+    dict_lr: float = typer.Option(1e-3, callback=positive, help="sdm --dict learned: the dictionary's learning rate."),
+    coherence: float = typer.Option(0.0, min=0, help="sdm --dict learned: mutual-coherence penalty weight."),
+    alpha: float = typer.Option(0.5, callback=unit_open, help="vsc: prior slab probability."),
+    c_start: float = typer.Option(50.0, callback=positive, help="vsc: initial sharpness c of the spike selection."),
+    c_end: float = typer.Option(200.0, callback=positive, help="vsc: final c."),
+    c_warmup: int = typer.Option(100, min=0, help="vsc: epochs of linear c warm-up."),
+    base: Literal["gaussian", "laplace"] = typer.Option("gaussian", help="threshold: gaussian or laplace base posterior."),
+    threshold: float = typer.Option(0.5, min=0, help="threshold: fixed threshold lambda."),
+    learn_threshold: bool = typer.Option(False, help="threshold: learn lambda with a Gamma posterior/prior."),
+    gamma_shape: float = typer.Option(2.0, callback=positive, help="threshold: Gamma prior shape for lambda."),
+    gamma_rate: float = typer.Option(4.0, callback=positive, help="threshold: Gamma prior rate for lambda."),
+    beta2: float = typer.Option(1.0, min=0, help="threshold: weight of the Gamma KL."),
+    samples: int = typer.Option(1, min=1, help="threshold: J samples per frame, max-ELBO selection."),
+    spread_prior: float = typer.Option(
+        1.0,
+        callback=positive,
+        help="threshold: the base prior's spread: variance of N(0, v) (gaussian), scale of Laplace(0, v) (laplace); the authors' 0.1.",
+    ),
+    kl_warmup: int = typer.Option(0, min=0, help="threshold: epochs of linear KL warm-up of the training objective (0: none)."),
+    code: Literal["mean", "sample"] = typer.Option(
+        "mean",
+        help="threshold: resynthesis code: mean (E[T(s)], dense) or sample (the max-ELBO thresholded sample of J fixed draws: exact zeros, as the authors' codes; the posterior-mean validation statistic then decodes it too: use it with --samples 20).",
+    ),
+    lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
+    batch_size: int = typer.Option(128, min=1, help="Frames per batch."),
+    epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
+    patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),
+    stop_on: Literal["posterior-mean", "mean", "median"] = typer.Option(
+        "posterior-mean",
+        help="Validation statistic for early stopping and best.pt: posterior-mean (the ELBO with the posterior-mean "
+        "code decoded and the KL in closed form: no sampling noise), mean (the paper's one-sample validation loss) or median "
+        "(of the one-sample per-frame losses).",
+    ),
+    seed: int = typer.Option(0, help="Seed (CPU runs are bit-reproducible)."),
+    device: str = device_option(),
+    cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay training steps from a CUDA graph on GPU."),
+    compile_: Literal["auto", "on", "off"] = typer.Option(
+        "auto",
+        "--compile",
+        help="torch.compile of the training step: auto (on with CUDA; on a CPU when the planned work, members x min(epochs, patience+1) x frames, holds >= 2M member-frames), on, off.",
+    ),
+    tf32: bool = typer.Option(
+        True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."
+    ),
+    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
+) -> None:
+    """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png.
+
+    stdout: the run folder, then its best.pt (one per line), or JSON with --json; epochs go to stderr."""
+    from sdmvae_cli.training.train import train as run
+
+    given = dict(ctx.params)
+    base_cfg = read_run_config(config) if config is not None else None
+    cfg, opts = merged_config(ctx, given, base_cfg)
+    if prepared_dir is None:
+        if base_cfg is None or not base_cfg.get("prepared_dir"):
+            raise UsageError("give PREPARED_DIR (or --config with a run's config.json that names it)")
+        prepared_dir = Path(base_cfg["prepared_dir"])
+    if resume is not None and overwrite:
+        raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
+
+    def on_epoch(r) -> None:
+        mark = "[green]*[/green]" if r.best else " "
+        err.print(
+            f"epoch {r.epoch:4d} {mark} train {r.train_total:10.3f} (IS {r.train_recon:10.3f} KL {r.train_kl:8.3f})  "
+            f"val {r.val_total:10.3f} (IS {r.val_recon:10.3f} KL {r.val_kl:8.3f})  {r.seconds:6.2f}s {r.frames_per_s:,.0f} frames/s",
+            highlight=False,
+        )
+
+    # the options are checked inside, before anything is read or written (a UsageError); no --out: runs/<default_run_name>
+    result = run(
+        prepared_dir,
+        cfg if resume is None else None,
+        opts,
+        resume if resume is not None else out,
+        resume=resume is not None,
+        overwrite=overwrite,
+        on_epoch=on_epoch,
+    )
+    _report(result, plot, as_json)
+
+
+def _report(result, plot: bool, as_json: bool) -> None:
+    """loss.png, then the outcome: stderr says how the run ended, stdout names the run folder and
+    its best.pt (or JSON); an interrupted run, or one with no completed epoch, is an error line."""
+    from sdmvae_cli.training.train import plot_history
+
+    run_dir = result.run_dir
+    if plot:
+        plot_history(run_dir, result.history)
+    if result.interrupted:
+        if (run_dir / "last.pt").exists():
+            raise Interrupted(f"interrupted: {run_dir}/last.pt holds the last completed epoch; continue with --resume {run_dir}")
+        raise Interrupted(f"interrupted before the first epoch completed: no checkpoint was written in {run_dir}")
+    if not (run_dir / "best.pt").exists():
+        raise SdmvaeError(f"no epoch completed: no checkpoint was written in {run_dir}")
+    why = "early stopping" if result.stopped_early else "epoch limit"
+    if result.advice:
+        err.print(f"[yellow]warning:[/yellow] {escape(result.advice)}", highlight=False)
+    err.print(
+        f"done ({why}): best validation loss {result.best_val:.4f} at epoch {result.best_epoch}; checkpoint {escape(str(run_dir))}/best.pt",
+        highlight=False,
+    )
+    if as_json:
+        emit_json(
+            {
+                "run_dir": str(run_dir.resolve()),
+                "checkpoint": str((run_dir / "best.pt").resolve()),
+                "best_epoch": result.best_epoch,
+                "best_val": result.best_val,
+                "epochs": len(result.history),
+                "stopped_early": result.stopped_early,
+                "history": str((run_dir / "history.csv").resolve()),
+                "engine": result.history[-1].get("engine") if result.history else None,
+            }
+        )
+    else:
+        emit(run_dir, run_dir / "best.pt")

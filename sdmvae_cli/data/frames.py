@@ -1,0 +1,87 @@
+"""Prepared frames as training data: memmap on disk, device-resident chunks in training.
+
+When a split fits (its bytes under ``max_device_bytes``) it is copied once onto the device and
+every epoch draws batches by a random permutation: no per-frame Python, no DataLoader. When it
+does not fit, large contiguous memmap chunks are streamed, in random order, into one fixed
+device buffer (so a captured CUDA graph keeps reading the same memory).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from sdmvae_cli.core.errors import SdmvaeError
+
+
+def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
+    f = Path(prepared_dir) / split / "frames.npy"
+    if not f.exists():
+        raise SdmvaeError(f"{prepared_dir}: split {split!r} has no frames.npy (run `sdmvae prepare`)")
+    try:
+        arr = np.load(f, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, pickled objects
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise SdmvaeError(f"{f}: unreadable prepared frames ({first}); re-run `sdmvae prepare --force`") from None
+    if arr.ndim != 2 or arr.dtype != np.float32:
+        raise SdmvaeError(f"{f}: expected a float32 (frames x bins) array, got {arr.dtype} {arr.shape}")
+    if arr.shape[0] == 0:
+        raise SdmvaeError(f"{f}: no frames")
+    return arr
+
+
+@dataclass
+class FrameSource:
+    frames: np.ndarray  # (N, bins) memmap
+    device: torch.device
+    chunk_frames: int  # frames per device chunk (== N when resident)
+    buffer: torch.Tensor | None = None  # (chunk_frames, bins) on the device
+
+    @classmethod
+    def create(cls, frames: np.ndarray, device: torch.device, max_device_bytes: int, min_rows: int = 1) -> "FrameSource":
+        """``frames`` resident on ``device`` when they fit in ``max_device_bytes``, else streamed
+        in chunks of that size, never fewer than ``min_rows`` frames (one batch)."""
+        per_frame = frames.shape[1] * 4
+        chunk = frames.shape[0] if frames.nbytes <= max_device_bytes else max(min_rows, max_device_bytes // per_frame)
+        chunk = min(chunk, frames.shape[0])
+        src = cls(frames, device, chunk, torch.empty((chunk, frames.shape[1]), dtype=torch.float32, device=device))
+        if src.resident:
+            src.buffer.copy_(torch.from_numpy(np.array(frames, dtype=np.float32)))
+        return src
+
+    @property
+    def resident(self) -> bool:
+        return self.chunk_frames >= self.frames.shape[0]
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+    def chunks(self, gen: torch.Generator) -> Iterator[int]:
+        """Fill ``self.buffer`` chunk by chunk (random order); yields the valid row count."""
+        if self.resident:
+            yield self.frames.shape[0]
+            return
+        n = self.frames.shape[0]
+        starts = torch.arange(0, n, self.chunk_frames)
+        for i in torch.randperm(len(starts), generator=gen).tolist():
+            s = int(starts[i])
+            rows = min(self.chunk_frames, n - s)
+            self.buffer[:rows].copy_(torch.from_numpy(np.array(self.frames[s : s + rows], dtype=np.float32)))
+            yield rows
+
+
+def device_budget(device: torch.device, fraction: float = 0.5) -> int:
+    """Bytes of frames we allow on the device: a fraction of free GPU memory, or of host RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * fraction)
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(pages * fraction)
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30

@@ -1,0 +1,364 @@
+"""`sdmvae train`: Adam, early stopping on the validation loss, self-describing checkpoints.
+
+A single run is a stack of one member (:mod:`sdmvae_cli.training.stack`): `sdmvae sweep` trains many
+at once with exactly the same computation per member. This module turns prepared data and
+options into members (fresh or resumed from ``last.pt``), runs their stacks
+(:mod:`sdmvae_cli.training.loop`; early stopping: :mod:`sdmvae_cli.training.early_stopping`), and
+writes each member's run folder (:mod:`sdmvae_cli.training.run_folder`): ``best.pt``, ``last.pt``,
+``history.csv``, ``config.json``.
+
+A fresh run's options are checked once, where they enter (:func:`~sdmvae_cli.training.options.check_options`):
+in :func:`train` (one run) and in the sweep's spec (:func:`sdmvae_cli.training.spec.expand_spec`);
+:func:`train_runs` takes them checked.
+
+Reproducibility: each run has a permutation generator (seed) and a noise generator (derived
+from the seed, on the training device); their states are stored in ``last.pt`` so ``--resume``
+continues bit-identically on the same device. Validation uses fixed noise (seed + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sdmvae_cli.audio.stft import StftConfig
+from sdmvae_cli.core.atomic import write_json
+from sdmvae_cli.core.device import resolve_device
+from sdmvae_cli.core.errors import SdmvaeError, UsageError
+from sdmvae_cli.core.lock import claim_folder, lock_scope
+from sdmvae_cli.core.outputs import remove_stale_temporaries
+from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
+from sdmvae_cli.data.prepared import fingerprint_aliases, load_prepare_info
+from sdmvae_cli.nets import REGISTRY, ModelConfig
+from sdmvae_cli.nets.checkpoint import read_checkpoint
+from sdmvae_cli.training.early_stopping import resumed_status
+from sdmvae_cli.training.loop import StackCallbacks, train_stack
+from sdmvae_cli.training.optim import OPTIMIZER_KIND
+from sdmvae_cli.training.options import (
+    LEGACY_STOP_ON,
+    EpochRecord,
+    TrainOptions,
+    check_options,
+    compile_enabled,
+    flag_of,
+    planned_epochs,
+)
+from sdmvae_cli.training.run_folder import check_run_dir, clear_run_dir, run_config, saver
+from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key, init_state
+
+__all__ = ["EpochRecord", "TrainOptions", "TrainResult", "TrainingDiverged", "RunSpec", "train", "train_runs"]
+
+log = logging.getLogger("sdmvae")
+
+#: the noise generator's seed is derived from the run's seed so it is not the permutation's stream
+NOISE_SEED_XOR = 0x5DEECE66D
+
+
+class TrainingDiverged(SdmvaeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run's outcome, without the engine's state (generators,
+    stack) that its :class:`~sdmvae_cli.training.stack.Member` carries."""
+
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int
+    best_val: float
+    stopped_early: bool
+    interrupted: bool = False
+    advice: str = ""  # stopped on the mean while the median per-frame loss still improved (stack.Member.advice)
+
+
+@dataclass
+class RunSpec:
+    """What to train: a fresh run (model config + options, checked by whoever made the spec:
+    :func:`~sdmvae_cli.training.options.check_options`) or a resumed one (run_dir/last.pt)."""
+
+    name: str
+    run_dir: Path
+    model: ModelConfig | None = None
+    opts: TrainOptions = field(default_factory=TrainOptions)
+    resume: bool = False
+    overwrite: bool = False  # replace an earlier run in run_dir (its files are removed once every check passed)
+
+
+#: a member with its initial (or resumed) weights and optimizer state (None: a fresh Adam)
+Opened = tuple[Member, dict[str, torch.Tensor], dict[str, Any] | None]
+
+
+def default_run_name(cfg: ModelConfig, seed: int) -> str:
+    """``<arch>-m<latent>[-<family options>][-<other non-default options>]-s<seed>``, the run
+    folder `train` makes under ``runs/`` when none is given: what makes runs differ, so a second
+    seed or another beta needs no --out, and never the spelling of a released model
+    (``vae-m64``), which a run folder in the working directory would otherwise shadow in
+    ``-m vae-m64``. (A sweep names its members by its spec: :func:`sdmvae_cli.training.spec.run_name`.)"""
+    family, shown = REGISTRY[cfg.model].name_parts(cfg)
+    parts, named = [cfg.model, f"m{cfg.latent}", *family], {"latent", *shown}
+    default = ModelConfig()
+    for o in REGISTRY[cfg.model].OPTIONS:
+        v = getattr(cfg, o)
+        if o not in named and v != getattr(default, o):
+            text = "x".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
+            parts.append(flag_of(o).lstrip("-") + text)
+    return "-".join([*parts, f"s{seed}"])
+
+
+def check_frames(frames, where: str, chunk: int = 65536) -> None:
+    """Power frames must be finite and non-negative: a NaN in the data would surface epochs
+    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
+    for s in range(0, frames.shape[0], chunk):
+        block = np.asarray(frames[s : s + chunk])
+        ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)
+        if not ok.all():
+            bad = s + int(np.argmin(ok))
+            kind = "NaN or inf" if not np.isfinite(block[bad - s]).all() else "negative power"
+            raise SdmvaeError(
+                f"{where}: the prepared frames hold {kind} (frame {bad}); the data is corrupt, "
+                "not the training: re-run `sdmvae prepare --force`"
+            )
+
+
+def check_prepared(prepared_dir: Path) -> tuple[dict, StftConfig]:
+    info = load_prepare_info(prepared_dir)
+    stft = StftConfig.from_dict(info["stft"])
+    if stft != StftConfig():
+        log.warning("%s was prepared with a non-default STFT config %s", prepared_dir, stft.to_dict())
+    return info, stft
+
+
+def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
+    return torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed ^ NOISE_SEED_XOR)
+
+
+def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device) -> Opened:
+    """A Member with its initial (or resumed) weights and optimizer state."""
+    if not spec.resume:
+        cfg, opts = spec.model, spec.opts
+        assert cfg is not None
+        check_run_dir(spec.run_dir, spec.overwrite, prepared_dir)
+        m = Member(spec.name, cfg, opts, spec.run_dir)
+        m.perm_gen, m.noise_gen = _generators(opts.seed, device)
+        return m, init_state(cfg, opts.seed), None
+    return _resumed_member(spec, info, stft, prepared_dir, device)
+
+
+def _resumed_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device) -> Opened:
+    """The member of ``spec.run_dir/last.pt``, as it was after its last completed epoch: its
+    options (only ``epochs`` and the device from ``spec``), weights, Adam, early-stopping and
+    generator states."""
+    claim_folder(spec.run_dir)  # one writer per run folder, until train_runs returns (sdmvae_cli.core.lock)
+    last = spec.run_dir / "last.pt"
+    if not last.exists():
+        raise SdmvaeError(f"--resume: {last} does not exist")
+    state = read_checkpoint(last)
+    if state.get("data_fingerprint") not in fingerprint_aliases(info):
+        raise SdmvaeError(
+            f"--resume: {prepared_dir} is not the prepared data {spec.run_dir} was trained on (fingerprint differs)"
+        )
+    if StftConfig.from_dict(state["config"]["stft"]) != stft:
+        raise SdmvaeError("--resume: the prepared data uses another STFT config than the checkpoint")
+    optim = state.get("optimizer_state")
+    if not isinstance(optim, dict) or optim.get("kind") != OPTIMIZER_KIND:
+        raise SdmvaeError(f"--resume: {last} has no optimizer state of this sdmvae version (an exported or older checkpoint)")
+    remove_stale_temporaries(spec.run_dir)  # a checkpoint write cut by kill -9 (one process per run folder)
+    cfg = ModelConfig.from_dict(state["config"]["model"])
+    saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
+    saved.setdefault("tf32", False)  # checkpoints from before the option trained in full fp32: resume as they ran
+    saved.setdefault("stop_on", LEGACY_STOP_ON)  # and before stop_on, on the mean
+    opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})
+    m = Member(
+        spec.name,
+        cfg,
+        opts,
+        spec.run_dir,
+        history=list(state["history"]),
+        epoch=int(state["epoch"]) + 1,
+        best_val=float(state["best_val"]),
+        best_epoch=int(state["best_epoch"]),
+        since_best=int(state["since_best"]),
+        wrote_checkpoint=True,
+    )
+    m.perm_gen, m.noise_gen = _generators(opts.seed, device)
+    m.perm_gen.set_state(state["rng"]["perm"])
+    if state["rng"].get("noise_device") == device.type:
+        m.noise_gen.set_state(state["rng"]["noise"])
+    else:
+        log.warning(
+            "%s: resumed on %s but trained on %s: sampling noise continues from a fresh stream",
+            spec.name,
+            device.type,
+            state["rng"].get("noise_device"),
+        )
+    resumed_status(m)
+    return m, state["model_state"], optim
+
+
+@lock_scope
+def train_runs(
+    prepared_dir: str | Path,
+    specs: list[RunSpec],
+    device_name: str = "auto",
+    *,
+    on_epoch: Callable[[Member, EpochRecord], None] | None = None,
+    on_done: Callable[[Member], None] | None = None,
+    on_group: Callable[[list[Member]], None] | None = None,
+    on_open: Callable[[list[Member]], None] | None = None,
+) -> list[Member]:
+    """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs, stop_on or scalar
+    hyper-parameters share a stack; stacks run one after another. Returns the members in order
+    (also given to ``on_open`` as soon as they exist, for callers that must see them after a
+    Ctrl-C). Ctrl-C: every running member keeps its last completed epoch in last.pt;
+    KeyboardInterrupt propagates after the statuses are set. A fresh spec's options come
+    checked (:func:`~sdmvae_cli.training.options.check_options`, by :func:`train` or the sweep's spec)."""
+    prepared_dir = Path(prepared_dir)
+    info, stft = check_prepared(prepared_dir)
+    device = resolve_device(device_name)
+    opened = [_open_member(s, info, stft, prepared_dir, device) for s in specs]
+    if on_open:
+        on_open([it[0] for it in opened])
+    train_frames, val_frames = _open_splits(prepared_dir, stft)
+    first = opened[0][0].opts
+    budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
+    groups: dict[str, list[Opened]] = {}
+    for item in opened:
+        groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
+    _check_fit(opened, groups, stft, train_frames, budget)  # every check before the first write: a refused run leaves nothing
+    for s in specs:
+        if not s.resume and s.overwrite:
+            clear_run_dir(s.run_dir)
+    for m, _, _ in opened:
+        m.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            m.run_dir / "config.json",
+            run_config(m, stft) | {"prepared_dir": str(prepared_dir.resolve()), "data_fingerprint": info.get("fingerprint")},
+        )
+    # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
+    train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
+    val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
+    cb = StackCallbacks(on_epoch=on_epoch, save=saver(info, stft, prepared_dir, device), on_done=on_done)
+    _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group)
+    return [it[0] for it in opened]
+
+
+def _open_splits(prepared_dir: Path, stft: StftConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation frames (memory-mapped), checked: the STFT's bins, finite, non-negative."""
+    train_frames, val_frames = open_frames(prepared_dir, "train"), open_frames(prepared_dir, "validation")
+    for split, arr in (("train", train_frames), ("validation", val_frames)):
+        if arr.shape[1] != stft.n_bins:
+            raise SdmvaeError(f"{prepared_dir}/{split}/frames.npy has {arr.shape[1]} bins; its prepare.json says {stft.n_bins}")
+        check_frames(arr, f"{prepared_dir}/{split}/frames.npy")
+    return train_frames, val_frames
+
+
+def _check_fit(
+    opened: list[Opened], groups: dict[str, list[Opened]], stft: StftConfig, train_frames: np.ndarray, budget: int
+) -> None:
+    """Every member fits the data: its bins, at least one batch of frames, and a stack of several
+    members needs the train split resident (within ``budget``)."""
+    for m, _, _ in opened:
+        if m.cfg.n_bins != stft.n_bins:
+            raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
+        if len(train_frames) < m.opts.batch_size:
+            raise SdmvaeError(f"the train split has {len(train_frames)} frames, fewer than one batch ({m.opts.batch_size})")
+    if train_frames.nbytes > budget and any(sum(not it[0].done for it in items) > 1 for items in groups.values()):
+        raise SdmvaeError(STREAMED_STACK)
+
+
+def _train_stacks(
+    groups: list[list[Opened]],
+    opened: list[Opened],
+    train_src: FrameSource,
+    val: torch.Tensor,
+    device: torch.device,
+    cb: StackCallbacks,
+    on_group: Callable[[list[Member]], None] | None,
+) -> None:
+    """One stack per group of members still running, one after another."""
+    tf32_before = torch.backends.cuda.matmul.allow_tf32  # a stack sets it for its run; the caller's value comes back
+    try:
+        for items in groups:
+            running = [it for it in items if not it[0].done]
+            if not running:
+                continue
+            members = [it[0] for it in running]
+            if on_group:
+                on_group(members)
+            o = members[0].opts
+            compile_loss = compile_enabled(o.compile, device, [planned_epochs(m.opts, m.epoch) for m in members], len(train_src))
+            use_graph = device.type == "cuda" and o.cuda_graph
+            stack = Stack(
+                members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss
+            )
+            train_stack(stack, cb)
+    except KeyboardInterrupt:  # train_stack marked its own members; these are the later stacks'
+        for m, _, _ in opened:
+            if m.status == "running":
+                m.status, m.message = "interrupted", "interrupted before its stack started; --resume starts it"
+        raise
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
+
+
+def train(
+    prepared_dir: str | Path,
+    model_cfg: ModelConfig | None,
+    opts: TrainOptions,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    progress_factory: Callable[[int, int], Any] | None = None,
+) -> TrainResult:
+    """Train (or resume) one model on a prepared directory; checkpoints go to ``run_dir``
+    (default for a fresh run: ``runs/<default_run_name>``).
+
+    The options of a fresh run are checked here (:func:`~sdmvae_cli.training.options.check_options`),
+    before anything else.
+    Raises :class:`TrainingDiverged` when the loss becomes NaN/inf (the last good checkpoint,
+    if any, stays). ``progress_factory`` is accepted for API compatibility (epochs are reported
+    through ``on_epoch``)."""
+    if not resume:
+        assert model_cfg is not None, "a fresh run needs its model config"
+        check_options(model_cfg, opts)
+    if run_dir is None:
+        if resume:
+            raise UsageError("resuming a run needs its folder")
+        run_dir = Path("runs") / default_run_name(model_cfg, opts.seed)
+    run_dir = Path(run_dir)
+    spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume, overwrite)
+    interrupted = False
+    members: list[Member] = []
+    try:
+        train_runs(
+            prepared_dir,
+            [spec],
+            opts.device,
+            on_epoch=(lambda m, rec: on_epoch(rec)) if on_epoch else None,
+            on_open=members.extend,
+        )
+    except KeyboardInterrupt:
+        if not members:  # interrupted before the run was even opened: nothing to report
+            raise
+        interrupted = True
+    m = members[0]
+    if m.status == "diverged":
+        raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
+    return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.advice)
+
+
+def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:
+    """loss.png: total, IS and KL losses per epoch, titled with the run (see plots.plot_loss)."""
+    if not history:
+        return None
+    from sdmvae_cli.training.curves import plot_loss  # matplotlib: only where a figure is drawn
+
+    return plot_loss(history, Path(run_dir) / "loss.png", title=Path(run_dir).resolve().name)

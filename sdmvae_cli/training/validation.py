@@ -1,0 +1,61 @@
+"""The validation statistics of a stack's members, computed after every epoch.
+
+Per member, in the order of :data:`~sdmvae_cli.training.options.VALIDATION_COLUMNS`:
+
+- the one-sample ELBO (total, IS reconstruction, KL) per validation frame, with noise fixed for
+  the whole run (drawn once from the member's seed + 1): the paper's validation loss;
+- the median over frames of its per-frame total: the one-sample mean can be dominated by the
+  sampling noise of a handful of loud frames (docs/results.md), the median tracks a
+  mid-loudness frame;
+- the noise-free statistic (total, recon, KL): the ELBO with the posterior-mean code decoded and
+  the KL in closed form (:meth:`SpectrogramVAE.mean_code_loss`), the default for early stopping
+  (:mod:`sdmvae_cli.training.early_stopping`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sdmvae_cli.nets import SpectrogramVAE
+from sdmvae_cli.nets.base import draw_noise
+
+
+def fixed_noise(template: SpectrogramVAE, seeds: list[int], frames: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Each member's validation noise, (N, ...), from its own generator seeded with ``seeds``."""
+    spec = template.noise_spec(frames)
+    per = [draw_noise(spec, (), torch.Generator(device=device).manual_seed(seed), device) for seed in seeds]
+    return {k: torch.stack([p[k] for p in per]) for k in spec}
+
+
+@torch.no_grad()
+def validation_statistics(
+    val_fn: Callable,
+    params: dict[str, torch.Tensor],
+    hp: dict[str, torch.Tensor],
+    val: torch.Tensor,
+    noise: dict[str, torch.Tensor],
+    members: int,
+    val_batch: int,
+) -> torch.Tensor:
+    """(N, 7) in the order of VALIDATION_COLUMNS. ``val_fn`` is the stack's validation function
+    (per member: per-frame totals, and the sums of the one-sample and noise-free terms); the
+    frames go through it in slices of about ``val_batch`` frames of all members together."""
+    n_val = val.shape[0]
+    vb = max(256, val_batch // max(1, members))
+    sums = torch.zeros((members, 6), dtype=torch.float64, device=val.device)
+    totals = []
+    for s in range(0, n_val, vb):
+        e = min(n_val, s + vb)
+        frame_totals, part = val_fn(params, hp, val[s:e], {k: _slice_frames(v, s, e) for k, v in noise.items()})
+        sums += part.double()
+        totals.append(frame_totals)
+    median = torch.cat(totals, 1).median(dim=1).values.double()
+    means = sums / n_val
+    return torch.cat([means[:, :3], median[:, None], means[:, 3:]], 1)
+
+
+def _slice_frames(v: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Frames s:e of stacked noise: (N, frames, m), or (N, J, frames, m) with J samples."""
+    return v.narrow(2 if v.dim() == 4 else 1, s, e - s)
