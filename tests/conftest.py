@@ -3,6 +3,8 @@ the reason, where it is absent (e.g. on a user's machine)."""
 
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
+from sdmvae_cli.training.run_folder import write_history
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -99,3 +103,76 @@ def one_line(err: str) -> str:
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
     assert "Traceback" not in err
     return lines[0]
+
+
+# -- made-up evaluation folders, shared by the report tests and the hostile-input ones -------------
+MODEL_CFG = {"vae": REPO / "models" / "vae-m64.pt", "sdm": REPO / "models" / "sdm-identity-m64.pt"}
+
+
+def made_up_history(epochs: int) -> list[dict]:
+    """Epoch records with every field train records (training.options.EpochRecord), made-up losses; the
+    best epoch is the second to last."""
+    from dataclasses import asdict, fields
+
+    from sdmvae_cli.training.options import EpochRecord
+
+    losses = [f.name for f in fields(EpochRecord) if f.name.startswith(("train_", "val_"))]
+    return [
+        asdict(
+            EpochRecord(
+                epoch=e,
+                **{k: (i + 1) * 10 / (e + 1) - i for i, k in enumerate(losses)},
+                seconds=1.5,
+                frames_per_s=1e4,
+                best=e < epochs - 1,
+                engine="cpu:eager",
+            )
+        )
+        for e in range(epochs)
+    ]
+
+
+def fake_eval(
+    d: Path, ckpt: Path, utts: list[tuple[str, str, Path]], seed: int, rng, old: bool = False, run_dir: bool = False
+) -> Path:
+    """An evaluation directory as `sdmvae evaluate` writes it, with made-up metric values."""
+    import torch
+
+    ck = torch.load(ckpt, weights_only=True)
+    if run_dir:
+        d.mkdir(parents=True)
+        shutil.copyfile(ckpt, d / "best.pt")
+        ckpt = d / "best.pt"
+        (d / "config.json").write_text(json.dumps(ck["config"] | {"seed": seed}))
+        write_history(d, made_up_history(5))  # as train writes it
+        d = d / "eval-test"
+    d.mkdir(parents=True)
+    keys = ["pesq", "stoi", "estoi", "si_sdr", "hoyer"] if old else ["pesq_nb", "pesq_wb", "stoi", "estoi", "si_sdr", "hoyer"]
+    metrics = {k: {"mean": float(rng.uniform(0.2, 4)), "std": float(rng.uniform(0, 0.5)), "n": len(utts)} for k in keys}
+    sparsity = {"zero_fraction": 0.0, "near_zero_fraction": 0.1, "active_units": 60, "code_dim": 64, "frames": 500}
+    sparsity["hoyer_mean" if old else "hoyer_pooled"] = float(rng.uniform(0.2, 0.6))
+    summary = {
+        "kind": "checkpoint",
+        "checkpoint": str(ckpt),
+        "model": ck["config"]["model"],
+        "train": ck["config"]["train"] | {"seed": seed},
+        "best_epoch": 3,
+        "prepared_dir": str(d / "gone"),
+        "data_fingerprint": "abc",
+        "split": "test",
+        "files": len(utts),
+        "scored": len(utts),
+        "failed": 0,
+        "failures": [],
+        "metrics": metrics,
+        "sparsity": sparsity,
+        "versions": {"sdmvae": "0.1.0"},
+    }
+    (d / "summary.json").write_text(json.dumps(summary))
+    with open(d / "per_file.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "speaker", "path", *keys, "error"])
+        for i, spk, p in utts:
+            w.writerow([i, spk, str(p), *(f"{rng.uniform(0, 1):.4f}" for _ in keys), ""])
+    np.save(d / "hoyer_frames.npy", rng.uniform(0, 1, 500).astype(np.float32))
+    return d

@@ -60,6 +60,8 @@ def _register() -> None:
     from sdmvae_cli.cli import demo as cli_demo
     from sdmvae_cli.cli import enhance as cli_enhance
     from sdmvae_cli.cli import evaluate as cli_evaluate
+    from sdmvae_cli.cli import info as cli_info
+    from sdmvae_cli.cli import mix as cli_mix
     from sdmvae_cli.cli import models as cli_models
     from sdmvae_cli.cli import plot as cli_plot
     from sdmvae_cli.cli import prepare as cli_prepare
@@ -81,8 +83,10 @@ def _register() -> None:
         ("report", cli_report.report),
         ("enhance", cli_enhance.enhance),
         ("export", cli_models.export),
+        ("info", cli_info.info),
     ):
         app.command(name, cls=Command)(fn)
+    app.command("mix", cls=Command, context_settings={"ignore_unknown_options": True})(cli_mix.mix)  # --snr -5 0 -10
     app.add_typer(cli_plot.plot_app, name="plot", cls=Group)
     for info in cli_plot.plot_app.registered_commands:
         info.cls = Command  # typer's default class, whose help shows a type beside every flag

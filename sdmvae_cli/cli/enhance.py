@@ -1,7 +1,8 @@
-"""`sdmvae enhance`: parse options, call :mod:`sdmvae_cli.inference.enhance` (nothing else).
+"""`sdmvae enhance`: parse options, call :mod:`sdmvae_cli.inference.enhance` (nothing else); with
+``--ref CLEAN`` then score the outputs with evaluate's folder mode (:mod:`sdmvae_cli.evaluation.evaluate`).
 
 Registered from cli/app.py with ``app.command("enhance")(enhance)``; kept apart so app.py does not
-grow. Written paths go to stdout (one per line), everything for people to stderr.
+grow. Written paths go to stdout (one per line, then the scores' summary.json), everything for people to stderr.
 """
 
 from __future__ import annotations
@@ -51,12 +52,19 @@ def enhance(
     skip_existing: bool = typer.Option(
         False, help="Keep outputs that already exist and enhance the rest (finishes an interrupted folder)."
     ),
+    ref: Optional[Path] = typer.Option(
+        None,
+        "--ref",
+        metavar="CLEAN",
+        help="Clean reference(s): a file, or a folder paired with the outputs by relative path (`sdmvae mix` makes one). "
+        "The outputs are scored as `evaluate --ref CLEAN --est OUT` would.",
+    ),
+    scores: Optional[Path] = typer.Option(
+        None, "--scores", help="With --ref: where summary.json and per_file.csv go (default: <OUT>-scores/ beside OUT)."
+    ),
 ) -> None:
     """Remove noise without noisy training data: the model is a clean-speech prior, the noise an NMF fitted on each file."""
-    from sdmvae_cli.core.device import resolve_device
-    from sdmvae_cli.inference.enhance import EnhanceOptions, enhance_many, plan_enhance, resolve_prior
-    from sdmvae_cli.inference.mcem import check_mcem_prior
-    from sdmvae_cli.nets.checkpoint import load_model
+    from sdmvae_cli.inference.enhance import EnhanceOptions, plan_enhance
 
     opts = EnhanceOptions(
         method=method,
@@ -73,14 +81,60 @@ def enhance(
         opts.validate()  # the signature's ranges already hold; this is the library's own word
     except SdmvaeError as exc:
         raise UsageError(str(exc)) from None  # one line, exit 2
+    if scores is not None and ref is None:
+        raise UsageError("--scores says where --ref's scores go; give --ref CLEAN too")
     dst = Path(dst_arg)
     pairs, skipped = plan_enhance(
         inp, dst, folder=folder_meant(dst, dst_arg), from_list=from_list, overwrite=overwrite, skip_existing=skip_existing
     )
+    many = from_list or inp.is_dir()
+    est = dst if many else [*(d for _, d in pairs), *skipped][0]  # what --ref is paired with: OUT, or the one output
+    scores_dir = _check_scoring(ref, est, many, scores, inp, overwrite or skip_existing) if ref is not None else None
     if skipped:
         err.print(f"kept {len(skipped)} existing output(s); enhancing the other {len(pairs)}", highlight=False)
-    if not pairs:
-        return
+    failures = _enhance(pairs, model, device, method, opts) if pairs else []
+    if len(pairs) == 1 and failures:
+        raise SdmvaeError(failures[0][1])
+    for src, why in failures:
+        print(f"failed: {why}", file=sys.stderr)
+    scored = _score(ref, est, scores_dir, overwrite or skip_existing) if scores_dir is not None else True
+    if failures:
+        raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")
+    if not scored:
+        raise typer.Exit(1)
+
+
+def _check_scoring(ref: Path, est: Path, many: bool, scores: Optional[Path], inp: Path, overwrite: bool) -> Path:
+    """Before any enhancing: --ref matches the outputs (two files or two folders), and the
+    scores' folder can be written (not inside an input or the outputs, no earlier scores unless
+    --overwrite / --skip-existing, which finishes the folder and scores all of it again)."""
+    from sdmvae_cli.evaluation.evaluate import check_out_dir
+    from sdmvae_cli.evaluation.pairing import check_ref_est, scores_beside
+
+    check_ref_est(ref, est, est_is_dir=many)
+    out = scores if scores is not None else scores_beside(est, many)
+    check_out_dir(out, overwrite, inputs=[ref, est, inp])
+    return out
+
+
+def _score(ref: Path, est: Path, out: Path, overwrite: bool) -> bool:
+    """Score the outputs against --ref (evaluate's folder mode): table on stderr, summary.json on stdout."""
+    from sdmvae_cli.cli.evaluate import print_summary
+    from sdmvae_cli.evaluation.evaluate import default_jobs, evaluate_folders
+
+    res = evaluate_folders(ref, est, out, jobs=default_jobs(), progress_factory=lambda n: bar(n, "score"), overwrite=overwrite)
+    print_summary(res, f"{est} vs {ref}")
+    emit(res.out_dir / "summary.json")
+    return res.ok
+
+
+def _enhance(pairs: list[tuple[Path, Path]], model: Optional[str], device: str, method: str, opts) -> list[tuple[Path, str]]:
+    """Load the prior, enhance every pair, print the written paths; the failures (source, why)."""
+    from sdmvae_cli.core.device import resolve_device
+    from sdmvae_cli.inference.enhance import enhance_many, resolve_prior
+    from sdmvae_cli.inference.mcem import check_mcem_prior
+    from sdmvae_cli.nets.checkpoint import load_model
+
     lm = load_model(resolve_prior(model), device=resolve_device(device))
     if method == "mcem":
         check_mcem_prior(lm.model)
@@ -99,9 +153,4 @@ def enhance(
     if progress:
         progress.close()
     emit(*written)
-    if len(pairs) == 1 and failures:
-        raise SdmvaeError(failures[0][1])
-    for src, why in failures:
-        print(f"failed: {why}", file=sys.stderr)
-    if failures:
-        raise SdmvaeError(f"{len(failures)} of {len(pairs)} file(s) failed")
+    return failures

@@ -43,6 +43,19 @@ def summary_table(summary: dict, title: str) -> Table:
     return t
 
 
+def print_summary(res, title: str) -> None:
+    """For people, on stderr: the table, each failed file, the counts and where the files are."""
+    err.print(summary_table(res.summary, escape(title)))
+    for f in res.failures:
+        print(f"failed: {f['id']}: {f['reason']}", file=sys.stderr)
+    partial = len(res.summary.get("metric_failures", []))
+    missing = f" ({partial} without some metric: warnings above, metric_errors in per_file.csv)" if partial else ""
+    err.print(
+        f"{res.summary['scored']}/{res.summary['files']} scored{missing}; per-file CSV and summary in {escape(str(res.out_dir))}",
+        highlight=False,
+    )
+
+
 def evaluate(
     checkpoint: Optional[str] = typer.Argument(
         None, metavar="[CHECKPOINT]", help="Checkpoint, run directory or released model name (or give it with -m)."
@@ -54,8 +67,12 @@ def evaluate(
         None, "--model", "-m", help=MODEL_HELP.replace("; default: the released default", " (instead of CHECKPOINT)")
     ),
     split: Literal["train", "validation", "test"] = typer.Option("test", help="Split to score."),
-    ref: Optional[Path] = typer.Option(None, help="Folder mode: reference audio folder."),
-    est: Optional[Path] = typer.Option(None, help="Folder mode: estimated audio folder (paired by relative path)."),
+    ref: Optional[Path] = typer.Option(
+        None, help="Folder mode: reference audio folder, or one reference file (with an --est file)."
+    ),
+    est: Optional[Path] = typer.Option(
+        None, help="Folder mode: estimated audio folder (paired by relative path), or one estimated file (with a --ref file)."
+    ),
     out_dir: Optional[Path] = typer.Option(
         None,
         "--out",
@@ -85,7 +102,7 @@ def evaluate(
         title = f"{est} vs {ref}"
     else:
         if checkpoint is None or prepared_dir is None:
-            raise UsageError("give CHECKPOINT PREPARED_DIR, or --ref REF_DIR --est EST_DIR")
+            raise UsageError("give CHECKPOINT PREPARED_DIR, or --ref REF --est EST (two folders or two files)")
         res = evaluate_checkpoint(
             checkpoint,
             prepared_dir,
@@ -98,15 +115,7 @@ def evaluate(
             device=str(resolve_device(device)),
         )
         title = f"{checkpoint} on {prepared_dir} [{split}]"
-    err.print(summary_table(res.summary, escape(title)))
-    for f in res.failures:
-        print(f"failed: {f['id']}: {f['reason']}", file=sys.stderr)
-    partial = len(res.summary.get("metric_failures", []))
-    missing = f" ({partial} without some metric: warnings above, metric_errors in per_file.csv)" if partial else ""
-    err.print(
-        f"{res.summary['scored']}/{res.summary['files']} scored{missing}; per-file CSV and summary in {escape(str(res.out_dir))}",
-        highlight=False,
-    )
+    print_summary(res, title)
     if as_json:
         emit_json(res.summary)
     else:

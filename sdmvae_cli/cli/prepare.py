@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.markup import escape
@@ -13,11 +13,17 @@ from sdmvae_cli.cli.common import bar, emit, emit_json, err, positive
 
 
 def prepare(
-    layout: Literal["tcd-timit", "librispeech", "vctk", "folder"] = typer.Argument(
-        ..., help="Corpus layout: tcd-timit, librispeech, vctk or folder (<root>/**/<speaker>/<utt>.wav|flac|mp3|ogg)."
+    layout: Literal["tcd-timit", "librispeech", "vctk", "folder", "kaldi", "lhotse"] = typer.Argument(
+        ...,
+        help="Corpus layout: tcd-timit, librispeech, vctk or folder (<root>/**/<speaker>/<utt>.wav|flac|mp3|ogg); "
+        "kaldi or lhotse: manifests listing the audio where it lies.",
     ),
-    corpus_dir: Path = typer.Argument(..., help="Root of the corpus."),
-    out_dir: Path = typer.Argument(..., help="Output directory (created)."),
+    paths: List[Path] = typer.Argument(
+        ...,
+        metavar="CORPUS_DIR OUT_DIR",
+        help="The corpus, then the output directory (created): CORPUS_DIR OUT_DIR; kaldi: DATA_DIR (wav.scp, utt2spk, "
+        "optional segments) OUT_DIR; lhotse: CUTS OUT_DIR or RECORDINGS SUPERVISIONS OUT_DIR (manifests, .jsonl[.gz]).",
+    ),
     val_speakers: Optional[str] = typer.Option(
         None, help="Validation speakers: a count, a fraction in (0,1), or a comma-separated list (default 0.1)."
     ),
@@ -44,9 +50,11 @@ def prepare(
     """Split a corpus by speaker and compute power spectrograms (1024-sample sine window, hop 256, 513 bins).
 
     stdout: the prepared folder (absolute), or prepare.json with --json; the table goes to stderr."""
-    from sdmvae_cli.data.prepare import PrepareOptions, check_split_options
+    from sdmvae_cli.data.prepare import PrepareOptions, check_inputs, check_split_options
     from sdmvae_cli.data.prepare import prepare as run
 
+    check_inputs(layout, len(paths))
+    *inputs, out_dir = paths
     draw = {"val_speakers": val_speakers, "test_speakers": test_speakers, "seed": seed}  # given: the random split's options
     check_split_options(
         layout, split_file is not None, test_only, [f"--{k.replace('_', '-')}" for k, v in draw.items() if v is not None]
@@ -63,7 +71,7 @@ def prepare(
         force=force,
         **{k: v for k, v in draw.items() if v is not None},
     )
-    info = run(corpus_dir, out_dir, opts, progress_factory=lambda n: bar(n, "prepare"))
+    info = run(inputs, out_dir, opts, progress_factory=lambda n: bar(n, "prepare"))
     t = Table(title=f"prepared {escape(str(out_dir))}" + ("  (up to date, nothing recomputed)" if info["up_to_date"] else ""))
     for c in ("split", "speakers", "utterances", "frames", "hours", "skipped"):
         t.add_column(c, justify="right" if c != "split" else "left")

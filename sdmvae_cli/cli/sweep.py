@@ -29,9 +29,22 @@ def sweep(
         "--overwrite",
         help="Replace the sweep already in --out (its sweep.json and its members' run files; default: refuse).",
     ),
+    plot: bool = typer.Option(
+        True, "--plot/--no-plot", help="Draw each member's loss.png as it goes (at most 2% of the time) and at its end."
+    ),
+    tensorboard: bool = typer.Option(
+        True,
+        "--tensorboard/--no-tensorboard",
+        help="Each member's TensorBoard events in OUT/<name>/tb/ (pip install 'sdmvae[tensorboard]'); "
+        "`tensorboard --logdir OUT` shows them side by side.",
+    ),
+    tb_every: int = typer.Option(
+        20, "--tb-every", min=0, help="Epochs between two TensorBoard examples (spectrogram and audio; 0: none)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json on stdout."),
 ) -> None:
     """Train many configurations and seeds at once (stacked, one process); each member writes what `train` writes."""
+    from sdmvae_cli.training.live_logs import LiveOptions
     from sdmvae_cli.training.sweep import run_sweep
 
     def on_epoch(m, r) -> None:
@@ -56,6 +69,7 @@ def sweep(
             overwrite=overwrite,
             on_epoch=on_epoch,
             on_done=on_done,
+            live=LiveOptions(plot=plot, tensorboard=tensorboard, tb_every=tb_every),
         )
     except KeyboardInterrupt:
         raise Interrupted(

@@ -193,12 +193,24 @@ def train(
     tf32: bool = typer.Option(
         True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."
     ),
-    plot: bool = typer.Option(True, "--plot/--no-plot", help="Write loss.png at the end."),
+    plot: bool = typer.Option(
+        True, "--plot/--no-plot", help="Draw loss.png as the run goes (at most 2% of the time) and at its end."
+    ),
+    tensorboard: bool = typer.Option(
+        True,
+        "--tensorboard/--no-tensorboard",
+        help="TensorBoard events in RUN/tb/ as the run goes (where the tensorboard package is installed: "
+        "pip install 'sdmvae[tensorboard]'); history.csv stays the record.",
+    ),
+    tb_every: int = typer.Option(
+        20, "--tb-every", min=0, help="Epochs between two TensorBoard examples (spectrogram and audio; 0: none)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
 ) -> None:
-    """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png.
+    """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png, tb/.
 
     stdout: the run folder, then its best.pt (one per line), or JSON with --json; epochs go to stderr."""
+    from sdmvae_cli.training.train import LiveOptions
     from sdmvae_cli.training.train import train as run
 
     given = dict(ctx.params)
@@ -228,18 +240,15 @@ def train(
         resume=resume is not None,
         overwrite=overwrite,
         on_epoch=on_epoch,
+        live=LiveOptions(plot=plot, tensorboard=tensorboard, tb_every=tb_every),
     )
-    _report(result, plot, as_json)
+    _report(result, as_json)
 
 
-def _report(result, plot: bool, as_json: bool) -> None:
-    """loss.png, then the outcome: stderr says how the run ended, stdout names the run folder and
-    its best.pt (or JSON); an interrupted run, or one with no completed epoch, is an error line."""
-    from sdmvae_cli.training.train import plot_history
-
+def _report(result, as_json: bool) -> None:
+    """The outcome (loss.png is drawn as the run goes): stderr says how the run ended, stdout names
+    the run folder and its best.pt (or JSON); an interrupted run, or one with no completed epoch, is an error line."""
     run_dir = result.run_dir
-    if plot:
-        plot_history(run_dir, result.history)
     if result.interrupted:
         if (run_dir / "last.pt").exists():
             raise Interrupted(f"interrupted: {run_dir}/last.pt holds the last completed epoch; continue with --resume {run_dir}")

@@ -1,14 +1,19 @@
 """Corpus discovery and speaker-disjoint splits.
 
-Every layout reduces to a list of :class:`Utterance` (id, speaker, path); splits are made by
-speaker so that no voice is heard in two splits (the paper's protocol).
+Every layout reduces to a list of :class:`Utterance` (id, speaker, path, and for a manifest
+layout possibly a time span of that file); splits are made by speaker so that no voice is heard
+in two splits (the paper's protocol). The folder layouts are discovered here; the manifest
+layouts (``kaldi``, ``lhotse``) are read by :mod:`sdmvae_cli.data.kaldi` and
+:mod:`sdmvae_cli.data.lhotse_manifests`, which list the audio where it lies (nothing is copied).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -19,20 +24,32 @@ from sdmvae_cli.core.errors import SdmvaeError, UsageError
 
 SPLITS = ("train", "validation", "test")
 LAYOUTS = ("folder", "librispeech", "vctk", "tcd-timit")
+#: layouts read from manifests that list utterances (their ids, speakers, files and spans)
+MANIFEST_LAYOUTS = ("kaldi", "lhotse")
 
 
 @dataclass(frozen=True)
 class Utterance:
-    utt_id: str  # relative path without suffix, '/'-separated: unique within the corpus
+    utt_id: str  # folder layouts: relative path without suffix, '/'-separated; unique within the corpus
     speaker: str
     path: Path
+    start: float | None = None  # seconds into the file; None (with end None): the whole file
+    end: float | None = None  # seconds; None: to the end of the file
+
+    @property
+    def segment(self) -> str:
+        """The span as it enters the keys: '' for a whole file (so a folder corpus keeps its
+        keys and fingerprint), else '@start-end' (two segments of one file differ)."""
+        if self.start is None and self.end is None:
+            return ""
+        return f"@{float(self.start or 0.0)!r}-{'' if self.end is None else repr(float(self.end))}"
 
 
 def _audio_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
-def _check_root(root: Path) -> None:
+def check_root(root: Path) -> None:
     if not root.exists():
         raise SdmvaeError(f"corpus directory {root} does not exist")
     if not root.is_dir():
@@ -53,7 +70,7 @@ def discover(root: str | Path, layout: str, *, include_lipspeakers: bool = False
       (``<root>/lipspeakers/<ID>/...``) only with ``include_lipspeakers``.
     """
     root = Path(root)
-    _check_root(root)
+    check_root(root)
     if layout not in LAYOUTS:
         raise SdmvaeError(f"unknown corpus layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     utts: list[Utterance] = []
@@ -92,6 +109,30 @@ def discover(root: str | Path, layout: str, *, include_lipspeakers: bool = False
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[:3]
         raise SdmvaeError(f"{root}: utterance ids are not unique (e.g. {dup}); two files differ only by extension")
+    return sorted(utts, key=lambda u: u.utt_id)
+
+
+def listed_file(raw: str, where: str) -> Path:
+    """A file a manifest lists, made absolute (a relative path is read from the current folder,
+    as Kaldi and lhotse do; symlinks kept). Missing: one line naming the file and where it is
+    listed, exit 1. Why not skip it like an unreadable file: a manifest pointing at nothing is a
+    wrong root or an unmounted disk, and skipping would quietly prepare part of the corpus."""
+    path = Path(os.path.abspath(raw))
+    if not path.exists():
+        raise SdmvaeError(f"{where}: audio file {path} does not exist")
+    if path.is_dir():
+        raise SdmvaeError(f"{where}: {path} is a directory, expected an audio file")
+    return path
+
+
+def listed_utterances(utts: list[Utterance], where: str) -> list[Utterance]:
+    """The utterances a manifest lists, sorted by id as :func:`discover` sorts them (so equal ids
+    give equal splits and frames); ids must be unique and there must be some."""
+    if not utts:
+        raise SdmvaeError(f"{where}: lists no utterances")
+    twice = sorted(i for i, n in Counter(u.utt_id for u in utts).items() if n > 1)
+    if twice:
+        raise SdmvaeError(f"{where}: utterance ids are not unique (e.g. {twice[:3]})")
     return sorted(utts, key=lambda u: u.utt_id)
 
 

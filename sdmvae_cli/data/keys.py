@@ -21,7 +21,7 @@ def split_key(utts: Sequence[Utterance], opts: PrepareOptions) -> str:
     h = hashlib.sha256(json.dumps(opts.key_dict(), sort_keys=True).encode())
     for u in utts:
         st = u.path.stat()
-        h.update(f"{u.utt_id}|{u.speaker}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{u.utt_id}{u.segment}|{u.speaker}|{st.st_size}|{st.st_mtime_ns}\n".encode())  # segment: '' for a whole file
     return h.hexdigest()[:16]
 
 

@@ -4,7 +4,7 @@ Output layout (OUT_DIR)::
 
     prepare.json                 StftConfig, options, package version, counts (written last)
     splits.json                  speaker lists per split
-    <split>/manifest.jsonl       one line per utterance (id, speaker, path, rates, frames)
+    <split>/manifest.jsonl       one line per utterance (id, speaker, path, [start, end], rates, frames)
     <split>/frames.npy           float32 (frames x 513), opened as a memmap by training
     <split>/speakers.txt
     <split>/.done.json           the split's keys: a re-run with the same inputs skips it
@@ -19,6 +19,14 @@ preparation made before content keys existed gets them on its next run without r
 any frame and, if its files and their mtimes are unchanged (which is what proves that its old
 fingerprint describes these frames), keeps the old fingerprint in ``previous_fingerprints``,
 so that ``train --resume`` and ``export`` still accept its checkpoints.
+
+The corpus is a folder in a known layout, or manifests that list the audio where it lies (a
+Kaldi data directory, lhotse manifests): no audio is copied. An utterance that is a segment of a
+longer recording (Kaldi ``segments``, a lhotse supervision or cut) is read alone from its file;
+its span (``start``, ``end`` in seconds, end None: to the end of the file) is in its manifest
+row and in both keys, so two segments of one file are two utterances and moving a boundary is
+other data. A whole file adds nothing to either key: a corpus listed by a manifest has the
+fingerprint of the same files prepared as a folder, with the same ids and speakers.
 
 float32 because full-scale power exceeds float16's range (65504): a peak-normalised tone
 reaches (sum of the window)^2 / 4 ~ 1e5 in its bin.
@@ -58,7 +66,8 @@ from sdmvae_cli.data.corpus import (
     load_split_file,
     random_split,
 )
-from sdmvae_cli.data.extract import file_results
+from sdmvae_cli.data.extract import Task, file_results
+from sdmvae_cli.data.kaldi import read_data_dir
 from sdmvae_cli.data.keys import content_key, file_sha256, legacy_fingerprint, previous_fingerprints, split_key
 from sdmvae_cli.data.prepared import read_manifest
 
@@ -139,14 +148,15 @@ def prepare_split(
             if "content_key" not in done:  # prepared before content keys: hash the files, keep the frames
                 skipped = {s["id"] for s in done["summary"].get("skipped", [])}
                 done["content_key"] = content_key(
-                    [(u.utt_id, u.speaker, file_sha256(u.path), u.utt_id in skipped) for u in utts], opts
+                    [content_entry(u, file_sha256(u.path), u.utt_id in skipped) for u in utts], opts
                 )
                 write_json(done_file, done)
             if progress:
                 progress(len(utts))
             return done["summary"] | {"skipped_run": True}
     done_file.unlink(missing_ok=True)
-    tasks = [(i, u.utt_id, u.speaker, str(u.path), opts.stft.to_dict(), opts.trim, opts.top_db) for i, u in enumerate(utts)]
+    tasks = extraction_tasks(utts, opts)
+    sha_of: dict[str, str | None] = {}  # each file is hashed once, however many segments it holds
     manifest_lines: list[str] = []
     skipped: list[dict] = []
     files: list[tuple[str, str, str | None, bool]] = []
@@ -159,7 +169,11 @@ def prepare_split(
                 check_interrupt()
                 if progress:
                     progress(1)
-                files.append((res.meta["id"], res.meta["speaker"], res.meta["sha256"], res.error is not None))
+                task = tasks[res.index]
+                if task.hash_file:
+                    sha_of[task.path] = res.meta["sha256"]
+                res.meta["sha256"] = sha_of[task.path]
+                files.append(content_entry(utts[res.index], res.meta["sha256"], res.error is not None))
                 if res.error is not None:
                     log.warning("skipped: %s", res.error)
                     skipped.append({"id": res.meta["id"], "reason": res.error})
@@ -186,6 +200,26 @@ def prepare_split(
     }
     write_json(done_file, {"key": key, "content_key": content_key(files, opts), "summary": summary})
     return summary
+
+
+def extraction_tasks(utts: Sequence[Utterance], opts: PrepareOptions) -> list[Task]:
+    """One task per utterance, in order; only the first utterance of each file hashes it."""
+    first: set[str] = set()
+    tasks = []
+    for i, u in enumerate(utts):
+        path = str(u.path)
+        tasks.append(
+            Task(i, u.utt_id, u.speaker, path, opts.stft.to_dict(), opts.trim, opts.top_db, u.start, u.end, path not in first)
+        )
+        first.add(path)
+    return tasks
+
+
+def content_entry(u: Utterance, sha256: str | None, skipped: bool) -> tuple[str, str, str | None, bool]:
+    """An utterance as the content key sees it: the file's bytes and, for a segment, its span
+    (two segments of one recording are two utterances; a whole file adds nothing, so a folder
+    corpus keeps its fingerprint)."""
+    return (u.utt_id, u.speaker, None if sha256 is None else sha256 + u.segment, skipped)
 
 
 def check_split_options(layout: str, split_file: bool, test_only: bool, given: Sequence[str]) -> None:
@@ -224,15 +258,47 @@ def make_split(utts: Sequence[Utterance], opts: PrepareOptions) -> dict[str, lis
     return random_split(utts, opts.val_speakers, opts.test_speakers, opts.seed)
 
 
-def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, progress_factory=None) -> dict:
+def check_inputs(layout: str, n_paths: int) -> None:
+    """The command line's paths (the inputs, then OUT_DIR) are as many as ``layout`` takes."""
+    usages = LAYOUT_INPUTS.get(layout, ("CORPUS_DIR",))
+    if n_paths - 1 not in {len(u.split()) for u in usages}:
+        raise UsageError(
+            f"prepare {layout} takes {' or '.join(f'{u} OUT_DIR' for u in usages)} ({n_paths} path{'s' * (n_paths != 1)} given)"
+        )
+
+
+#: what each manifest layout reads (the folder layouts read one CORPUS_DIR)
+LAYOUT_INPUTS = {"kaldi": ("DATA_DIR",), "lhotse": ("CUTS", "RECORDINGS SUPERVISIONS")}
+
+
+def corpus_utterances(inputs: Sequence[Path], opts: PrepareOptions) -> list[Utterance]:
+    """The utterances of the corpus ``inputs`` name (a folder, a Kaldi data directory, or
+    lhotse manifests): every layout ends here as one list, so all that follows is the same."""
+    if opts.layout == "kaldi":
+        return read_data_dir(inputs[0])
+    if opts.layout == "lhotse":
+        from sdmvae_cli.data.lhotse_manifests import read_manifests  # lhotse is an optional extra, imported only there
+
+        return read_manifests(inputs)
+    return discover(inputs[0], opts.layout, include_lipspeakers=opts.include_lipspeakers)
+
+
+def prepare(
+    corpus_dir: str | Path | Sequence[str | Path], out_dir: str | Path, opts: PrepareOptions, progress_factory=None
+) -> dict:
     """Run the whole preparation; returns the content of ``prepare.json``.
 
-    ``progress_factory(total)`` may return a callable advanced by one per file (a tqdm bar).
+    ``corpus_dir``: the corpus root, a Kaldi data directory, a lhotse CutSet manifest, or the
+    pair (RecordingSet, SupervisionSet) of manifests. ``progress_factory(total)`` may return a
+    callable advanced by one per file (a tqdm bar).
     """
+    inputs = [corpus_dir] if isinstance(corpus_dir, (str, os.PathLike)) else list(corpus_dir)
+    check_inputs(opts.layout, len(inputs) + 1)
     # absolute (not resolved: a symlinked corpus keeps its name) so manifests work from anywhere
-    corpus_dir, out_dir = Path(os.path.abspath(corpus_dir)), Path(out_dir)
-    check_prepare_destination(corpus_dir, out_dir)
-    utts = discover(corpus_dir, opts.layout, include_lipspeakers=opts.include_lipspeakers)
+    inputs, out_dir = [Path(os.path.abspath(p)) for p in inputs], Path(out_dir)
+    for p in inputs:
+        check_prepare_destination(p, out_dir)
+    utts = corpus_utterances(inputs, opts)
     split = make_split(utts, opts)
     by_speaker = {s: name for name, spk in split.items() for s in spk}
     per_split = {name: [u for u in utts if by_speaker.get(u.speaker) == name] for name in SPLITS}
@@ -261,7 +327,8 @@ def prepare(corpus_dir: str | Path, out_dir: str | Path, opts: PrepareOptions, p
     info = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "corpus_dir": str(corpus_dir.resolve()),
+        "corpus_dir": str(inputs[0].resolve()),
+        **({"corpus_inputs": [str(p.resolve()) for p in inputs]} if len(inputs) > 1 else {}),
         "stft": opts.stft.to_dict(),
         "options": opts.key_dict(),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},

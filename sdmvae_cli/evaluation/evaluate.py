@@ -1,4 +1,4 @@
-"""`sdmvae evaluate`: the paper's protocol, and scoring of any two folders.
+"""`sdmvae evaluate`: the paper's protocol, and scoring of any two folders (or two files).
 
 Checkpoint mode: every utterance of a prepared split is resynthesised from its ORIGINAL
 waveform (untrimmed, as in the paper) and scored against that waveform at 16 kHz: the paper's
@@ -27,7 +27,7 @@ takes the next file. Results are appended to ``per_file.partial.jsonl`` in the o
 arrive: after Ctrl-C or kill -9 the same command continues from there (it is checked to
 belong to the same checkpoint/data/settings, else discarded), and when the run completes the
 final ``per_file.csv`` and ``summary.json`` are written atomically and the journal removed
-(:mod:`sdmvae_cli.evaluation.journal`). Reading these outputs: :mod:`sdmvae_cli.evaluation.results`.
+(:mod:`sdmvae_cli.evaluation.journal`). Reading these outputs: :mod:`sdmvae_cli.evaluation.results`; what folder mode pairs: :mod:`sdmvae_cli.evaluation.pairing`.
 An output folder holding a finished evaluation is replaced only with ``overwrite``.
 """
 
@@ -47,17 +47,19 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from sdmvae_cli.audio.io import AUDIO_SUFFIXES, SILENCE_PEAK, load_audio
+from sdmvae_cli.audio.io import SILENCE_PEAK, load_audio
 from sdmvae_cli.audio.stft import StftConfig
 from sdmvae_cli.core.atomic import atomic_path, write_json, write_text
 from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.core.lock import claim_folder, lock_scope
 from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.core.version import __version__
+from sdmvae_cli.data.extract import load_utterance
 from sdmvae_cli.data.frames import open_frames
 from sdmvae_cli.data.prepared import load_prepare_info, read_manifest
 from sdmvae_cli.evaluation.journal import JOURNAL, run_pool
 from sdmvae_cli.evaluation.metrics import AUDIO_KEYS, METRICS, MetricError, hoyer, score_pair, sparsity_summary
+from sdmvae_cli.evaluation.pairing import check_ref_est, pair_folders
 from sdmvae_cli.inference.resynth import model_power_fn, resynthesise_audio
 from sdmvae_cli.nets.checkpoint import load_model
 from sdmvae_cli.nets.released import is_released
@@ -99,7 +101,7 @@ def _score_utterance(entry: dict) -> dict:
     lm = _WORKER["model"]
     row = {"id": entry["id"], "speaker": entry.get("speaker", ""), "path": entry["path"]}
     try:
-        audio = load_audio(entry["path"], lm.stft, warn_stereo=False)
+        audio = load_utterance(entry["path"], lm.stft, entry.get("start"), entry.get("end"))  # a segment: its span
         res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
         row["hoyer"] = float(hoyer(res.codes).mean())  # the paper's protocol: every untrimmed frame
         _check_estimate(res.samples_16k)
@@ -331,34 +333,13 @@ def evaluate_checkpoint(
     return EvalResult(summary, rows, out, failures)
 
 
-def pair_folders(ref_dir: Path, est_dir: Path) -> tuple[list[tuple[str, str, str]], list[dict]]:
-    """Pairs by relative path (suffix ignored); missing estimates are failures."""
-    for d, name in ((ref_dir, "--ref"), (est_dir, "--est")):
-        if not d.is_dir():
-            raise SdmvaeError(f"{name} {d} is not a directory")
-    refs = sorted(p for p in ref_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not refs:
-        raise SdmvaeError(f"--ref {ref_dir}: no audio files")
-    ests = {
-        p.relative_to(est_dir).with_suffix("").as_posix(): p
-        for p in est_dir.rglob("*")
-        if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
-    }
-    pairs, missing = [], []
-    for r in refs:
-        rel = r.relative_to(ref_dir).with_suffix("").as_posix()
-        if rel in ests:
-            pairs.append((rel, str(r), str(ests[rel])))
-        else:
-            missing.append({"id": rel, "path": str(r), "error": f"no estimate for {rel} under {est_dir}"})
-    return pairs, missing
-
-
 @lock_scope
 def evaluate_folders(
     ref_dir: str | Path, est_dir: str | Path, out_dir: str | Path, jobs: int = 1, progress_factory=None, overwrite: bool = False
 ) -> EvalResult:
+    """Score estimates against references: two folders paired by relative path, or two files."""
     ref_dir, est_dir, out = Path(ref_dir), Path(est_dir), Path(out_dir)
+    check_ref_est(ref_dir, est_dir)
     check_out_dir(out, overwrite, inputs=[ref_dir, est_dir])
     pairs, missing = pair_folders(ref_dir, est_dir)
     bar = progress_factory(len(pairs)) if progress_factory else None

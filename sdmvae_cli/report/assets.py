@@ -17,9 +17,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from sdmvae_cli.audio.io import Audio, load_audio, restore, write_audio, write_within_full_scale
+from sdmvae_cli.audio.io import Audio, restore, write_audio, write_within_full_scale
 from sdmvae_cli.audio.stft import power_spectrogram
 from sdmvae_cli.core.atomic import write_json
+from sdmvae_cli.data.extract import load_utterance
 from sdmvae_cli.inference.resynth import Resynthesis, model_power_fn, power_in_out, resynthesise_audio
 from sdmvae_cli.nets.checkpoint import LoadedModel, load_model
 from sdmvae_cli.report.figures import plot_codes, plot_hoyer_histogram, plot_hoyer_histograms, plot_power
@@ -117,7 +118,7 @@ def write_assets(runs: Sequence[Run], utts: Sequence[dict], out: Path, progress:
         lm = load_model(run.checkpoint)
         loaded.append(lm)
         for u, utt in enumerate(utts):
-            audio = load_audio(utt["path"], lm.stft, warn_stereo=False)
+            audio = load_utterance(utt["path"], lm.stft, utt.get("start"), utt.get("end"))  # a manifest segment: its span
             res = resynthesise_audio(audio, lm.stft, model_power_fn(lm))
             if not cells[u]:  # the input, once
                 cells[u].append(_input_cell(out, u, audio, lm))

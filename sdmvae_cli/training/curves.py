@@ -18,7 +18,7 @@ OF_TOTAL = ("median",)
 QUALIFIERS = {"pm": "at posterior mean"}  # how a legend spells a column's qualifier
 
 
-def _loss_column(col: str) -> tuple[str, str, str]:
+def loss_column(col: str) -> tuple[str, str, str]:
     """(split, qualifier, term) of a loss column: val_total -> (validation, '', total),
     val_pm_kl -> (validation, pm, kl), val_median -> (validation, median, total)."""
     split, rest = col.split("_", 1)
@@ -37,7 +37,7 @@ def loss_panels(history: list[dict]) -> list[tuple[str, list[str]]]:
     cols = dict.fromkeys(k for h in history for k, v in h.items() if k.startswith(LOSS_PREFIXES) and _finite(v))
     terms: dict[str, list[str]] = {}
     for c in cols:
-        terms.setdefault(_loss_column(c)[2], []).append(c)
+        terms.setdefault(loss_column(c)[2], []).append(c)
     known = [(LOSS_TERMS[t], terms[t]) for t in LOSS_TERMS if t in terms]
     return known + [(t, cs) for t, cs in terms.items() if t not in LOSS_TERMS]
 
@@ -47,7 +47,7 @@ def _finite(v) -> bool:
 
 
 def _loss_label(col: str) -> str:
-    who, qual, term = _loss_column(col)
+    who, qual, term = loss_column(col)
     if qual == term:  # a term of its own panel
         return who
     return f"{who} {QUALIFIERS.get(qual, qual.replace('_', ' '))}" if qual else who
@@ -61,6 +61,13 @@ def _best_epoch(history: list[dict]) -> int | None:
         return marked[-1]
     vals = [h for h in history if isinstance(h.get("val_total"), (int, float))]
     return min(vals, key=lambda h: h["val_total"])["epoch"] if vals else None
+
+
+def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:
+    """A run's loss.png (see :func:`plot_loss`), titled with its folder; None for no epoch."""
+    if not history:
+        return None
+    return plot_loss(history, Path(run_dir) / "loss.png", title=Path(run_dir).resolve().name)
 
 
 def plot_loss(history: list[dict], path: Path, title: str = "") -> Path | None:
@@ -80,7 +87,7 @@ def plot_loss(history: list[dict], path: Path, title: str = "") -> Path | None:
     for i, (ax, (name, cols)) in enumerate(zip(axes[:, 0], panels)):
         for c in cols:
             pts = [(h["epoch"], h[c]) for h in history if _finite(h.get(c))]
-            ax.plot([e for e, _ in pts], [v for _, v in pts], label=_loss_label(c), ls="--" if _loss_column(c)[1] else "-")
+            ax.plot([e for e, _ in pts], [v for _, v in pts], label=_loss_label(c), ls="--" if loss_column(c)[1] else "-")
         if best is not None:
             ax.axvline(best, color="grey", ls=":", label=f"best (epoch {best})" if i == 0 else None)
         ax.set_ylabel(name)

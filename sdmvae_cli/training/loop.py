@@ -2,7 +2,8 @@
 (:mod:`sdmvae_cli.training.early_stopping`) and checkpoints, until every member has stopped.
 
 The caller (:func:`sdmvae_cli.training.train.train_runs`) supplies what happens with a member's
-epoch through :class:`StackCallbacks`: saving its checkpoints, printing its progress.
+epoch through :class:`StackCallbacks`: saving its checkpoints, showing it (loss.png, TensorBoard:
+:mod:`sdmvae_cli.training.live_logs`), printing its progress.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class StackCallbacks:
     on_epoch: Callable[[Member, EpochRecord], None] | None = None
     save: Callable[[Stack, int, Member, bool], None] | None = None  # (stack, index, member, improved)
     on_done: Callable[[Member], None] | None = None
+    #: after the save (the epoch is on record; ``member.done`` on its last): the live views, which may read the member's weights
+    show: Callable[[Stack, int, Member, EpochRecord], None] | None = None
 
 
 def train_stack(stack: Stack, cb: StackCallbacks) -> None:
@@ -78,6 +81,8 @@ def _finish_epoch(
     if cb.save:
         cb.save(stack, i, m, improved)
     m.wrote_checkpoint = True
+    if cb.show:
+        cb.show(stack, i, m, rec)
     if cb.on_epoch:
         cb.on_epoch(m, rec)
     if m.done:

@@ -3,7 +3,8 @@
 A run folder (``sdmvae train --out``, or ``OUT/<name>/`` of a sweep) holds ``config.json``
 (written before the first epoch), then after every epoch ``last.pt`` (the epoch just trained,
 resumable), ``best.pt`` (the epoch of the best validation statistic) and ``history.csv``, and
-``loss.png`` at the end. A folder holding an earlier run is never replaced silently.
+``loss.png`` (redrawn as the run goes: :mod:`sdmvae_cli.training.live_logs`) and the TensorBoard
+events in ``tb/``. A folder holding an earlier run is never replaced silently.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from sdmvae_cli.training.stack import Member, Stack
 #: and loss.png alone are what a run stopped before its first epoch leaves: nothing to lose
 RUN_FILES = ("best.pt", "last.pt", "history.csv")
 RUN_EXTRAS = ("config.json", "loss.png")
+#: the run's TensorBoard event files (:mod:`sdmvae_cli.training.tensorboard_log`), and their names
+TB_FOLDER = "tb"
+TB_EVENTS = "events.out.tfevents.*"
 
 
 def check_run_dir(run_dir: Path, overwrite: bool, prepared_dir: Path | None = None) -> None:
@@ -51,10 +55,27 @@ def clear_run_dir(run_dir: Path) -> None:
     new one's scores). A folder of the user's stays."""
     for n in RUN_FILES + RUN_EXTRAS:
         (run_dir / n).unlink(missing_ok=True)
+    clear_events(run_dir)
     if run_dir.exists():
         remove_stale_temporaries(run_dir)
         for ev in _own_evaluations(run_dir):
             shutil.rmtree(ev)
+
+
+def clear_events(run_dir: Path) -> None:
+    """Remove an earlier run's TensorBoard events (a fresh run in the folder, or ``--overwrite``):
+    appended to, they would show two runs as one. ``tb/`` goes when that leaves it empty; a file
+    of the user's there stays."""
+    tb = run_dir / TB_FOLDER
+    if not tb.is_dir() or tb.is_symlink():
+        return
+    for f in tb.glob(TB_EVENTS):
+        if f.is_file():
+            f.unlink(missing_ok=True)
+    try:
+        tb.rmdir()
+    except OSError:  # not empty: the user's files
+        pass
 
 
 def _own_evaluations(run_dir: Path) -> list[Path]:

@@ -2,7 +2,8 @@
 
 The runs of a spec (:mod:`sdmvae_cli.training.spec`) that differ only in seed, lr, patience, epochs,
 stop_on or scalar hyper-parameters share one stack (:mod:`sdmvae_cli.training.stack`); each writes
-``OUT/<name>/`` exactly as `sdmvae train`. The sweep folder is locked while a sweep writes it
+``OUT/<name>/`` exactly as `sdmvae train` (its loss.png and TensorBoard events too, as it goes:
+:mod:`sdmvae_cli.training.live_logs`). The sweep folder is locked while a sweep writes it
 (:mod:`sdmvae_cli.core.lock`), holds one sweep (``sweep.json``, replaced only with ``overwrite``),
 and no member may be named like its own files.
 """
@@ -20,6 +21,7 @@ from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.core.lock import LOCK_NAME, claim_folder, folder_lock
 from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.training.live_logs import LiveOptions
 from sdmvae_cli.training.options import CHANGED_DEFAULTS, EpochRecord, TrainOptions
 from sdmvae_cli.training.run_folder import clear_run_dir
 from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, expand_spec, plain_name, read_spec
@@ -52,8 +54,10 @@ def run_sweep(
     overwrite: bool = False,
     on_epoch: Callable[[Member, EpochRecord], None] | None = None,
     on_done: Callable[[Member], None] | None = None,
+    live: LiveOptions | None = None,
 ) -> dict[str, Any]:
     """Train every run of the spec; returns (and writes) the sweep summary ``OUT/sweep.json``.
+    ``live``: each member's loss.png and TensorBoard events as it goes (None: neither).
 
     A folder holding a sweep (its sweep.json) or a member's folder is refused unless ``resume``
     (the same members: those with a last.pt continue, the others start) or ``overwrite`` (the
@@ -70,7 +74,7 @@ def run_sweep(
     with folder_lock(out_dir):  # every check of what the folder holds is made under the lock
         replaced = _earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
         specs = _member_specs(out_dir, runs, device, epochs, resume, overwrite)
-        return _train(prepared_dir, spec_path, out_dir, specs, replaced, device, on_epoch, on_done)
+        return _train(prepared_dir, spec_path, out_dir, specs, replaced, device, on_epoch, on_done, live)
 
 
 def _member_specs(
@@ -170,6 +174,7 @@ def _train(
     device: str,
     on_epoch: Callable[[Member, EpochRecord], None] | None,
     on_done: Callable[[Member], None] | None,
+    live: LiveOptions | None,
 ) -> dict[str, Any]:
     """Train the members; sweep.json is written as each stack starts (after every check: a
     sweep killed mid-way still has its record, so another spec is refused and --resume knows
@@ -194,7 +199,9 @@ def _train(
 
     interrupted = completed = False
     try:
-        members = train_runs(prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open)
+        members = train_runs(
+            prepared_dir, specs, device, on_epoch=on_epoch, on_done=on_done, on_group=on_group, on_open=on_open, live=live
+        )
         completed = True
     except KeyboardInterrupt:
         interrupted = True

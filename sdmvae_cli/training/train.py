@@ -5,7 +5,8 @@ at once with exactly the same computation per member. This module turns prepared
 options into members (fresh or resumed from ``last.pt``), runs their stacks
 (:mod:`sdmvae_cli.training.loop`; early stopping: :mod:`sdmvae_cli.training.early_stopping`), and
 writes each member's run folder (:mod:`sdmvae_cli.training.run_folder`): ``best.pt``, ``last.pt``,
-``history.csv``, ``config.json``.
+``history.csv``, ``config.json``, and, when asked (:class:`~sdmvae_cli.training.live_logs.LiveOptions`:
+the CLI asks), ``loss.png`` and TensorBoard events as the run goes (:mod:`sdmvae_cli.training.live_logs`).
 
 A fresh run's options are checked once, where they enter (:func:`~sdmvae_cli.training.options.check_options`):
 in :func:`train` (one run) and in the sweep's spec (:func:`sdmvae_cli.training.spec.expand_spec`);
@@ -36,7 +37,9 @@ from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
 from sdmvae_cli.data.prepared import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.nets import REGISTRY, ModelConfig
 from sdmvae_cli.nets.checkpoint import read_checkpoint
+from sdmvae_cli.training.curves import plot_history
 from sdmvae_cli.training.early_stopping import resumed_status
+from sdmvae_cli.training.live_logs import LiveLogs, LiveOptions
 from sdmvae_cli.training.loop import StackCallbacks, train_stack
 from sdmvae_cli.training.optim import OPTIMIZER_KIND
 from sdmvae_cli.training.options import (
@@ -48,15 +51,30 @@ from sdmvae_cli.training.options import (
     flag_of,
     planned_epochs,
 )
-from sdmvae_cli.training.run_folder import check_run_dir, clear_run_dir, run_config, saver
+from sdmvae_cli.training.run_folder import check_run_dir, clear_events, clear_run_dir, run_config, saver
 from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key, init_state
 
-__all__ = ["EpochRecord", "TrainOptions", "TrainResult", "TrainingDiverged", "RunSpec", "train", "train_runs"]
+__all__ = [
+    "EpochRecord",
+    "LiveOptions",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingDiverged",
+    "RunSpec",
+    "plot_history",
+    "train",
+    "train_runs",
+]
 
 log = logging.getLogger("sdmvae")
 
 #: the noise generator's seed is derived from the run's seed so it is not the permutation's stream
 NOISE_SEED_XOR = 0x5DEECE66D
+#: a train split under this many minutes of speech is warned about (README, "How much speech"):
+#: the paper trains on about 8 h (TCD-TIMIT); on the first 2.5 and 5 min of our dev split's
+#: speakers a 513-128-64 VAE's best validation loss stayed 1900 and 850 nats/frame above its
+#: training loss, from 10 min within 10 % of it (the whole 21 min: equal)
+LITTLE_SPEECH_MINUTES = 10.0
 
 
 class TrainingDiverged(SdmvaeError):
@@ -132,6 +150,20 @@ def check_prepared(prepared_dir: Path) -> tuple[dict, StftConfig]:
     if stft != StftConfig():
         log.warning("%s was prepared with a non-default STFT config %s", prepared_dir, stft.to_dict())
     return info, stft
+
+
+def warn_little_speech(frames: int, stft: StftConfig) -> None:
+    """One warning line when the train split holds under :data:`LITTLE_SPEECH_MINUTES` of speech
+    (a frame is one hop of audio): the run works, but what it learns is to be taken as a test."""
+    minutes = frames * stft.hop_length / stft.sample_rate / 60
+    if minutes < LITTLE_SPEECH_MINUTES:
+        log.warning(
+            "the train split holds %.1f min of speech (%d frames), under %g min: expect a validation loss far above "
+            "the training loss and above a larger split's (the paper trains on ~8 h): a trial, not a model to use",
+            minutes,
+            frames,
+            LITTLE_SPEECH_MINUTES,
+        )
 
 
 def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
@@ -211,13 +243,15 @@ def train_runs(
     on_done: Callable[[Member], None] | None = None,
     on_group: Callable[[list[Member]], None] | None = None,
     on_open: Callable[[list[Member]], None] | None = None,
+    live: LiveOptions | None = None,
 ) -> list[Member]:
     """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs, stop_on or scalar
     hyper-parameters share a stack; stacks run one after another. Returns the members in order
     (also given to ``on_open`` as soon as they exist, for callers that must see them after a
     Ctrl-C). Ctrl-C: every running member keeps its last completed epoch in last.pt;
     KeyboardInterrupt propagates after the statuses are set. A fresh spec's options come
-    checked (:func:`~sdmvae_cli.training.options.check_options`, by :func:`train` or the sweep's spec)."""
+    checked (:func:`~sdmvae_cli.training.options.check_options`, by :func:`train` or the sweep's spec).
+    ``live``: loss.png and TensorBoard events as the runs go (None: neither)."""
     prepared_dir = Path(prepared_dir)
     info, stft = check_prepared(prepared_dir)
     device = resolve_device(device_name)
@@ -231,9 +265,12 @@ def train_runs(
     for item in opened:
         groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
     _check_fit(opened, groups, stft, train_frames, budget)  # every check before the first write: a refused run leaves nothing
+    warn_little_speech(len(train_frames), stft)
     for s in specs:
         if not s.resume and s.overwrite:
             clear_run_dir(s.run_dir)
+        elif not s.resume:
+            clear_events(s.run_dir)  # a fresh run's events must not follow those of a run no longer there
     for m, _, _ in opened:
         m.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -243,8 +280,13 @@ def train_runs(
     # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
     train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
     val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
-    cb = StackCallbacks(on_epoch=on_epoch, save=saver(info, stft, prepared_dir, device), on_done=on_done)
-    _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group)
+    shown = LiveLogs(live, prepared_dir, val_frames, stft) if live is not None else None
+    cb = StackCallbacks(on_epoch, saver(info, stft, prepared_dir, device), on_done, shown.epoch if shown else None)
+    try:
+        _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group)
+    finally:  # also interrupted: each member's last loss.png, its event files closed
+        if shown is not None:
+            shown.close([it[0] for it in opened])
     return [it[0] for it in opened]
 
 
@@ -317,6 +359,7 @@ def train(
     overwrite: bool = False,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress_factory: Callable[[int, int], Any] | None = None,
+    live: LiveOptions | None = None,
 ) -> TrainResult:
     """Train (or resume) one model on a prepared directory; checkpoints go to ``run_dir``
     (default for a fresh run: ``runs/<default_run_name>``).
@@ -325,7 +368,7 @@ def train(
     before anything else.
     Raises :class:`TrainingDiverged` when the loss becomes NaN/inf (the last good checkpoint,
     if any, stays). ``progress_factory`` is accepted for API compatibility (epochs are reported
-    through ``on_epoch``)."""
+    through ``on_epoch``). ``live``: loss.png and TensorBoard events as the run goes (None: neither)."""
     if not resume:
         assert model_cfg is not None, "a fresh run needs its model config"
         check_options(model_cfg, opts)
@@ -344,6 +387,7 @@ def train(
             opts.device,
             on_epoch=(lambda m, rec: on_epoch(rec)) if on_epoch else None,
             on_open=members.extend,
+            live=live,
         )
     except KeyboardInterrupt:
         if not members:  # interrupted before the run was even opened: nothing to report
@@ -353,12 +397,3 @@ def train(
     if m.status == "diverged":
         raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
     return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.advice)
-
-
-def plot_history(run_dir: str | Path, history: list[dict]) -> Path | None:
-    """loss.png: total, IS and KL losses per epoch, titled with the run (see plots.plot_loss)."""
-    if not history:
-        return None
-    from sdmvae_cli.training.curves import plot_loss  # matplotlib: only where a figure is drawn
-
-    return plot_loss(history, Path(run_dir) / "loss.png", title=Path(run_dir).resolve().name)

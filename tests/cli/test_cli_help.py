@@ -14,6 +14,8 @@ COMMANDS = [
     ["prepare"],
     ["models"],
     ["train"],
+    ["info"],
+    ["mix"],
     ["sweep"],
     ["sweep-stacks"],
     ["resynth"],

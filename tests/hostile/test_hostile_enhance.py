@@ -144,7 +144,7 @@ def test_library_refuses_the_same_ranges():
 
 # -- 10: no figure inside an input folder ------------------------------------------------------------
 def test_plot_hoyer_refuses_a_figure_inside_the_evaluation_it_reads(tmp_path, capsys):
-    from test_report import MODEL_CFG, fake_eval
+    from conftest import MODEL_CFG, fake_eval
 
     utts = [("a/u0", "a", write_wav(tmp_path / "audio" / "u0.flac", 0.5 * source_filter_speech(1.0, seed=0)))]
     ev = fake_eval(tmp_path / "eval", MODEL_CFG["vae"], utts, 0, np.random.default_rng(0))

@@ -82,9 +82,9 @@ def test_pesq_segfault_on_a_long_utterance_costs_that_file_only(tmp_path, jobs):
     write_wav(est / "b_long.wav", long + 0.01 * np.random.default_rng(0).standard_normal(long.size).astype(np.float32))
     write_wav(ref / "c_short.wav", x[::-1].copy())
     write_wav(est / "c_short.wav", x[::-1].copy())
-    t0 = time.monotonic()
-    r = run("evaluate", "--ref", ref, "--est", est, "--out", tmp_path / "ev", "-j", jobs, "--json")
-    assert time.monotonic() - t0 < 60
+    r = run(
+        "evaluate", "--ref", ref, "--est", est, "--out", tmp_path / "ev", "-j", jobs, "--json"
+    )  # no hang: run() has a timeout
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["scored"] == 3 and s["failed"] == 0 and s["metric_failed"] == {"pesq_nb": 1, "pesq_wb": 1}

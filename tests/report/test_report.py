@@ -21,15 +21,13 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import DEV, REPO, needs_shared, write_wav
+from conftest import DEV, MODEL_CFG, REPO, fake_eval, made_up_history, needs_shared, write_wav
 
 from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.evaluation.metrics import METRICS
 from sdmvae_cli.evaluation.results import metric_stat
 from sdmvae_cli.report.page import make_report
 from sdmvae_cli.training.run_folder import write_history
-
-MODEL_CFG = {"vae": REPO / "models" / "vae-m64.pt", "sdm": REPO / "models" / "sdm-identity-m64.pt"}
 
 
 class Page(HTMLParser):
@@ -84,75 +82,6 @@ def check_page(out: Path) -> Page:
 
 
 # -- synthetic inputs --------------------------------------------------------------------------
-def made_up_history(epochs: int) -> list[dict]:
-    """Epoch records with every field train records (training.options.EpochRecord), made-up losses; the
-    best epoch is the second to last."""
-    from dataclasses import asdict, fields
-
-    from sdmvae_cli.training.options import EpochRecord
-
-    losses = [f.name for f in fields(EpochRecord) if f.name.startswith(("train_", "val_"))]
-    return [
-        asdict(
-            EpochRecord(
-                epoch=e,
-                **{k: (i + 1) * 10 / (e + 1) - i for i, k in enumerate(losses)},
-                seconds=1.5,
-                frames_per_s=1e4,
-                best=e < epochs - 1,
-                engine="cpu:eager",
-            )
-        )
-        for e in range(epochs)
-    ]
-
-
-def fake_eval(
-    d: Path, ckpt: Path, utts: list[tuple[str, str, Path]], seed: int, rng, old: bool = False, run_dir: bool = False
-) -> Path:
-    """An evaluation directory as `sdmvae evaluate` writes it, with made-up metric values."""
-    import torch
-
-    ck = torch.load(ckpt, weights_only=True)
-    if run_dir:
-        d.mkdir(parents=True)
-        shutil.copyfile(ckpt, d / "best.pt")
-        ckpt = d / "best.pt"
-        (d / "config.json").write_text(json.dumps(ck["config"] | {"seed": seed}))
-        write_history(d, made_up_history(5))  # as train writes it
-        d = d / "eval-test"
-    d.mkdir(parents=True)
-    keys = ["pesq", "stoi", "estoi", "si_sdr", "hoyer"] if old else ["pesq_nb", "pesq_wb", "stoi", "estoi", "si_sdr", "hoyer"]
-    metrics = {k: {"mean": float(rng.uniform(0.2, 4)), "std": float(rng.uniform(0, 0.5)), "n": len(utts)} for k in keys}
-    sparsity = {"zero_fraction": 0.0, "near_zero_fraction": 0.1, "active_units": 60, "code_dim": 64, "frames": 500}
-    sparsity["hoyer_mean" if old else "hoyer_pooled"] = float(rng.uniform(0.2, 0.6))
-    summary = {
-        "kind": "checkpoint",
-        "checkpoint": str(ckpt),
-        "model": ck["config"]["model"],
-        "train": ck["config"]["train"] | {"seed": seed},
-        "best_epoch": 3,
-        "prepared_dir": str(d / "gone"),
-        "data_fingerprint": "abc",
-        "split": "test",
-        "files": len(utts),
-        "scored": len(utts),
-        "failed": 0,
-        "failures": [],
-        "metrics": metrics,
-        "sparsity": sparsity,
-        "versions": {"sdmvae": "0.1.0"},
-    }
-    (d / "summary.json").write_text(json.dumps(summary))
-    with open(d / "per_file.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "speaker", "path", *keys, "error"])
-        for i, spk, p in utts:
-            w.writerow([i, spk, str(p), *(f"{rng.uniform(0, 1):.4f}" for _ in keys), ""])
-    np.save(d / "hoyer_frames.npy", rng.uniform(0, 1, 500).astype(np.float32))
-    return d
-
-
 @pytest.fixture(scope="module")
 def synthetic_report(tmp_path_factory):
     from sdmvae_cli.audio.synthetic import source_filter_speech

@@ -485,7 +485,7 @@ def test_the_shipped_table1_specs_expand_to_valid_unique_runs():
 
     from sdmvae_cli.training.spec import read_spec
 
-    root = Path(__file__).resolve().parents[1] / "scripts"
+    root = Path(__file__).resolve().parents[2] / "scripts"
     for folder in ("table1_sweep", "table1_sweep_cpu"):
         names = []
         for f in sorted((root / folder).glob("*.json")):
@@ -562,7 +562,7 @@ def test_sweep_stacks_splits_a_spec_into_its_stacks(tmp_path):
     from sdmvae_cli.training.spec import read_spec
     from sdmvae_cli.training.stack import group_key
 
-    spec = Path(__file__).resolve().parents[1] / "scripts" / "table1_sweep" / "b_sdm.json"
+    spec = Path(__file__).resolve().parents[2] / "scripts" / "table1_sweep" / "b_sdm.json"
     r = subprocess.run(
         [sys.executable, "-m", "sdmvae_cli", "sweep-stacks", str(spec), "--out-dir", str(tmp_path / "s")],
         capture_output=True,
