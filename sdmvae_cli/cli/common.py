@@ -72,7 +72,22 @@ def set_verbosity(quiet: bool, verbose: bool) -> None:
     term.quiet = quiet
     err.quiet = quiet
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="warning: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format="warning: %(message)s", handlers=[_StderrHandler()], force=True)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a message is logged, not as it was when the first
+    in-process ``run()`` configured logging: that stream may be gone by then (a redirected or
+    captured stderr), and a warning the library logs later (the tiny-data warning of a training
+    run called from Python) must not fail with "I/O operation on closed file"."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def quiet() -> bool:
