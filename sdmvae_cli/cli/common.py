@@ -154,6 +154,17 @@ def device_name(value: str) -> str:
     return value
 
 
+#: training.tensorboard_log.TB_EVERY, repeated here so that `--help` needs no torch (tested equal)
+TB_EVERY = 20
+
+
+def tb_every_option() -> Any:
+    """THE ``--tb-every`` option of train and sweep: one default, one range, one help line."""
+    return typer.Option(
+        TB_EVERY, "--tb-every", min=0, help="Epochs between two TensorBoard examples (spectrogram and audio; 0: none)."
+    )
+
+
 def device_option(where: str = "") -> Any:
     """THE ``--device`` option of every command: one default (auto), one check, one help line."""
     return typer.Option(

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from sdmvae_cli.cli.common import device_option, err
+from sdmvae_cli.cli.common import device_option, err, tb_every_option
 from sdmvae_cli.core.errors import Interrupted
 
 
@@ -38,9 +38,7 @@ def sweep(
         help="Each member's TensorBoard events in OUT/<name>/tb/ (pip install 'sdmvae[tensorboard]'); "
         "`tensorboard --logdir OUT` shows them side by side.",
     ),
-    tb_every: int = typer.Option(
-        20, "--tb-every", min=0, help="Epochs between two TensorBoard examples (spectrogram and audio; 0: none)."
-    ),
+    tb_every: int = tb_every_option(),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json on stdout."),
 ) -> None:
     """Train many configurations and seeds at once (stacked, one process); each member writes what `train` writes."""

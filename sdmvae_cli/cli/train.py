@@ -15,7 +15,17 @@ from typing import Literal, Optional
 import typer
 from rich.markup import escape
 
-from sdmvae_cli.cli.common import arch_name, device_option, emit, emit_json, err, hidden_sizes, positive, unit_open
+from sdmvae_cli.cli.common import (
+    arch_name,
+    device_option,
+    emit,
+    emit_json,
+    err,
+    hidden_sizes,
+    positive,
+    tb_every_option,
+    unit_open,
+)
 from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
 
 #: CLI parameter -> ModelConfig field, and -> TrainOptions field (a parameter is its flag's name,
@@ -202,9 +212,7 @@ def train(
         help="TensorBoard events in RUN/tb/ as the run goes (where the tensorboard package is installed: "
         "pip install 'sdmvae[tensorboard]'); history.csv stays the record.",
     ),
-    tb_every: int = typer.Option(
-        20, "--tb-every", min=0, help="Epochs between two TensorBoard examples (spectrogram and audio; 0: none)."
-    ),
+    tb_every: int = tb_every_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
 ) -> None:
     """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png, tb/.

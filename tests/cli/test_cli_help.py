@@ -70,3 +70,11 @@ def test_train_parameters_are_their_flags():
     opts = {p.name: p.opts for p in cmd.params}
     for param, field in {**MODEL_PARAMS, **TRAIN_PARAMS}.items():
         assert flag_of(field) in opts[param], (param, field, opts[param])
+
+
+def test_the_tb_every_default_of_the_cli_is_the_librarys():
+    """cli/common repeats TensorBoard's example interval so that `--help` loads no torch."""
+    from sdmvae_cli.cli.common import TB_EVERY
+    from sdmvae_cli.training.tensorboard_log import TB_EVERY as LIBRARY
+
+    assert TB_EVERY == LIBRARY
