@@ -25,7 +25,7 @@ from sdmvae_cli.inference.resynth import Resynthesis, model_power_fn, power_in_o
 from sdmvae_cli.nets.checkpoint import LoadedModel, load_model
 from sdmvae_cli.report.figures import plot_codes, plot_hoyer_histogram, plot_hoyer_histograms, plot_power
 from sdmvae_cli.report.inputs import Run, training_history
-from sdmvae_cli.training.train import plot_history
+from sdmvae_cli.training.curves import plot_history
 
 AUDIO_EXT = ".flac"  # 16-bit FLAC: lossless and about half the size of 16-bit WAV
 AUDIO_SUBTYPE = "PCM_16"

@@ -37,7 +37,6 @@ from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
 from sdmvae_cli.data.prepared import fingerprint_aliases, load_prepare_info
 from sdmvae_cli.nets import REGISTRY, ModelConfig
 from sdmvae_cli.nets.checkpoint import read_checkpoint
-from sdmvae_cli.training.curves import plot_history
 from sdmvae_cli.training.early_stopping import resumed_status
 from sdmvae_cli.training.live_logs import LiveLogs, LiveOptions
 from sdmvae_cli.training.loop import StackCallbacks, train_stack
@@ -61,7 +60,6 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "RunSpec",
-    "plot_history",
     "train",
     "train_runs",
 ]
