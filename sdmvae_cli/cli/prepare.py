@@ -46,13 +46,24 @@ def prepare(
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Parallel worker processes."),
     force: bool = typer.Option(False, help="Recompute even if the outputs are up to date."),
     as_json: bool = typer.Option(False, "--json", help="Print prepare.json on stdout (instead of the folder's path)."),
+    shard: Optional[str] = typer.Option(
+        None,
+        metavar="I/N",
+        help="Prepare only the I-th of N blocks of every split, into OUT_DIR/shards/I-of-N (an array job: one I per "
+        "machine, the same arguments); then --merge.",
+    ),
+    merge: bool = typer.Option(
+        False, "--merge", help="Join the N shards of OUT_DIR/shards into OUT_DIR, as one machine prepares it (same arguments)."
+    ),
+    remove_shards: bool = typer.Option(False, "--remove-shards", help="With --merge: delete OUT_DIR/shards once merged."),
 ) -> None:
     """Split a corpus by speaker and compute power spectrograms (1024-sample sine window, hop 256, 513 bins).
 
-    stdout: the prepared folder (absolute), or prepare.json with --json; the table goes to stderr."""
+    stdout: the prepared folder (absolute; with --shard, the shard's), or prepare.json with --json; the table goes to stderr."""
     from sdmvae_cli.data.prepare import PrepareOptions, check_inputs, check_split_options
-    from sdmvae_cli.data.prepare import prepare as run
+    from sdmvae_cli.data.shards import parse_shard, prepare_in_parts
 
+    part = parse_shard(shard) if shard is not None else None
     check_inputs(layout, len(paths))
     *inputs, out_dir = paths
     draw = {"val_speakers": val_speakers, "test_speakers": test_speakers, "seed": seed}  # given: the random split's options
@@ -71,7 +82,8 @@ def prepare(
         force=force,
         **{k: v for k, v in draw.items() if v is not None},
     )
-    info = run(inputs, out_dir, opts, progress_factory=lambda n: bar(n, "prepare"))
+    info = prepare_in_parts(inputs, out_dir, opts, part, merge, remove_shards, progress_factory=lambda n: bar(n, "prepare"))
+    out_dir = Path(info.get("shard_dir", out_dir))
     t = Table(title=f"prepared {escape(str(out_dir))}" + ("  (up to date, nothing recomputed)" if info["up_to_date"] else ""))
     for c in ("split", "speakers", "utterances", "frames", "hours", "skipped"):
         t.add_column(c, justify="right" if c != "split" else "left")

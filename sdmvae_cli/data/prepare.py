@@ -73,6 +73,7 @@ from sdmvae_cli.data.prepared import read_manifest
 
 log = logging.getLogger("sdmvae")
 FORMAT_VERSION = 2  # 2: content-based fingerprint, per-file sha256 in manifests
+PREPARED = ("prepare.json", "splits.json")  # what makes OUT_DIR an earlier preparation, which a re-run may update
 
 
 @dataclass
@@ -155,13 +156,39 @@ def prepare_split(
                 progress(len(utts))
             return done["summary"] | {"skipped_run": True}
     done_file.unlink(missing_ok=True)
+    got = extract_frames(name, utts, split_dir, opts, progress)
+    write_text(split_dir / "manifest.jsonl", "\n".join(got.manifest_lines) + "\n")
+    speakers = sorted({u.speaker for u in utts})
+    write_text(split_dir / "speakers.txt", "\n".join(speakers) + "\n")
+    summary = {"speakers": len(speakers), "utterances": len(got.manifest_lines), "frames": got.n_rows, "skipped": got.skipped}
+    write_json(done_file, {"key": key, "content_key": content_key(got.files, opts), "summary": summary})
+    return summary
+
+
+@dataclass
+class Extracted:
+    """What :func:`extract_frames` wrote: manifest rows (offsets from 0), skips, content entries, rows."""
+
+    manifest_lines: list[str]
+    skipped: list[dict]
+    files: list[tuple[str, str, str | None, bool]]
+    n_rows: int
+
+
+def extract_frames(
+    name: str,
+    utts: Sequence[Utterance],
+    split_dir: Path,
+    opts: PrepareOptions,
+    progress: Callable[[int], None] | None = None,
+    allow_empty: bool = False,
+) -> Extracted:
+    """The frames of ``utts``, in their order, into ``split_dir/frames.npy`` (atomically). No
+    usable frame is an error unless ``allow_empty`` (a shard's block may hold none: the merged
+    split decides)."""
     tasks = extraction_tasks(utts, opts)
     sha_of: dict[str, str | None] = {}  # each file is hashed once, however many segments it holds
-    manifest_lines: list[str] = []
-    skipped: list[dict] = []
-    files: list[tuple[str, str, str | None, bool]] = []
-    n_rows = 0
-    n_bins = opts.stft.n_bins
+    got = Extracted([], [], [], 0)
     check_interrupt()
     with atomic_path(split_dir / "frames.raw") as raw:
         with open(raw, "wb") as fh:
@@ -173,33 +200,26 @@ def prepare_split(
                 if task.hash_file:
                     sha_of[task.path] = res.meta["sha256"]
                 res.meta["sha256"] = sha_of[task.path]
-                files.append(content_entry(utts[res.index], res.meta["sha256"], res.error is not None))
+                got.files.append(content_entry(utts[res.index], res.meta["sha256"], res.error is not None))
                 if res.error is not None:
                     log.warning("skipped: %s", res.error)
-                    skipped.append({"id": res.meta["id"], "reason": res.error})
+                    got.skipped.append({"id": res.meta["id"], "reason": res.error})
                     continue
-                assert res.frames is not None and res.frames.shape[1] == n_bins
-                res.meta["frame_offset"] = n_rows
-                n_rows += res.frames.shape[0]
+                assert res.frames is not None and res.frames.shape[1] == opts.stft.n_bins
+                res.meta["frame_offset"] = got.n_rows
+                got.n_rows += res.frames.shape[0]
                 fh.write(np.ascontiguousarray(res.frames, dtype="<f4").tobytes())
-                manifest_lines.append(json.dumps(res.meta))
-        if n_rows == 0:
-            raise SdmvaeError(
-                f"{name} split: no usable audio ({len(skipped)} file(s) skipped, e.g. {skipped[0]['reason'] if skipped else '-'})"
-            )
-        _write_npy_from_raw(raw, n_rows, n_bins, split_dir / "frames.npy")
+                got.manifest_lines.append(json.dumps(res.meta))
+        if got.n_rows == 0 and not allow_empty:
+            raise no_usable_audio(name, got.skipped)
+        _write_npy_from_raw(raw, got.n_rows, opts.stft.n_bins, split_dir / "frames.npy")
     (split_dir / "frames.raw").unlink(missing_ok=True)
-    write_text(split_dir / "manifest.jsonl", "\n".join(manifest_lines) + "\n")
-    speakers = sorted({u.speaker for u in utts})
-    write_text(split_dir / "speakers.txt", "\n".join(speakers) + "\n")
-    summary = {
-        "speakers": len(speakers),
-        "utterances": len(manifest_lines),
-        "frames": n_rows,
-        "skipped": skipped,
-    }
-    write_json(done_file, {"key": key, "content_key": content_key(files, opts), "summary": summary})
-    return summary
+    return got
+
+
+def no_usable_audio(name: str, skipped: Sequence[dict]) -> SdmvaeError:
+    e = skipped[0]["reason"] if skipped else "-"
+    return SdmvaeError(f"{name} split: no usable audio ({len(skipped)} file(s) skipped, e.g. {e})")
 
 
 def extraction_tasks(utts: Sequence[Utterance], opts: PrepareOptions) -> list[Task]:
@@ -292,16 +312,8 @@ def prepare(
     pair (RecordingSet, SupervisionSet) of manifests. ``progress_factory(total)`` may return a
     callable advanced by one per file (a tqdm bar).
     """
-    inputs = [corpus_dir] if isinstance(corpus_dir, (str, os.PathLike)) else list(corpus_dir)
-    check_inputs(opts.layout, len(inputs) + 1)
-    # absolute (not resolved: a symlinked corpus keeps its name) so manifests work from anywhere
-    inputs, out_dir = [Path(os.path.abspath(p)) for p in inputs], Path(out_dir)
-    for p in inputs:
-        check_prepare_destination(p, out_dir)
-    utts = corpus_utterances(inputs, opts)
-    split = make_split(utts, opts)
-    by_speaker = {s: name for name, spk in split.items() for s in spk}
-    per_split = {name: [u for u in utts if by_speaker.get(u.speaker) == name] for name in SPLITS}
+    inputs, out_dir = checked_paths(corpus_dir, out_dir, opts)
+    split, per_split = split_utterances(inputs, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     write_json(out_dir / "splits.json", split)
@@ -310,19 +322,48 @@ def prepare(
     try:
         for name in SPLITS:
             if not per_split[name]:
-                if name != "test" and not per_split["train"] and not per_split["validation"]:
-                    log.info("evaluation-only preparation: no %s split", name)
-                else:
-                    log.warning(
-                        "the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s])
-                    )
-                if (out_dir / name).is_dir() and _looks_prepared(out_dir / name):
-                    shutil.rmtree(out_dir / name)  # a stale split from an earlier run must not be scored
-                continue
-            summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar.update if bar else None)
+                drop_empty_split(name, per_split, out_dir)
+            else:
+                summaries[name] = prepare_split(name, per_split[name], out_dir, opts, progress=bar.update if bar else None)
     finally:
         if bar is not None and hasattr(bar, "close"):
             bar.close()
+    return write_prepare_info(out_dir, inputs, opts, summaries)
+
+
+def checked_paths(corpus_dir, out_dir: str | Path, opts: PrepareOptions, markers=PREPARED) -> tuple[list[Path], Path]:
+    """The corpus inputs, absolute (not resolved: a symlinked corpus keeps its name) so that
+    manifests work from anywhere, and OUT_DIR, checked before any work."""
+    inputs = [corpus_dir] if isinstance(corpus_dir, (str, os.PathLike)) else list(corpus_dir)
+    check_inputs(opts.layout, len(inputs) + 1)
+    inputs, out_dir = [Path(os.path.abspath(p)) for p in inputs], Path(out_dir)
+    for p in inputs:
+        check_prepare_destination(p, out_dir, markers)
+    return inputs, out_dir
+
+
+def split_utterances(inputs: Sequence[Path], opts: PrepareOptions) -> tuple[dict, dict[str, list[Utterance]]]:
+    """The speaker split and each split's utterances in corpus order: the one order that every
+    preparation, whole or in shards, follows (so their frames line up byte for byte)."""
+    utts = corpus_utterances(inputs, opts)
+    split = make_split(utts, opts)
+    by_speaker = {s: name for name, spk in split.items() for s in spk}
+    return split, {name: [u for u in utts if by_speaker.get(u.speaker) == name] for name in SPLITS}
+
+
+def drop_empty_split(name: str, per_split: dict[str, list[Utterance]], out_dir: Path) -> None:
+    """A split without speakers: say so, and remove the one an earlier run left (not to be scored)."""
+    if name != "test" and not per_split["train"] and not per_split["validation"]:
+        log.info("evaluation-only preparation: no %s split", name)
+    else:
+        log.warning("the %s split is empty: only %s are prepared", name, " and ".join(s for s in SPLITS if per_split[s]))
+    if (out_dir / name).is_dir() and _looks_prepared(out_dir / name):
+        shutil.rmtree(out_dir / name)
+
+
+def write_prepare_info(out_dir: Path, inputs: Sequence[Path], opts: PrepareOptions, summaries: dict, run=None) -> dict:
+    """Write ``prepare.json`` (last: it says the folder is complete) from the splits' done
+    markers, with ``run`` (fields that describe this run only) at its end; returns it."""
     dones = [json.loads((out_dir / s / ".done.json").read_text()) for s in summaries]
     info = {
         "format_version": FORMAT_VERSION,
@@ -336,23 +377,24 @@ def prepare(
     }
     info["level_check"] = level_check({name: read_manifest(out_dir, name) for name in summaries})
     warn_levels(info["level_check"])
-    info["up_to_date"] = all(v.get("skipped_run") for v in summaries.values())
     previous = previous_fingerprints(out_dir, info["fingerprint"], legacy_fingerprint([d["key"] for d in dones]))
     if previous:
         info["previous_fingerprints"] = previous
-    write_json(out_dir / "prepare.json", {k: v for k, v in info.items() if k != "up_to_date"})
-    return info
+    info |= run or {}
+    write_json(out_dir / "prepare.json", info)
+    return info | {"up_to_date": all(v.get("skipped_run") for v in summaries.values())}
 
 
-def check_prepare_destination(corpus_dir: Path, out_dir: Path) -> None:
-    """Before any work: OUT_DIR is not the corpus, is writable, and is empty or an earlier
-    preparation (which a re-run updates; anything else in it could be clobbered)."""
+def check_prepare_destination(corpus_dir: Path, out_dir: Path, markers: Sequence[str] = PREPARED) -> None:
+    """Before any work: OUT_DIR is not the corpus, is writable, and is empty (but for the probe of
+    a shard's same check) or an earlier preparation, which a re-run updates (else: clobbered)."""
     if corpus_dir.exists() and real(corpus_dir) == real(out_dir):
         raise SdmvaeError(
             f"output directory {out_dir} is the corpus itself; choose a separate folder (inputs are never overwritten)"
         )
     check_dir_destination(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / n).exists() for n in ("prepare.json", "splits.json")):
+    held = [p for p in out_dir.iterdir() if not p.name.startswith(".sdmvae-probe.")] if out_dir.is_dir() else []
+    if held and not any((out_dir / n).exists() for n in markers):
         raise SdmvaeError(
             f"output directory {out_dir} is not empty and holds no earlier preparation; choose a new or empty folder"
         )

@@ -1,0 +1,331 @@
+"""`sdmvae prepare ... --shard I/N` and `--merge`: one preparation made by N machines (an array
+job, each with the same arguments and its own I), then joined into what one machine makes.
+
+Layout, beside the merged folder's usual files (:mod:`sdmvae_cli.data.prepare`)::
+
+    OUT_DIR/shards/I-of-N/shard.json               written last: the shard is complete
+    OUT_DIR/shards/I-of-N/<split>/frames.npy       the frames of the I-th of N blocks of the split
+    OUT_DIR/shards/I-of-N/<split>/manifest.jsonl   its rows, frame offsets from 0
+    OUT_DIR/shards/I-of-N/<split>/.done.json       its skip key, content entries and summary
+
+Why contiguous blocks of each split's utterance list, in the order a one-machine prepare uses:
+that prepare's ``frames.npy`` is its utterances' frames one after the other, so the merge is a
+header and a copy of the shards' data in order, byte for byte the same, without the split in
+memory. Every shard draws the speaker split itself, from the same corpus and options (it is
+deterministic), and records it; the merge draws it again and refuses shards made with other
+options, another split, or audio that changed since (each block's skip key, with mtimes).
+
+A merged folder is a one-machine preparation: ``frames.npy``, manifests, ``speakers.txt``,
+``splits.json`` and every ``.done.json`` are identical (so a later plain ``prepare`` of it is up
+to date), and so is ``prepare.json``, content fingerprint included, but for one field that
+describes the run: ``merged_shards`` (N). Manifest paths are those the merging machine reads
+(a shard may have seen the corpus mounted elsewhere; the skip keys hold no paths), but a
+skipped file's reason keeps the path its shard read. The shards are kept after a merge unless
+``--remove-shards``: they are the expensive part (a merge is a copy), a file changed in place
+needs only its shard re-run, and a result is never deleted unless asked; ``--remove-shards``
+frees the second copy of the frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sdmvae_cli.core.atomic import atomic_path, write_json, write_text
+from sdmvae_cli.core.errors import SdmvaeError, UsageError
+from sdmvae_cli.core.outputs import remove_stale_temporaries
+from sdmvae_cli.core.version import __version__
+from sdmvae_cli.data.corpus import SPLITS, Utterance
+from sdmvae_cli.data.keys import content_key, split_key
+from sdmvae_cli.data.prepare import (
+    PREPARED,
+    PrepareOptions,
+    checked_paths,
+    drop_empty_split,
+    extract_frames,
+    no_usable_audio,
+    prepare,
+    split_utterances,
+    write_prepare_info,
+)
+
+SHARDS = "shards"  # the folder of OUT_DIR that holds them
+SHARD_DONE = "shard.json"
+SHARD_FORMAT = 1
+FIELDS_OF_THE_RUN = ("merged_shards",)  # the only fields of a merged prepare.json a one-machine prepare lacks
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N), 1 <= I <= N."""
+    m = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
+    if m and 1 <= int(m[1]) <= int(m[2]):
+        return int(m[1]), int(m[2])
+    raise UsageError(f"--shard takes I/N, the I-th of N parts with 1 <= I <= N (e.g. 2/8), not {text!r}")
+
+
+def shard_name(i: int, n: int) -> str:
+    return f"{i}-of-{n}"
+
+
+def block(n_items: int, i: int, n: int) -> tuple[int, int]:
+    """The I-th of N contiguous blocks of ``n_items`` ([lo, hi), sizes differ by at most one;
+    a block is empty where N exceeds the items)."""
+    return (i - 1) * n_items // n, i * n_items // n
+
+
+def prepare_in_parts(
+    corpus: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    opts: PrepareOptions,
+    shard: tuple[int, int] | None = None,
+    merge: bool = False,
+    remove_shards: bool = False,
+    progress_factory=None,
+) -> dict:
+    """`sdmvae prepare`: the whole corpus (neither ``shard`` nor ``merge``), one shard, or the
+    merge of all shards; returns what the run wrote (``prepare.json``, or a shard's summary)."""
+    if shard is not None and merge:
+        raise UsageError("--shard and --merge are two steps: prepare every shard, then merge them in one more run")
+    if remove_shards and not merge:
+        raise UsageError("--remove-shards goes with --merge (the shards are removed once merged)")
+    if shard is not None:
+        return prepare_shard(corpus, out_dir, opts, shard, progress_factory)
+    if merge:
+        return merge_shards(corpus, out_dir, opts, remove_shards)
+    return prepare(corpus, out_dir, opts, progress_factory)
+
+
+def prepare_shard(corpus, out_dir: str | Path, opts: PrepareOptions, shard: tuple[int, int], progress_factory=None) -> dict:
+    """Prepare the ``shard`` (I, N) block of every split into ``OUT_DIR/shards/I-of-N`` (and
+    nowhere else); a re-run with the same inputs skips the splits already done."""
+    i, n = shard
+    inputs, out_dir = checked_paths(corpus, out_dir, opts, markers=(*PREPARED, SHARDS))
+    split, per_split = split_utterances(inputs, opts)
+    shard_dir = out_dir / SHARDS / shard_name(i, n)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(shard_dir)
+    (shard_dir / SHARD_DONE).unlink(missing_ok=True)  # incomplete until this run ends
+    blocks = {name: block(len(utts), i, n) for name, utts in per_split.items() if utts}
+    bar = progress_factory(sum(hi - lo for lo, hi in blocks.values())) if progress_factory else None
+    summaries = {}
+    try:
+        for name, (lo, hi) in blocks.items():
+            utts = per_split[name][lo:hi]
+            summaries[name] = _shard_split(name, utts, shard_dir / name, opts, bar.update if bar else None)
+            summaries[name]["block"] = [lo, hi, len(per_split[name])]
+    finally:
+        if bar is not None and hasattr(bar, "close"):
+            bar.close()
+    for name in set(SPLITS) - set(blocks):
+        shutil.rmtree(shard_dir / name, ignore_errors=True)  # left by a run with other options
+    info = {
+        "format": SHARD_FORMAT,
+        "shard": [i, n],
+        "package_version": __version__,
+        "corpus_inputs": [str(p) for p in inputs],
+        "stft": opts.stft.to_dict(),
+        "options": opts.key_dict(),
+        "speaker_split": split,
+        "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
+    }
+    write_json(shard_dir / SHARD_DONE, info)
+    return info | {"shard_dir": str(shard_dir), "up_to_date": all(v.get("skipped_run") for v in summaries.values())}
+
+
+def _shard_split(
+    name: str, utts: Sequence[Utterance], split_dir: Path, opts: PrepareOptions, progress: Callable[[int], None] | None
+) -> dict:
+    """One split's block: its frames, manifest and done marker (with the content entries the
+    merge makes the split's content key of); skipped when its skip key is unchanged."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(split_dir)
+    (split_dir / "frames.raw").unlink(missing_ok=True)
+    key = split_key(utts, opts)
+    done_file = split_dir / ".done.json"
+    if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists() and (split_dir / "manifest.jsonl").exists():
+        done = json.loads(done_file.read_text())
+        if done.get("key") == key:
+            if progress:
+                progress(len(utts))
+            return done["summary"] | {"skipped_run": True}
+    done_file.unlink(missing_ok=True)
+    got = extract_frames(name, utts, split_dir, opts, progress, allow_empty=True)
+    write_text(split_dir / "manifest.jsonl", "".join(line + "\n" for line in got.manifest_lines))
+    summary = {
+        "speakers": len({u.speaker for u in utts}),
+        "utterances": len(got.manifest_lines),
+        "frames": got.n_rows,
+        "skipped": got.skipped,
+    }
+    write_json(done_file, {"key": key, "files": got.files, "summary": summary})
+    return summary
+
+
+def merge_shards(corpus, out_dir: str | Path, opts: PrepareOptions, remove_shards: bool = False) -> dict:
+    """Join the N shards of ``OUT_DIR/shards`` into OUT_DIR, as a one-machine prepare of the same
+    corpus with the same options writes it (see the module's docstring); every shard is checked
+    before anything is written. Returns ``prepare.json``."""
+    inputs, out_dir = checked_paths(corpus, out_dir, opts, markers=(*PREPARED, SHARDS))
+    n, parts = find_shards(out_dir)
+    split, per_split = split_utterances(inputs, opts)
+    versions = {check_shard(part, i, n, opts, split, per_split) for i, part in enumerate(parts, 1)}
+    if len(versions) > 1:
+        raise SdmvaeError(
+            f"the shards were made by different sdmvae versions ({', '.join(sorted(versions))}); re-run them with one"
+        )
+    remove_stale_temporaries(out_dir)
+    write_json(out_dir / "splits.json", split)
+    summaries = {}
+    for name in SPLITS:
+        if not per_split[name]:
+            drop_empty_split(name, per_split, out_dir)
+        else:
+            summaries[name] = _merge_split(name, per_split[name], [p / name for p in parts], out_dir / name, opts)
+    info = write_prepare_info(out_dir, inputs, opts, summaries, run={"merged_shards": n})
+    if remove_shards:
+        shutil.rmtree(out_dir / SHARDS)
+    return info
+
+
+def find_shards(out_dir: Path) -> tuple[int, list[Path]]:
+    """N and the N complete shard folders, in order; one line naming what is missing otherwise."""
+    root = out_dir / SHARDS
+    found: dict[int, dict[int, Path]] = {}
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        m = re.fullmatch(r"([0-9]+)-of-([0-9]+)", p.name)
+        if m and p.is_dir() and 1 <= int(m[1]) <= int(m[2]):
+            found.setdefault(int(m[2]), {})[int(m[1])] = p
+    if not found:
+        raise SdmvaeError(f"no shards to merge in {root}: run `sdmvae prepare ... --shard I/N` for I = 1..N first")
+    if len(found) > 1:
+        raise SdmvaeError(
+            f"{root} holds shards of {len(found)} plans (N = {', '.join(map(str, sorted(found)))}); "
+            "remove the folders of the plan not wanted, then merge"
+        )
+    n, have = found.popitem()
+    missing = [shard_name(i, n) for i in range(1, n + 1) if i not in have]
+    unfinished = [shard_name(i, n) for i in sorted(have) if not (have[i] / SHARD_DONE).exists()]
+    if missing or unfinished:
+        why = [f"missing {', '.join(missing)}"] if missing else []
+        why += (
+            [f"unfinished (no {SHARD_DONE}: still running, or stopped; re-run it) {', '.join(unfinished)}"] if unfinished else []
+        )
+        raise SdmvaeError(f"cannot merge {root}: {n - len(missing) - len(unfinished)} of {n} shards complete; {'; '.join(why)}")
+    return n, [have[i] for i in range(1, n + 1)]
+
+
+def check_shard(part: Path, i: int, n: int, opts: PrepareOptions, split: dict, per_split: dict[str, list[Utterance]]) -> str:
+    """Shard ``i`` of ``n`` was made with these options, this speaker split and the audio as it
+    is now (each block's skip key); returns the sdmvae version that made it."""
+    try:
+        info = json.loads((part / SHARD_DONE).read_text())
+        options = dict(info["options"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SdmvaeError(f"{part / SHARD_DONE}: unreadable; re-run shard {part.name}") from None
+    want = opts.key_dict()
+    differ = sorted(k for k in set(options) | set(want) if options.get(k) != want.get(k))
+    if differ:
+        raise SdmvaeError(
+            f"shard {part.name} was made with other options ({', '.join(differ)}) than this merge's; re-run it with these"
+        )
+    if info.get("speaker_split") != split:
+        raise SdmvaeError(f"shard {part.name} holds another speaker split than this corpus and these options draw; re-run it")
+    for name, utts in ((k, v) for k, v in per_split.items() if v):
+        lo, hi = block(len(utts), i, n)
+        try:
+            done = json.loads((part / name / ".done.json").read_text())
+        except (OSError, ValueError):
+            done = {}
+        if not isinstance(done, dict) or done.get("key") != split_key(utts[lo:hi], opts):
+            raise SdmvaeError(
+                f"shard {part.name}, {name} split: not made from the audio the corpus holds now "
+                "(files changed since, or another corpus); re-run it"
+            )
+    return str(info.get("package_version"))
+
+
+def _merge_split(name: str, utts: Sequence[Utterance], parts: Sequence[Path], split_dir: Path, opts: PrepareOptions) -> dict:
+    """One split from its blocks (``parts``: the shards' folders of it, in order); skipped when
+    its skip key is that of the split already there, as :func:`prepare_split` skips."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(split_dir)
+    key = split_key(utts, opts)
+    done_file = split_dir / ".done.json"
+    if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists():
+        done = json.loads(done_file.read_text())
+        if done.get("key") == key and "content_key" in done:
+            return done["summary"] | {"skipped_run": True}
+    done_file.unlink(missing_ok=True)
+    dones = [json.loads((p / ".done.json").read_text()) for p in parts]
+    rows = [int(d["summary"]["frames"]) for d in dones]
+    skipped = [s for d in dones for s in d["summary"]["skipped"]]
+    if sum(rows) == 0:
+        raise no_usable_audio(name, skipped)
+    concat_frames([p / "frames.npy" for p in parts], rows, split_dir / "frames.npy", opts.stft.n_bins)
+    paths = {u.utt_id: str(u.path) for u in utts}
+    n_utts = concat_manifests([p / "manifest.jsonl" for p in parts], rows, split_dir / "manifest.jsonl", paths)
+    speakers = sorted({u.speaker for u in utts})
+    write_text(split_dir / "speakers.txt", "\n".join(speakers) + "\n")
+    summary = {"speakers": len(speakers), "utterances": n_utts, "frames": sum(rows), "skipped": skipped}
+    files = [(f[0], f[1], f[2], bool(f[3])) for d in dones for f in d["files"]]
+    write_json(done_file, {"key": key, "content_key": content_key(files, opts), "summary": summary})
+    return summary
+
+
+def concat_frames(sources: Sequence[Path], rows: Sequence[int], target: Path, n_cols: int) -> None:
+    """One float32 .npy from the shards' (``rows`` frames each), copied block by block (never a
+    split in memory) under the header a one-machine prepare writes."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (sum(rows), n_cols)}
+    with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)
+        for src, n in zip(sources, rows):
+            with open(src, "rb") as f:
+                _to_frames(f, src, n, n_cols)
+                shutil.copyfileobj(f, out, length=16 << 20)
+
+
+def _to_frames(f, src: Path, n: int, n_cols: int) -> None:
+    """Move ``f`` past its .npy header, checking that it holds the (n x n_cols) float32 frames
+    its shard recorded (a truncated or foreign file would make a wrong merge)."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SdmvaeError(f"{src}: not a .npy file ({str(exc)[:80]}); re-run its shard") from None
+    size = os.fstat(f.fileno()).st_size - f.tell()
+    if dtype != np.dtype("<f4") or fortran or tuple(shape) != (n, n_cols) or size != n * n_cols * 4:
+        raise SdmvaeError(
+            f"{src}: {dtype} {tuple(shape)} ({size} bytes of data), not the float32 ({n}, {n_cols}) frames its shard "
+            "recorded; re-run its shard"
+        )
+
+
+def concat_manifests(sources: Sequence[Path], rows: Sequence[int], target: Path, paths: dict[str, str]) -> int:
+    """The shards' manifests as one, each row's frame offset moved past the frames of the
+    shards before it and its path the one this machine reads (``paths``, by id: a shard may have
+    seen the corpus mounted elsewhere); returns the number of rows."""
+    count, base = 0, 0
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for src, n in zip(sources, rows):
+            local = 0
+            with open(src, encoding="utf-8") as f:
+                for line in filter(str.strip, f):
+                    row = json.loads(line)
+                    if row.get("frame_offset") != local:
+                        raise SdmvaeError(f"{src}: row {row.get('id')!r} is not where its frames are; re-run its shard")
+                    local += int(row["n_frames"])
+                    row["frame_offset"] += base
+                    row["path"] = paths.get(row["id"], row["path"])
+                    out.write(json.dumps(row) + "\n")
+                    count += 1
+            if local != n:
+                raise SdmvaeError(f"{src}: its rows hold {local} frames, its shard {n}; re-run its shard")
+            base += n
+    return count

@@ -1,0 +1,181 @@
+"""`sdmvae prepare --shard I/N` then `--merge` (the array-job habit): the merged folder is the one
+a one-machine prepare of the same corpus with the same options writes, byte for byte, but for
+prepare.json's fields that describe the run; missing, foreign or stale shards are refused in
+one line, bad --shard values with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import cli, one_line, write_wav
+
+from sdmvae_cli.audio.synthetic import source_filter_speech
+from sdmvae_cli.data.frames import open_frames
+from sdmvae_cli.data.prepare import PrepareOptions, prepare
+from sdmvae_cli.data.prepared import load_prepare_info, read_manifest
+from sdmvae_cli.data.shards import FIELDS_OF_THE_RUN, block, parse_shard
+
+SPLITS = ("train", "validation", "test")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> dict:
+    """<root>/<speaker>/<utt>.wav: 3 train speakers (7 utterances and one corrupt file: skipped),
+    a validation speaker with 2 utterances and a test speaker with 1 (so 3 shards leave empty
+    blocks), and its one-machine preparation."""
+    root = tmp_path_factory.mktemp("shard-corpus") / "c"
+    counts = {"a": 2, "b": 3, "c": 2, "v": 2, "t": 1}
+    for k, (spk, n) in enumerate(counts.items()):
+        for u in range(n):
+            write_wav(root / spk / f"u{u}.wav", source_filter_speech(0.4 + 0.1 * u, seed=10 * k + u))
+    (root / "b" / "u9.wav").write_bytes(b"not audio")
+    split = root.parent / "split.json"
+    split.write_text(json.dumps({"validation": ["v"], "test": ["t"]}))
+    args = ["folder", root]
+    one = root.parent / "one"
+    return {"args": args, "split": split, "one": one, "root": root}
+
+
+@pytest.fixture(scope="module")
+def one_machine(corpus) -> Path:
+    from sdmvae_cli.cli.app import run
+
+    assert run(["prepare", *map(str, corpus["args"]), str(corpus["one"]), "--split-file", str(corpus["split"])]) == 0
+    return corpus["one"]
+
+
+def prep(capsys, corpus: dict, out: Path, *extra) -> tuple[int, str, str]:
+    return cli(capsys, "prepare", *corpus["args"], out, "--split-file", corpus["split"], *extra)
+
+
+def test_blocks_cover_each_split_once_in_order():
+    for n_items in (0, 1, 2, 7, 10):
+        for n in (1, 3, 4):
+            got = [block(n_items, i, n) for i in range(1, n + 1)]
+            assert got[0][0] == 0 and got[-1][1] == n_items
+            assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+            assert max(hi - lo for lo, hi in got) - min(hi - lo for lo, hi in got) <= 1
+    assert parse_shard("2/3") == (2, 3) and parse_shard(" 1 / 1 ") == (1, 1)
+
+
+def test_three_shards_merge_into_the_one_machine_preparation(corpus, one_machine, tmp_path, capsys):
+    out = tmp_path / "o"
+    for i in (1, 3):
+        code, stdout, err = prep(capsys, corpus, out, "--shard", f"{i}/3")
+        assert code == 0, err
+        assert stdout == f"{(out / 'shards' / f'{i}-of-3').resolve()}\n"
+    # a shard made with other options is refused by name
+    assert prep(capsys, corpus, out, "--shard", "2/3", "--top-db", "20")[0] == 0
+    code, _, err = prep(capsys, corpus, out, "--merge")
+    line = one_line(err)
+    assert code == 1 and "shard 2-of-3" in line and "top_db" in line, line
+    # a missing shard is refused by name, before anything is written
+    for f in sorted((out / "shards" / "2-of-3").rglob("*"), reverse=True):
+        f.rmdir() if f.is_dir() else f.unlink()
+    (out / "shards" / "2-of-3").rmdir()
+    code, _, err = prep(capsys, corpus, out, "--merge")
+    line = one_line(err)
+    assert code == 1 and "2 of 3 shards complete" in line and "missing 2-of-3" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["shards"]
+
+    code, _, err = prep(capsys, corpus, out, "--shard", "2/3")
+    assert code == 0, err
+    # the empty blocks (1 test utterance, 2 validation ones, 3 shards) are empty shards
+    assert np.load(out / "shards" / "1-of-3" / "test" / "frames.npy").shape == (0, 513)
+    assert np.load(out / "shards" / "1-of-3" / "validation" / "frames.npy").shape == (0, 513)
+    assert np.load(out / "shards" / "3-of-3" / "test" / "frames.npy").shape[0] > 0
+    # a re-run with the same inputs skips its work
+    frames = out / "shards" / "2-of-3" / "train" / "frames.npy"
+    mtime = frames.stat().st_mtime_ns
+    code, stdout, err = prep(capsys, corpus, out, "--shard", "2/3", "--json")
+    assert code == 0 and json.loads(stdout)["up_to_date"] and frames.stat().st_mtime_ns == mtime, err
+
+    code, stdout, err = prep(capsys, corpus, out, "--merge")
+    assert code == 0, err
+    assert stdout == f"{out.resolve()}\n"
+    same_as_one_machine(out, one_machine)
+    assert (out / "shards" / "3-of-3" / "shard.json").exists()  # kept unless --remove-shards
+
+
+def same_as_one_machine(out: Path, one: Path) -> None:
+    """Every file a one-machine prepare writes, compared with the merged folder's."""
+    for s in SPLITS:
+        assert (out / s / "frames.npy").read_bytes() == (one / s / "frames.npy").read_bytes()
+        assert (out / s / "manifest.jsonl").read_bytes() == (one / s / "manifest.jsonl").read_bytes()
+        assert (out / s / "speakers.txt").read_text() == (one / s / "speakers.txt").read_text()
+        assert json.loads((out / s / ".done.json").read_text()) == json.loads((one / s / ".done.json").read_text())
+    assert (out / "splits.json").read_text() == (one / "splits.json").read_text()
+    merged, single = (json.loads((d / "prepare.json").read_text()) for d in (out, one))
+    assert FIELDS_OF_THE_RUN == ("merged_shards",) and merged["merged_shards"] == 3
+    assert {k: v for k, v in merged.items() if k not in FIELDS_OF_THE_RUN} == single
+    assert merged["fingerprint"] == single["fingerprint"]
+    assert len(merged["splits"]["train"]["skipped"]) == 1 and merged["splits"]["test"]["utterances"] == 1
+    # an ordinary prepared folder for train and evaluate
+    assert load_prepare_info(out)["fingerprint"] == single["fingerprint"]
+    rows = read_manifest(out, "train")
+    assert all(os.path.isabs(r["path"]) for r in rows) and len(rows) == 7
+    assert open_frames(out, "train").shape == (sum(r["n_frames"] for r in rows), 513)
+
+
+def test_a_merge_refuses_changed_audio_and_removes_shards_when_asked(corpus, one_machine, tmp_path, capsys):
+    out = tmp_path / "o"
+    (tmp_path / "mount").symlink_to(corpus["root"])  # shard 1 sees the corpus elsewhere: the manifests name this machine's files
+    for i, root in ((1, tmp_path / "mount"), (2, corpus["root"])):
+        code, _, err = cli(
+            capsys, "prepare", "folder", root, out, "--split-file", corpus["split"], "--shard", f"{i}/2", "-j", "2"
+        )
+        assert code == 0, err
+    assert all(r["path"].startswith(str(tmp_path / "mount")) for r in read_manifest(out / "shards" / "1-of-2", "train"))
+    victim = corpus["root"] / "a" / "u0.wav"
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        code, _, err = prep(capsys, corpus, out, "--merge")
+        line = one_line(err)
+        assert code == 1 and "shard 1-of-2, train split: not made from the audio" in line, line
+        assert not (out / "prepare.json").exists()
+    finally:
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    code, _, err = prep(capsys, corpus, out, "--merge", "--remove-shards")
+    assert code == 0, err
+    assert not (out / "shards").exists()
+    merged = json.loads((out / "prepare.json").read_text())
+    assert (
+        merged["merged_shards"] == 2
+        and merged["fingerprint"] == json.loads((one_machine / "prepare.json").read_text())["fingerprint"]
+    )
+    for s in SPLITS:
+        assert (out / s / "frames.npy").read_bytes() == (one_machine / s / "frames.npy").read_bytes()
+        assert (out / s / "manifest.jsonl").read_bytes() == (one_machine / s / "manifest.jsonl").read_bytes()
+    # the merged folder is up to date for a plain prepare: nothing recomputed
+    mtime = (out / "train" / "frames.npy").stat().st_mtime_ns
+    again = prepare(corpus["root"], out, PrepareOptions(split_file=str(corpus["split"])))
+    assert again["up_to_date"] and (out / "train" / "frames.npy").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--shard", "0/2"], "1 <= I <= N"),
+        (["--shard", "3/2"], "not '3/2'"),
+        (["--shard", "x"], "--shard takes I/N"),
+        (["--shard", "1/0"], "--shard takes I/N"),
+        (["--shard", "1/2", "--merge"], "two steps"),
+        (["--remove-shards"], "goes with --merge"),
+    ],
+)
+def test_bad_shard_options_are_one_line_and_exit_2(corpus, tmp_path, capsys, extra, needle):
+    code, _, err = prep(capsys, corpus, tmp_path / "o", *extra)
+    line = one_line(err)
+    assert code == 2 and needle in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_merge_without_shards_says_so(corpus, tmp_path, capsys):
+    (tmp_path / "o").mkdir()
+    code, _, err = prep(capsys, corpus, tmp_path / "o", "--merge")
+    assert code == 1 and "no shards to merge" in one_line(err)
