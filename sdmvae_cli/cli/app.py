@@ -19,6 +19,7 @@ from typing import NamedTuple
 import typer
 
 from sdmvae_cli.cli.common import Command, Group, set_verbosity
+from sdmvae_cli.core.distributed import refuse_launch
 from sdmvae_cli.core.errors import SdmvaeError, UsageError, check_interrupt, on_sigint, reset_interrupt
 from sdmvae_cli.core.threads import MAX_THREADS, apply_thread_policy, parse_threads
 from sdmvae_cli.core.version import __version__
@@ -147,6 +148,10 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), exc.exit_code)
     set_verbosity(opts.quiet, opts.verbose)
+    try:
+        refuse_launch(next((a for a in args if not a.startswith("-")), None))
+    except UsageError as exc:
+        return _fail(str(exc), exc.exit_code)
     apply_thread_policy(opts.threads)
     reset_interrupt()
     previous = None
@@ -163,6 +168,8 @@ def _run(args: list[str]) -> int:
     try:
         rv = app(args=args, prog_name="sdmvae", standalone_mode=False)
     except SdmvaeError as exc:
+        if not getattr(exc, "echo", True):  # torchrun: rank 0's refusal, which rank 0 prints
+            return exc.exit_code
         return _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:  # click's UsageError family: bad option, value, choice, missing argument
         ctx = getattr(exc, "ctx", None)

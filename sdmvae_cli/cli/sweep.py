@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from sdmvae_cli.cli.common import device_option, err, tb_every_option
+from sdmvae_cli.core.distributed import is_main_process
 from sdmvae_cli.core.errors import Interrupted
 
 
@@ -41,7 +42,9 @@ def sweep(
     tb_every: int = tb_every_option(),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json on stdout."),
 ) -> None:
-    """Train many configurations and seeds at once (stacked, one process); each member writes what `train` writes."""
+    """Train many configurations and seeds at once (stacked); each member writes what `train` writes.
+
+    Under torchrun the ranks share the stacks (README, "Scaling out"); rank 0 prints the results."""
     from sdmvae_cli.training.live_logs import LiveOptions
     from sdmvae_cli.training.sweep import run_sweep
 
@@ -74,6 +77,8 @@ def sweep(
             f"interrupted: each member that completed an epoch keeps it in its last.pt; continue with --resume "
             f"(see {out}/sweep.json)"
         ) from None
+    if not is_main_process():  # torchrun: rank 0 prints the sweep's results, once
+        return
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

@@ -26,6 +26,7 @@ from sdmvae_cli.cli.common import (
     tb_every_option,
     unit_open,
 )
+from sdmvae_cli.core.distributed import is_main_process
 from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
 
 #: CLI parameter -> ModelConfig field, and -> TrainOptions field (a parameter is its flag's name,
@@ -250,7 +251,8 @@ def train(
         on_epoch=on_epoch,
         live=LiveOptions(plot=plot, tensorboard=tensorboard, tb_every=tb_every),
     )
-    _report(result, as_json)
+    if is_main_process():  # torchrun: rank 0 reports the run, once
+        _report(result, as_json)
 
 
 def _report(result, as_json: bool) -> None:

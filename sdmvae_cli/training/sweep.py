@@ -1,4 +1,4 @@
-"""`sdmvae sweep`: many configurations and seeds trained at once, in one process.
+"""`sdmvae sweep`: many configurations and seeds trained at once, in one process (or shared by torchrun's ranks).
 
 The runs of a spec (:mod:`sdmvae_cli.training.spec`) that differ only in seed, lr, patience, epochs,
 stop_on or scalar hyper-parameters share one stack (:mod:`sdmvae_cli.training.stack`); each writes
@@ -10,37 +10,23 @@ and no member may be named like its own files.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sdmvae_cli.core.atomic import write_json
-from sdmvae_cli.core.errors import SdmvaeError, UsageError
-from sdmvae_cli.core.lock import LOCK_NAME, claim_folder, folder_lock
+from sdmvae_cli.core.distributed import launch_from_env
+from sdmvae_cli.core.errors import UsageError
+from sdmvae_cli.core.lock import folder_lock
 from sdmvae_cli.core.outputs import check_dir_destination
-from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.training.distributed_sweep import distributed_sweep
 from sdmvae_cli.training.live_logs import LiveOptions
-from sdmvae_cli.training.options import CHANGED_DEFAULTS, EpochRecord, TrainOptions
-from sdmvae_cli.training.run_folder import clear_run_dir
-from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, expand_spec, plain_name, read_spec
+from sdmvae_cli.training.options import EpochRecord
+from sdmvae_cli.training.spec import SUMMARY, expand_spec, read_spec
 from sdmvae_cli.training.stack import Member
+from sdmvae_cli.training.sweep_folder import earlier_sweep, member_specs, remove_members, sweep_summary
 from sdmvae_cli.training.train import RunSpec, check_prepared, train_runs
-
-
-def _contents(run_dir: Path) -> set[str]:
-    """What a member folder holds (a stale lock file left by a killed process aside); a file
-    in its place counts as holding something."""
-    if not run_dir.is_dir():
-        return {run_dir.name} if run_dir.exists() else set()
-    return {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
-
-
-def _never_started(held: set[str]) -> bool:
-    """A member folder holding only what is written for every member before the first stack
-    trains (config.json): a sweep interrupted before this member's stack ran. --resume starts it."""
-    return held <= {"config.json"}
 
 
 def run_sweep(
@@ -57,112 +43,40 @@ def run_sweep(
     live: LiveOptions | None = None,
 ) -> dict[str, Any]:
     """Train every run of the spec; returns (and writes) the sweep summary ``OUT/sweep.json``.
-    ``live``: each member's loss.png and TensorBoard events as it goes (None: neither).
+        ``live``: each member's loss.png and TensorBoard events as it goes (None: neither).
 
-    A folder holding a sweep (its sweep.json) or a member's folder is refused unless ``resume``
-    (the same members: those with a last.pt continue, the others start) or ``overwrite`` (the
-    earlier sweep is replaced, as `train --overwrite` replaces a run: its members' run files are
-    removed once every check has passed). The folder is locked while the sweep writes it: a
-    second process (a second torchrun rank) is refused. KeyboardInterrupt propagates after
-    sweep.json is written (every member keeps its last completed epoch)."""
+        A folder holding a sweep (its sweep.json) or a member's folder is refused unless ``resume``
+        (the same members: those with a last.pt continue, the others start) or ``overwrite`` (the
+        earlier sweep is replaced, as `train --overwrite` replaces a run: its members' run files are
+        removed once every check has passed). The folder is locked while the sweep writes it: a
+        second process is refused. Under torchrun (more than one process) the ranks share the stacks
+    (:mod:`sdmvae_cli.training.distributed_sweep`). KeyboardInterrupt propagates after
+        sweep.json is written (every member keeps its last completed epoch)."""
     if resume and overwrite:
         raise UsageError("--resume continues a sweep and --overwrite replaces it: give one of them")
     out_dir = Path(out_dir)
+    launch = launch_from_env()
+    if launch is not None:  # torchrun: the ranks share the stacks
+        return distributed_sweep(
+            launch,
+            prepared_dir,
+            spec_path,
+            out_dir,
+            device=device,
+            epochs=epochs,
+            resume=resume,
+            overwrite=overwrite,
+            on_epoch=on_epoch,
+            on_done=on_done,
+            live=live,
+        )
     runs = expand_spec(read_spec(spec_path))
     check_prepared(Path(prepared_dir))  # a wrong PREPARED_DIR must not leave an empty --out behind
     check_dir_destination(out_dir, inputs=[prepared_dir])
     with folder_lock(out_dir):  # every check of what the folder holds is made under the lock
-        replaced = _earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
-        specs = _member_specs(out_dir, runs, device, epochs, resume, overwrite)
+        replaced = earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
+        specs = member_specs(out_dir, runs, device, epochs, resume, overwrite)
         return _train(prepared_dir, spec_path, out_dir, specs, replaced, device, on_epoch, on_done, live)
-
-
-def _member_specs(
-    out_dir: Path,
-    runs: list[tuple[str, ModelConfig, TrainOptions]],
-    device: str,
-    epochs: int | None,
-    resume: bool,
-    overwrite: bool,
-) -> list[RunSpec]:
-    """What train_runs trains: each run in ``OUT/<name>``, an existing member folder refused
-    unless ``resume`` (it continues, or starts if its stack never ran) or ``overwrite``."""
-    specs = []
-    for name, cfg, opts in runs:
-        opts.device = device
-        if epochs is not None:
-            opts.epochs = epochs
-        run_dir = out_dir / name
-        has_last = (run_dir / "last.pt").exists()
-        held = _contents(run_dir)
-        if held and not overwrite and not (resume and (has_last or _never_started(held))):
-            raise SdmvaeError(
-                f"{run_dir} already exists; use --resume to continue the sweep, --overwrite to replace it, or another --out"
-            )
-        if resume and has_last:
-            _check_same_run(run_dir, cfg, opts)
-        specs.append(RunSpec(name, run_dir, cfg, opts, resume=resume and has_last, overwrite=overwrite))
-    return specs
-
-
-def _recorded_members(summary: Path) -> list[str] | None:
-    """The member names an earlier sweep.json lists (None when it is not one)."""
-    try:
-        names = [m["name"] for m in json.loads(summary.read_text(encoding="utf-8"))["members"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return names if all(isinstance(n, str) for n in names) else None
-
-
-def _earlier_sweep(out_dir: Path, names: list[str], resume: bool, overwrite: bool) -> list[str]:
-    """Check the sweep already in ``out_dir`` (its sweep.json) against this one; returns the
-    earlier members this sweep does not list, whose run files ``overwrite`` removes. Why: a
-    second sweep of another spec into the folder once replaced sweep.json, and the earlier
-    sweep's record was lost."""
-    summary = out_dir / SUMMARY
-    if summary.is_dir():
-        raise SdmvaeError(f"{summary} is a directory; the sweep's summary cannot be written there")
-    if not summary.exists():
-        return []
-    if not (resume or overwrite):
-        raise SdmvaeError(
-            f"{summary} already exists: {out_dir} holds a sweep; continue it with --resume (the same spec), "
-            "replace it with --overwrite, or choose another --out"
-        )
-    earlier = _recorded_members(summary)
-    if overwrite:
-        return [n for n in earlier or [] if n not in set(names) and plain_name(n) and n not in SWEEP_FILES]
-    if earlier is None:
-        raise SdmvaeError(
-            f"--resume: {summary} is not a sweep summary; replace the sweep with --overwrite, "
-            "or move the file away to resume from the member folders"
-        )
-    added, gone = [n for n in names if n not in set(earlier)], [n for n in earlier if n not in set(names)]
-    if added or gone:
-        what = "; ".join(
-            f"{verb} {len(ns)} member(s) ({', '.join(map(repr, ns[:3]))}{', ...' if len(ns) > 3 else ''})"
-            for verb, ns in (("adds", added), ("lacks", gone))
-            if ns
-        )
-        raise SdmvaeError(
-            f"--resume: {out_dir} holds another sweep: this spec {what}; resume with the spec it was started with, "
-            "replace the sweep with --overwrite, or choose another --out"
-        )
-    return []
-
-
-def _remove_members(out_dir: Path, names: list[str]) -> None:
-    """``overwrite``: the earlier sweep's members this sweep does not train lose their run files
-    (as `train --overwrite` removes them); a folder left empty goes, anything else stays."""
-    for name in names:
-        run_dir = out_dir / name
-        if run_dir.is_dir() and not run_dir.is_symlink():
-            claim_folder(run_dir)  # a `train --resume` of that member in another process: refused, not emptied
-            clear_run_dir(run_dir)
-            try:
-                run_dir.rmdir()
-            except OSError:  # it holds files of the user's: kept
-                pass
 
 
 def _train(
@@ -184,13 +98,13 @@ def _train(
     groups: list[int] = []
 
     def write(interrupted: bool) -> dict[str, Any]:
-        summary = _summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)
+        summary = sweep_summary(members, specs, time.perf_counter() - t0, groups, interrupted, prepared_dir, spec_path)
         write_json(out_dir / SUMMARY, summary)
         return summary
 
     def on_group(ms: list[Member]) -> None:
         if not groups:  # every check passed, the first stack starts: the earlier sweep goes now (--overwrite)
-            _remove_members(out_dir, replaced)
+            remove_members(out_dir, replaced)
         groups.append(len(ms))
         write(False)
 
@@ -210,69 +124,3 @@ def _train(
         if groups or completed:  # a sweep refused before any stack started leaves the earlier sweep.json (or none)
             summary = write(interrupted)
     return summary
-
-
-def _check_same_run(run_dir: Path, cfg: ModelConfig, opts: TrainOptions) -> None:
-    """``--resume`` continues each member as it was started (the checkpoint's options): refuse a
-    spec that now gives the member other model or training options, which would otherwise be
-    silently ignored. Only ``epochs`` (and the device) may change; an option whose default
-    changed since the member started (training.options.CHANGED_DEFAULTS) keeps the member's value."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        model, train = saved["model"], saved["train"]
-        differs = [k for k, v in cfg.to_dict().items() if k in model and model[k] != v]
-        default = TrainOptions()
-        differs += [
-            k
-            for k, v in opts.to_dict().items()
-            if k in train
-            and k not in ("epochs", "device")
-            and train[k] != v
-            and not (k in CHANGED_DEFAULTS and train[k] == CHANGED_DEFAULTS[k] and v == getattr(default, k))
-        ]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # no readable config.json: the checkpoint's own checks decide
-    if differs:
-        k = differs[0]
-        was, now = (model[k], getattr(cfg, k)) if k in model else (train[k], getattr(opts, k))
-        raise SdmvaeError(
-            f"--resume: {run_dir.name} was started with {k}={was!r}, the spec now gives {now!r} "
-            f"({len(differs)} option(s) differ: {', '.join(differs)}); resume with the spec it was started with, "
-            "or train the new options into another --out"
-        )
-
-
-def _summary(
-    members: list[Member], specs: list[RunSpec], wall: float, groups: list[int], interrupted: bool, prepared_dir, spec_path
-) -> dict:
-    by_name = {m.name: m for m in members}
-    rows = []
-    frames = 0.0
-    for s in specs:
-        m = by_name.get(s.name)
-        if m is None:
-            rows.append({"name": s.name, "run_dir": str(s.run_dir), "status": "interrupted" if interrupted else "not run"})
-            continue
-        frames += sum(h["frames_per_s"] * h["seconds"] for h in m.history)
-        rows.append(
-            {
-                "name": m.name,
-                "run_dir": str(m.run_dir),
-                "status": m.status,
-                "message": m.message,
-                "epochs": len(m.history),
-                "best_epoch": m.best_epoch,
-                "best_val": m.best_val,
-                "engine": m.history[-1].get("engine") if m.history else None,
-                "checkpoint": str(m.run_dir / "best.pt") if m.best_epoch >= 0 else None,
-            }
-        )
-    return {
-        "prepared_dir": str(Path(prepared_dir).resolve()),
-        "spec": str(Path(spec_path).resolve()),
-        "members": rows,
-        "stacks": groups,
-        "wall_seconds": round(wall, 2),
-        "interrupted": interrupted,
-        "member_frames_per_s": round(frames / wall, 1) if wall > 0 else None,
-    }

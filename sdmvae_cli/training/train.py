@@ -19,8 +19,9 @@ continues bit-identically on the same device. Validation uses fixed noise (seed 
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,19 +31,17 @@ import torch
 from sdmvae_cli.audio.stft import StftConfig
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.device import resolve_device
+from sdmvae_cli.core.distributed import Launch, close_group, init_group, launch_from_env, on_main, rank_device
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
-from sdmvae_cli.core.lock import claim_folder, lock_scope
-from sdmvae_cli.core.outputs import remove_stale_temporaries
+from sdmvae_cli.core.lock import lock_scope
 from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
-from sdmvae_cli.data.prepared import fingerprint_aliases, load_prepare_info
+from sdmvae_cli.data.prepared import load_prepare_info
 from sdmvae_cli.nets import REGISTRY, ModelConfig
-from sdmvae_cli.nets.checkpoint import read_checkpoint
-from sdmvae_cli.training.early_stopping import resumed_status
+from sdmvae_cli.training.data_parallel import DataParallelStack
 from sdmvae_cli.training.live_logs import LiveLogs, LiveOptions
 from sdmvae_cli.training.loop import StackCallbacks, train_stack
-from sdmvae_cli.training.optim import OPTIMIZER_KIND
+from sdmvae_cli.training.members import Opened, RunSpec, open_member
 from sdmvae_cli.training.options import (
-    LEGACY_STOP_ON,
     EpochRecord,
     TrainOptions,
     check_options,
@@ -50,8 +49,8 @@ from sdmvae_cli.training.options import (
     flag_of,
     planned_epochs,
 )
-from sdmvae_cli.training.run_folder import check_run_dir, clear_events, clear_run_dir, run_config, saver
-from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key, init_state
+from sdmvae_cli.training.run_folder import clear_events, clear_run_dir, run_config, saver
+from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key
 
 __all__ = [
     "EpochRecord",
@@ -66,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger("sdmvae")
 
-#: the noise generator's seed is derived from the run's seed so it is not the permutation's stream
-NOISE_SEED_XOR = 0x5DEECE66D
 #: a train split under this many minutes of speech is warned about (README, "How much speech"):
 #: the paper trains on about 8 h (TCD-TIMIT); on the first 2.5 and 5 min of our dev split's
 #: speakers a 513-128-64 VAE's best validation loss stayed 1900 and 850 nats/frame above its
@@ -91,23 +88,6 @@ class TrainResult:
     stopped_early: bool
     interrupted: bool = False
     advice: str = ""  # stopped on the mean while the median per-frame loss still improved (stack.Member.advice)
-
-
-@dataclass
-class RunSpec:
-    """What to train: a fresh run (model config + options, checked by whoever made the spec:
-    :func:`~sdmvae_cli.training.options.check_options`) or a resumed one (run_dir/last.pt)."""
-
-    name: str
-    run_dir: Path
-    model: ModelConfig | None = None
-    opts: TrainOptions = field(default_factory=TrainOptions)
-    resume: bool = False
-    overwrite: bool = False  # replace an earlier run in run_dir (its files are removed once every check passed)
-
-
-#: a member with its initial (or resumed) weights and optimizer state (None: a fresh Adam)
-Opened = tuple[Member, dict[str, torch.Tensor], dict[str, Any] | None]
 
 
 def default_run_name(cfg: ModelConfig, seed: int) -> str:
@@ -164,73 +144,6 @@ def warn_little_speech(frames: int, stft: StftConfig) -> None:
         )
 
 
-def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    return torch.Generator().manual_seed(seed), torch.Generator(device=device).manual_seed(seed ^ NOISE_SEED_XOR)
-
-
-def _open_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device) -> Opened:
-    """A Member with its initial (or resumed) weights and optimizer state."""
-    if not spec.resume:
-        cfg, opts = spec.model, spec.opts
-        assert cfg is not None
-        check_run_dir(spec.run_dir, spec.overwrite, prepared_dir)
-        m = Member(spec.name, cfg, opts, spec.run_dir)
-        m.perm_gen, m.noise_gen = _generators(opts.seed, device)
-        return m, init_state(cfg, opts.seed), None
-    return _resumed_member(spec, info, stft, prepared_dir, device)
-
-
-def _resumed_member(spec: RunSpec, info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device) -> Opened:
-    """The member of ``spec.run_dir/last.pt``, as it was after its last completed epoch: its
-    options (only ``epochs`` and the device from ``spec``), weights, Adam, early-stopping and
-    generator states."""
-    claim_folder(spec.run_dir)  # one writer per run folder, until train_runs returns (sdmvae_cli.core.lock)
-    last = spec.run_dir / "last.pt"
-    if not last.exists():
-        raise SdmvaeError(f"--resume: {last} does not exist")
-    state = read_checkpoint(last)
-    if state.get("data_fingerprint") not in fingerprint_aliases(info):
-        raise SdmvaeError(
-            f"--resume: {prepared_dir} is not the prepared data {spec.run_dir} was trained on (fingerprint differs)"
-        )
-    if StftConfig.from_dict(state["config"]["stft"]) != stft:
-        raise SdmvaeError("--resume: the prepared data uses another STFT config than the checkpoint")
-    optim = state.get("optimizer_state")
-    if not isinstance(optim, dict) or optim.get("kind") != OPTIMIZER_KIND:
-        raise SdmvaeError(f"--resume: {last} has no optimizer state of this sdmvae version (an exported or older checkpoint)")
-    remove_stale_temporaries(spec.run_dir)  # a checkpoint write cut by kill -9 (one process per run folder)
-    cfg = ModelConfig.from_dict(state["config"]["model"])
-    saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
-    saved.setdefault("tf32", False)  # checkpoints from before the option trained in full fp32: resume as they ran
-    saved.setdefault("stop_on", LEGACY_STOP_ON)  # and before stop_on, on the mean
-    opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})
-    m = Member(
-        spec.name,
-        cfg,
-        opts,
-        spec.run_dir,
-        history=list(state["history"]),
-        epoch=int(state["epoch"]) + 1,
-        best_val=float(state["best_val"]),
-        best_epoch=int(state["best_epoch"]),
-        since_best=int(state["since_best"]),
-        wrote_checkpoint=True,
-    )
-    m.perm_gen, m.noise_gen = _generators(opts.seed, device)
-    m.perm_gen.set_state(state["rng"]["perm"])
-    if state["rng"].get("noise_device") == device.type:
-        m.noise_gen.set_state(state["rng"]["noise"])
-    else:
-        log.warning(
-            "%s: resumed on %s but trained on %s: sampling noise continues from a fresh stream",
-            spec.name,
-            device.type,
-            state["rng"].get("noise_device"),
-        )
-    resumed_status(m)
-    return m, state["model_state"], optim
-
-
 @lock_scope
 def train_runs(
     prepared_dir: str | Path,
@@ -242,6 +155,7 @@ def train_runs(
     on_group: Callable[[list[Member]], None] | None = None,
     on_open: Callable[[list[Member]], None] | None = None,
     live: LiveOptions | None = None,
+    launch: Launch | None = None,
 ) -> list[Member]:
     """Train (or resume) every run: runs that differ only in seed, lr, patience, epochs, stop_on or scalar
     hyper-parameters share a stack; stacks run one after another. Returns the members in order
@@ -249,11 +163,14 @@ def train_runs(
     Ctrl-C). Ctrl-C: every running member keeps its last completed epoch in last.pt;
     KeyboardInterrupt propagates after the statuses are set. A fresh spec's options come
     checked (:func:`~sdmvae_cli.training.options.check_options`, by :func:`train` or the sweep's spec).
-    ``live``: loss.png and TensorBoard events as the runs go (None: neither)."""
+    ``live``: loss.png and TensorBoard events as the runs go (None: neither). ``launch``: the
+    runs are data-parallel over its ranks (:mod:`sdmvae_cli.training.data_parallel`; the group
+    is joined); rank 0 alone writes the run folders and calls the callbacks."""
     prepared_dir = Path(prepared_dir)
     info, stft = check_prepared(prepared_dir)
     device = resolve_device(device_name)
-    opened = [_open_member(s, info, stft, prepared_dir, device) for s in specs]
+    writer = launch is None or launch.is_main
+    opened = _open_all(specs, info, stft, prepared_dir, device, launch)
     if on_open:
         on_open([it[0] for it in opened])
     train_frames, val_frames = _open_splits(prepared_dir, stft)
@@ -263,7 +180,43 @@ def train_runs(
     for item in opened:
         groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
     _check_fit(opened, groups, stft, train_frames, budget)  # every check before the first write: a refused run leaves nothing
-    warn_little_speech(len(train_frames), stft)
+    if writer:
+        warn_little_speech(len(train_frames), stft)
+        _write_configs(specs, opened, info, stft, prepared_dir, launch)
+    # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
+    train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
+    val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
+    shown = LiveLogs(live, prepared_dir, val_frames, stft) if live is not None and writer else None
+    cb = (
+        StackCallbacks(on_epoch, saver(info, stft, prepared_dir, device), on_done, shown.epoch if shown else None)
+        if writer
+        else StackCallbacks()
+    )
+    try:
+        _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group, launch)
+    finally:  # also interrupted: each member's last loss.png, its event files closed
+        if shown is not None:
+            shown.close([it[0] for it in opened])
+    return [it[0] for it in opened]
+
+
+def _open_all(
+    specs: list[RunSpec], info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device, launch: Launch | None
+) -> list[Opened]:
+    """Every member, opened; in a data-parallel launch rank 0 opens first, with the run folders'
+    checks, and a refusal ends every rank with its line (:func:`~sdmvae_cli.core.distributed.on_main`)."""
+    if launch is None:
+        return [open_member(s, info, stft, prepared_dir, device) for s in specs]
+    mine: list[Opened] = []
+    on_main(lambda: mine.extend(open_member(s, info, stft, prepared_dir, device) for s in specs), launch)
+    return mine if launch.is_main else [open_member(s, info, stft, prepared_dir, device, writer=False) for s in specs]
+
+
+def _write_configs(
+    specs: list[RunSpec], opened: list[Opened], info: dict, stft: StftConfig, prepared_dir: Path, launch: Launch | None
+) -> None:
+    """Each run folder made ready (an overwritten run's files removed) and its config.json written."""
+    extra = {"data_parallel_ranks": launch.world} if launch is not None else {}
     for s in specs:
         if not s.resume and s.overwrite:
             clear_run_dir(s.run_dir)
@@ -273,19 +226,10 @@ def train_runs(
         m.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
             m.run_dir / "config.json",
-            run_config(m, stft) | {"prepared_dir": str(prepared_dir.resolve()), "data_fingerprint": info.get("fingerprint")},
+            run_config(m, stft)
+            | {"prepared_dir": str(prepared_dir.resolve()), "data_fingerprint": info.get("fingerprint")}
+            | extra,
         )
-    # a streamed chunk holds at least one batch of the largest batch size (else every batch would be dropped)
-    train_src = FrameSource.create(train_frames, device, budget, min_rows=max(m.opts.batch_size for m, _, _ in opened))
-    val = FrameSource.create(val_frames, device, max(budget, val_frames.nbytes)).buffer
-    shown = LiveLogs(live, prepared_dir, val_frames, stft) if live is not None else None
-    cb = StackCallbacks(on_epoch, saver(info, stft, prepared_dir, device), on_done, shown.epoch if shown else None)
-    try:
-        _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group)
-    finally:  # also interrupted: each member's last loss.png, its event files closed
-        if shown is not None:
-            shown.close([it[0] for it in opened])
-    return [it[0] for it in opened]
 
 
 def _open_splits(prepared_dir: Path, stft: StftConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -320,8 +264,10 @@ def _train_stacks(
     device: torch.device,
     cb: StackCallbacks,
     on_group: Callable[[list[Member]], None] | None,
+    launch: Launch | None = None,
 ) -> None:
-    """One stack per group of members still running, one after another."""
+    """One stack per group of members still running, one after another (data-parallel over
+    ``launch``'s ranks when given)."""
     tf32_before = torch.backends.cuda.matmul.allow_tf32  # a stack sets it for its run; the caller's value comes back
     try:
         for items in groups:
@@ -333,8 +279,9 @@ def _train_stacks(
                 on_group(members)
             o = members[0].opts
             compile_loss = compile_enabled(o.compile, device, [planned_epochs(m.opts, m.epoch) for m in members], len(train_src))
-            use_graph = device.type == "cuda" and o.cuda_graph
-            stack = Stack(
+            use_graph = device.type == "cuda" and o.cuda_graph and launch is None
+            make = Stack if launch is None else functools.partial(DataParallelStack, launch=launch)
+            stack = make(
                 members, [it[1] for it in running], [it[2] for it in running], train_src, val, device, use_graph, compile_loss
             )
             train_stack(stack, cb)
@@ -366,7 +313,9 @@ def train(
     before anything else.
     Raises :class:`TrainingDiverged` when the loss becomes NaN/inf (the last good checkpoint,
     if any, stays). ``progress_factory`` is accepted for API compatibility (epochs are reported
-    through ``on_epoch``). ``live``: loss.png and TensorBoard events as the run goes (None: neither)."""
+    through ``on_epoch``). ``live``: loss.png and TensorBoard events as the run goes (None: neither).
+    Under torchrun (more than one process) the run is data-parallel over the ranks
+    (:mod:`sdmvae_cli.training.data_parallel`): ``opts.batch_size`` is then per rank."""
     if not resume:
         assert model_cfg is not None, "a fresh run needs its model config"
         check_options(model_cfg, opts)
@@ -375,6 +324,12 @@ def train(
             raise UsageError("resuming a run needs its folder")
         run_dir = Path("runs") / default_run_name(model_cfg, opts.seed)
     run_dir = Path(run_dir)
+    launch = launch_from_env()
+    if launch is not None:  # torchrun: data-parallel; --batch-size is per rank, the run's batch is G times it
+        opts = replace(opts, device=rank_device(opts.device, launch))
+        if not resume:
+            opts.batch_size *= launch.world
+        init_group(launch, resolve_device(opts.device))
     spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume, overwrite)
     interrupted = False
     members: list[Member] = []
@@ -386,11 +341,15 @@ def train(
             on_epoch=(lambda m, rec: on_epoch(rec)) if on_epoch else None,
             on_open=members.extend,
             live=live,
+            launch=launch,
         )
     except KeyboardInterrupt:
         if not members:  # interrupted before the run was even opened: nothing to report
             raise
         interrupted = True
+    finally:
+        if launch is not None:
+            close_group()
     m = members[0]
     if m.status == "diverged":
         raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))

@@ -129,6 +129,31 @@ def test_resume_starts_the_members_whose_stack_never_ran(synthetic_prepared, tmp
     assert (tmp_path / "sw2" / "second" / "notes.txt").read_text() == "mine"
 
 
+def test_resume_restarts_a_member_killed_during_its_first_save(synthetic_prepared, tmp_path):
+    """kill -9 between a member's first best.pt and its last.pt (a torchrun rank killed at that
+    moment: found by tests/training/test_distributed.py) leaves config.json, best.pt and a
+    temporary but no last.pt: --resume starts the member afresh, equal to an uninterrupted run;
+    a file of the user's beside them still makes the folder refused."""
+    runs = [{"name": "a", "model": "vae", "latent": 8, "epochs": 2}]
+    spec = _spec(tmp_path, runs)
+    run_sweep(synthetic_prepared, spec, tmp_path / "whole", device="cpu")
+    member = tmp_path / "sw" / "a"
+    run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", epochs=1)
+    (member / "last.pt").unlink()
+    (member / "history.csv").unlink()
+    (member / ".last.pt.x1y2.tmp").write_bytes(b"cut")
+    s = run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", resume=True)
+    assert [(m["status"], m["epochs"]) for m in s["members"]] == [("finished", 2)]
+    assert not (member / ".last.pt.x1y2.tmp").exists()
+    got, want = read_checkpoint(member / "last.pt")["history"], read_checkpoint(tmp_path / "whole" / "a" / "last.pt")["history"]
+    assert [h["val_total"] for h in got] == pytest.approx([h["val_total"] for h in want], rel=1e-6)
+    (member / "last.pt").unlink()
+    (member / "notes.txt").write_text("mine")
+    with pytest.raises(SdmvaeError, match="already exists"):
+        run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", resume=True)
+    assert (member / "notes.txt").read_text() == "mine" and (member / "best.pt").exists()
+
+
 def test_spec_grid_and_errors(tmp_path):
     runs = expand_spec(
         {

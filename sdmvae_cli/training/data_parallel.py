@@ -1,0 +1,137 @@
+"""Data-parallel training (`torchrun ... -m sdmvae_cli train`): each rank steps on its shard of every batch.
+
+A G-rank run is the one-process run at the run's batch B = G x b (``--batch-size`` b is per
+rank, as in DDP; the run's config and checkpoints record B), to float rounding:
+
+- every rank draws the same permutation and the same sampling noise for the whole batch (the
+  run's two generators, seeded alike on every rank) and keeps rows ``[r*b, (r+1)*b)`` of each
+  batch and of its noise (the batch axis of a :data:`~sdmvae_cli.nets.base.NoiseSpec` shape
+  is its second-last);
+- the loss is a mean over the batch, so the mean of the ranks' gradients (one all-reduce of
+  all gradients flattened into one buffer per step, the bucket DDP would make) is the
+  gradient of the whole batch; every rank then takes the same Adam step, so the weights stay
+  equal without being sent;
+- the epoch's loss sums are all-reduced; validation runs on rank 0 and its statistics are
+  broadcast, so early stopping is decided once and every rank stops at the same epoch;
+- rank 0 alone writes the run folder (checkpoints, history, live logs).
+
+Why not ``torch.nn.parallel.DistributedDataParallel``: it wraps an ``nn.Module`` driven by
+autograd, and the training step here is a functional one (``torch.func``) that, on a CPU with
+compile, fuses the backward with Adam. With compile on a CPU the step is two compiled
+functions around the all-reduce (gradients, then Adam and the projections); otherwise the
+eager step with the all-reduce between backward and Adam. benchmarks/distributed.py measures
+both against DDP over the same network. CUDA graphs are off (a collective inside a captured
+graph is not worth its constraints at one all-reduce per step).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from sdmvae_cli.core.distributed import Launch
+from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.training.optim import adam_scales, adam_update_
+from sdmvae_cli.training.options import VALIDATION_COLUMNS
+from sdmvae_cli.training.stack import Stack
+
+
+def rank_rows(batch: int, launch: Launch) -> slice:
+    """Rank ``launch.rank``'s rows of a batch of ``batch`` (the run's batch: G x per-rank)."""
+    if batch % launch.world:
+        raise SdmvaeError(
+            f"the run's batch of {batch} frames does not split over {launch.world} ranks: resume it on a number of ranks "
+            "that divides it"
+        )
+    b = batch // launch.world
+    return slice(launch.rank * b, (launch.rank + 1) * b)
+
+
+def all_reduce_mean_(grads: list[torch.Tensor], world: int) -> None:
+    """The ranks' mean of every gradient, in place: one all-reduce of one flat buffer."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view(g.shape))  # copy_ keeps the gradient's own strides (column-major weights)
+
+
+class DataParallelStack(Stack):
+    """A stack of one member (`sdmvae train`) whose steps are split over the ranks of a launch."""
+
+    def __init__(self, *args, launch: Launch, **kwargs):
+        self.launch = launch
+        super().__init__(*args, **kwargs)
+        self.rows = rank_rows(self.opts.batch_size, launch)
+
+    def _make_loss_fns(self) -> None:
+        super()._make_loss_fns()
+        if self.whole_step:  # the compiled whole step, cut in two around the all-reduce
+            self._compiled_grads = torch.compile(self._grads_fn(self.loss_fn), dynamic=None)
+            self._compiled_apply = torch.compile(self._apply_fn(), dynamic=None)
+
+    def _grads_fn(self, train_fn):
+        def grads_step(params, hp, x, noise, active, acc):
+            def masked(ps):
+                means, sums = train_fn(ps, hp, x, noise)
+                return (means * active).sum(), sums
+
+            grads, sums = torch.func.grad(masked, has_aux=True)(params)
+            acc.add_(sums * active[:, None])
+            return grads
+
+        return grads_step
+
+    def _apply_fn(self):
+        template = self.template
+
+        def apply_step(params, grads, exp_avg, exp_avg_sq, step_size, bc2_sqrt):
+            adam_update_(params, grads, exp_avg, exp_avg_sq, step_size, bc2_sqrt)
+            template.project_(params)
+
+        return apply_step
+
+    def _draw_block(self, steps: int) -> dict[str, torch.Tensor]:
+        return {k: v[..., self.rows, :] for k, v in super()._draw_block(steps).items()}
+
+    def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
+        """One step of this rank's rows of the batch (``idx`` (N, B): the whole batch's; ``noise``: this rank's)."""
+        idx = idx[..., self.rows]
+        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        noise = {k: v.contiguous() for k, v in noise.items()}
+        if self.whole_step:
+            try:
+                grads = self._compiled_grads(self.params, self.hp, x, noise, self.active, self.acc)
+                all_reduce_mean_(list(grads.values()), self.launch.world)
+                o = self.opt
+                step_size, bc2_sqrt = adam_scales(o.steps + 1, o.lrs)
+                self._compiled_apply(self.params, grads, o.exp_avg, o.exp_avg_sq, step_size, bc2_sqrt)
+                o.steps += 1
+                return
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                self._eager_fallback(exc)
+        for p in self.params.values():
+            p.grad = None
+        means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        (means * self.active).sum().backward()
+        all_reduce_mean_([p.grad for p in self.params.values()], self.launch.world)
+        self.opt.step()
+        self.template.project_(self.params)
+        self.acc += sums.detach() * self.active[:, None]
+
+    def run_epoch(self, epoch: int) -> int:
+        seen = super().run_epoch(epoch)
+        dist.all_reduce(self.acc)  # each rank summed the losses of its rows
+        return seen
+
+    @torch.no_grad()
+    def validate(self) -> torch.Tensor:
+        shape = (len(self.members), len(VALIDATION_COLUMNS))
+        out = super().validate() if self.launch.is_main else torch.zeros(shape)
+        out = out.to(self.device, torch.float64).contiguous()
+        dist.broadcast(out, src=0)
+        return out
+
+    @property
+    def engine(self) -> str:
+        return f"{super().engine}+dp{self.launch.world}"
