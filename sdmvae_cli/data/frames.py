@@ -1,7 +1,8 @@
 """Prepared frames as training data: memmap on disk, device-resident chunks in training.
 
-When a split fits (its bytes under ``max_device_bytes``) it is copied once onto the device and
-every epoch draws batches by a random permutation: no per-frame Python, no DataLoader. When it
+When a split fits (its bytes under ``max_device_bytes``) it is copied once onto the device (on a
+CPU the memory map is used in place: every process shares the page cache) and every epoch
+draws batches by a random permutation: no per-frame Python, no DataLoader. When it
 does not fit, large contiguous memmap chunks are streamed, in random order, into one fixed
 device buffer (so a captured CUDA graph keeps reading the same memory).
 """
@@ -24,7 +25,7 @@ def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
     if not f.exists():
         raise SdmvaeError(f"{prepared_dir}: split {split!r} has no frames.npy (run `sdmvae prepare`)")
     try:
-        arr = np.load(f, mmap_mode="r")
+        arr = np.load(f, mmap_mode="c")  # copy-on-write: writable to torch, never written back
     except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, pickled objects
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise SdmvaeError(f"{f}: unreadable prepared frames ({first}); re-run `sdmvae prepare --force`") from None
@@ -49,6 +50,12 @@ class FrameSource:
         per_frame = frames.shape[1] * 4
         chunk = frames.shape[0] if frames.nbytes <= max_device_bytes else max(min_rows, max_device_bytes // per_frame)
         chunk = min(chunk, frames.shape[0])
+        if chunk >= frames.shape[0] and device.type == "cpu" and isinstance(frames, np.memmap) and frames.flags.writeable:
+            # resident on a CPU: the memory map itself, no copy. Why: the processes of a
+            # launch (torchrun's ranks, side-by-side sweeps) share the page cache instead of
+            # holding one private copy of the split each; a batch's gather costs ~10 % more
+            # (50-56 against 44-53 us for 128 frames, docs/benchmarks.md), under 1 % of a step
+            return cls(frames, device, chunk, torch.from_numpy(frames))
         src = cls(frames, device, chunk, torch.empty((chunk, frames.shape[1]), dtype=torch.float32, device=device))
         if src.resident:
             src.buffer.copy_(torch.from_numpy(np.array(frames, dtype=np.float32)))
