@@ -111,15 +111,19 @@ def _spec_file(tmp_path: Path, spec: dict) -> Path:
 
 
 def test_torchrun_sweep_equals_one_process(synthetic_prepared, tmp_path):
-    spec = _spec_file(tmp_path, SPEC)
+    """One stack of 4 members over 2 ranks: the stack is split (2 members each); every member
+    equals the one-process sweep's."""
+    one_stack = {**SPEC, "grid": [{"name": "vae-s{seed}", "model": "vae", "seed": [0, 1, 2, 3]}]}
+    spec = _spec_file(tmp_path, one_stack)
     p = _torchrun("sweep", str(synthetic_prepared), str(spec), "--out", str(tmp_path / "dist"), *QUIET)
-    names = ["vae-s0", "vae-s1", "vae-s2", "vsc-s0", "vsc-s1"]
+    names = ["vae-s0", "vae-s1", "vae-s2", "vae-s3"]
     # rank 0 prints the checkpoints and sweep.json once
     assert p.stdout.split() == [str(tmp_path / "dist" / n / "best.pt") for n in names] + [str(tmp_path / "dist" / "sweep.json")]
     summary = json.loads((tmp_path / "dist" / "sweep.json").read_text())
     assert [m["name"] for m in summary["members"]] == names and {m["status"] for m in summary["members"]} == {"finished"}
-    assert sorted(n for r in summary["ranks"] for n in r["members"]) == names and len(summary["ranks"]) == 2
+    assert [r["members"] for r in summary["ranks"]] == [names[:2], names[2:]] and summary["stacks"] == [2, 2]
     run_sweep(synthetic_prepared, spec, tmp_path / "one", device="cpu")
+    assert json.loads((tmp_path / "one" / "sweep.json").read_text())["stacks"] == [4]
     for n in names:
         _same_runs(tmp_path / "dist" / n, tmp_path / "one" / n)
 
