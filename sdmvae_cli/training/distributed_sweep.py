@@ -31,6 +31,11 @@ from sdmvae_cli.training.stack import Member, group_key
 from sdmvae_cli.training.sweep_folder import earlier_sweep, member_specs, remove_members, sweep_summary
 from sdmvae_cli.training.train import RunSpec, check_prepared, train_runs
 
+#: how long a rank may wait in a collective: the last one (the record) waits for the slowest
+#: rank's whole share, hours on a large sweep; torch's default (30 min) would end a sweep whose
+#: shares differ by more. A rank that dies is seen by torchrun, which stops the others at once.
+SWEEP_WAIT_S = 30 * 24 * 3600.0
+
 
 def share_stacks(keys: list[str], world: int) -> list[list[int]]:
     """Which members (indices into ``keys``, each member's stack key) each rank trains.
@@ -82,7 +87,7 @@ def distributed_sweep(
 ) -> dict[str, Any]:
     """This rank's share of the sweep; returns the whole sweep's record (written by rank 0)."""
     dev = resolve_device(rank_device(device, launch))
-    init_group(launch, dev)
+    init_group(launch, dev, timeout_s=SWEEP_WAIT_S)
     try:
         with ExitStack() as held:
             specs, replaced = on_main(
