@@ -19,8 +19,8 @@ from typing import NamedTuple
 import typer
 
 from sdmvae_cli.cli.common import Command, Group, set_verbosity
-from sdmvae_cli.core.distributed import refuse_launch
-from sdmvae_cli.core.errors import SdmvaeError, UsageError, check_interrupt, on_sigint, reset_interrupt
+from sdmvae_cli.core.distributed import launch_from_env, refuse_launch
+from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError, check_interrupt, on_sigint, reset_interrupt
 from sdmvae_cli.core.threads import MAX_THREADS, apply_thread_policy, parse_threads
 from sdmvae_cli.core.version import __version__
 
@@ -135,6 +135,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _fail_on_rank(exc: SdmvaeError) -> int:
+    """:func:`_fail` in a torchrun launch too: what every rank meets alike (a usage error, an
+    interruption, rank 0's refusal sent to all: ``exc.echo`` False) is printed by rank 0 alone;
+    another rank's own failure is printed with its rank."""
+    try:
+        launch = launch_from_env()
+    except UsageError:  # torchrun's variables malformed: said by refuse_launch already
+        launch = None
+    if launch is None or launch.is_main:
+        return _fail(str(exc), exc.exit_code)
+    if not getattr(exc, "echo", True) or isinstance(exc, (UsageError, Interrupted)):
+        return exc.exit_code
+    return _fail(f"rank {launch.rank}: {exc}", exc.exit_code)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit status; nothing is printed twice.
 
@@ -151,7 +166,7 @@ def run(argv: list[str] | None = None) -> int:
     try:
         refuse_launch(next((a for a in args if not a.startswith("-")), None))
     except UsageError as exc:
-        return _fail(str(exc), exc.exit_code)
+        return _fail_on_rank(exc)
     apply_thread_policy(opts.threads)
     reset_interrupt()
     previous = None
@@ -168,9 +183,7 @@ def _run(args: list[str]) -> int:
     try:
         rv = app(args=args, prog_name="sdmvae", standalone_mode=False)
     except SdmvaeError as exc:
-        if not getattr(exc, "echo", True):  # torchrun: rank 0's refusal, which rank 0 prints
-            return exc.exit_code
-        return _fail(str(exc), exc.exit_code)
+        return _fail_on_rank(exc)
     except typer.TyperException as exc:  # click's UsageError family: bad option, value, choice, missing argument
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
@@ -178,10 +191,8 @@ def _run(args: list[str]) -> int:
             return 2
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         return _fail(exc.format_message() + hint, getattr(exc, "exit_code", 2))
-    except typer.Abort:
-        return _fail("interrupted", 130)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+    except (typer.Abort, KeyboardInterrupt):
+        return _fail_on_rank(Interrupted("interrupted"))
     except BrokenPipeError:
         return 1  # stdout closed by the reader (`| head`): nothing to say
     except OSError as exc:

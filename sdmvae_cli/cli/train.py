@@ -90,14 +90,19 @@ def read_run_config(path: Path) -> dict:
     return d
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default)."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
     from sdmvae_cli.nets import REGISTRY, ModelConfig
     from sdmvae_cli.training.options import TrainOptions
 
     def explicit(name: str) -> bool:
-        src = ctx.get_parameter_source(name)
-        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+        return _given(ctx, name)
 
     model = dict(config["model"]) if config else {}
     train = dict(config.get("train") or {}) if config else {}
@@ -184,7 +189,9 @@ def train(
         help="threshold: resynthesis code: mean (E[T(s)], dense) or sample (the max-ELBO thresholded sample of J fixed draws: exact zeros, as the authors' codes; the posterior-mean validation statistic then decodes it too: use it with --samples 20).",
     ),
     lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
-    batch_size: int = typer.Option(128, min=1, help="Frames per batch."),
+    batch_size: int = typer.Option(
+        128, min=1, help='Frames per batch (under torchrun: per rank; the run\'s batch is ranks x this, README "Scaling out").'
+    ),
     epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
     patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),
     stop_on: Literal["posterior-mean", "mean", "median"] = typer.Option(
@@ -250,9 +257,13 @@ def train(
         overwrite=overwrite,
         on_epoch=on_epoch,
         live=LiveOptions(plot=plot, tensorboard=tensorboard, tb_every=tb_every),
+        # torchrun: --batch-size is per rank; a batch read from --config is the run's (config.json records it)
+        batch_per_rank=base_cfg is None or _given(ctx, "batch_size"),
     )
     if is_main_process():  # torchrun: rank 0 reports the run, once
         _report(result, as_json)
+    elif result.interrupted:  # the other ranks end as rank 0 does, silently (cli.app)
+        raise Interrupted("interrupted")
 
 
 def _report(result, as_json: bool) -> None:

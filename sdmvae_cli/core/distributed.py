@@ -73,8 +73,9 @@ def refuse_launch(command: str | None) -> None:
     """A command other than train or sweep launched as several processes: one line, exit 2."""
     launch = launch_from_env()
     if launch is not None and command not in DISTRIBUTED_COMMANDS:
+        what = f"`{command}`" if command else "this command"
         raise UsageError(
-            f"`{command}` runs as one process; only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun "
+            f"{what} runs as one process; only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun "
             f"(this launch has {launch.world} processes)"
         )
 
@@ -89,13 +90,14 @@ def rank_device(name: str, launch: Launch) -> str:
     return name
 
 
-def init_group(launch: Launch, device: torch.device, timeout_s: float = 1800.0) -> None:
-    """Join the process group (env:// rendezvous, set up by torchrun): NCCL for GPUs, gloo for CPUs."""
+def init_group(launch: Launch, device: torch.device, timeout_s: float = 1800.0, backend: str | None = None) -> None:
+    """Join the process group (env:// rendezvous, set up by torchrun): by default NCCL for GPUs,
+    gloo for CPUs; ``timeout_s``: how long a collective may wait for the other ranks."""
     import torch.distributed as dist
 
     if dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
         import torch
 
@@ -144,6 +146,8 @@ def on_main(fn: Callable[[], T], launch: Launch) -> T:
             outcome = ("ok", fn())
         except SdmvaeError as exc:  # UsageError included: its type decides the exit status
             outcome = ("error", exc)
+        except OSError as exc:  # a full disk, a permission: one line on every rank, not a wait
+            outcome = ("error", SdmvaeError(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)))
     kind, value = broadcast_object(outcome, launch)
     if kind == "error":
         value.echo = launch.is_main  # the line is printed once, by rank 0 (cli.app._fail)

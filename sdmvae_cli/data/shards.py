@@ -22,8 +22,10 @@ describes the run: ``merged_shards`` (N). Manifest paths are those the merging m
 (a shard may have seen the corpus mounted elsewhere; the skip keys hold no paths), but a
 skipped file's reason keeps the path its shard read. The shards are kept after a merge unless
 ``--remove-shards``: they are the expensive part (a merge is a copy), a file changed in place
-needs only its shard re-run, and a result is never deleted unless asked; ``--remove-shards``
-frees the second copy of the frames.
+needs only its shard re-run, and a result is never deleted unless asked.
+
+Locks (:mod:`sdmvae_cli.core.lock`): a shard holds its folder while it works (a requeued duplicate
+is refused); a merge holds OUT_DIR and every shard folder, and checks them all before it writes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +42,7 @@ import numpy as np
 
 from sdmvae_cli.core.atomic import atomic_path, write_json, write_text
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
+from sdmvae_cli.core.lock import claim_folder, lock_scope
 from sdmvae_cli.core.outputs import remove_stale_temporaries
 from sdmvae_cli.core.version import __version__
 from sdmvae_cli.data.corpus import SPLITS, Utterance
@@ -101,13 +105,17 @@ def prepare_in_parts(
     return prepare(corpus, out_dir, opts, progress_factory)
 
 
+@lock_scope
 def prepare_shard(corpus, out_dir: str | Path, opts: PrepareOptions, shard: tuple[int, int], progress_factory=None) -> dict:
     """Prepare the ``shard`` (I, N) block of every split into ``OUT_DIR/shards/I-of-N`` (and
-    nowhere else); a re-run with the same inputs skips the splits already done."""
+    nowhere else); a re-run with the same inputs skips the splits already done. The shard folder
+    stays locked until it returns: a requeued duplicate of the same array task, or a merge, is
+    refused instead of removing the temporaries this one is writing."""
     i, n = shard
     inputs, out_dir = checked_paths(corpus, out_dir, opts, markers=(*PREPARED, SHARDS))
-    split, per_split = split_utterances(inputs, opts)
     shard_dir = out_dir / SHARDS / shard_name(i, n)
+    claim_folder(shard_dir)  # one writer per shard folder (sdmvae_cli.core.lock), before it is touched
+    split, per_split = split_utterances(inputs, opts)
     shard_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(shard_dir)
     (shard_dir / SHARD_DONE).unlink(missing_ok=True)  # incomplete until this run ends
@@ -148,37 +156,32 @@ def _shard_split(
     (split_dir / "frames.raw").unlink(missing_ok=True)
     key = split_key(utts, opts)
     done_file = split_dir / ".done.json"
-    if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists() and (split_dir / "manifest.jsonl").exists():
-        done = json.loads(done_file.read_text())
-        if done.get("key") == key:
+    if not opts.force and (split_dir / "frames.npy").exists() and (split_dir / "manifest.jsonl").exists():
+        done = _read_json(done_file)
+        if done.get("key") == key and isinstance(done.get("summary"), dict):
             if progress:
                 progress(len(utts))
             return done["summary"] | {"skipped_run": True}
     done_file.unlink(missing_ok=True)
     got = extract_frames(name, utts, split_dir, opts, progress, allow_empty=True)
     write_text(split_dir / "manifest.jsonl", "".join(line + "\n" for line in got.manifest_lines))
-    summary = {
-        "speakers": len({u.speaker for u in utts}),
-        "utterances": len(got.manifest_lines),
-        "frames": got.n_rows,
-        "skipped": got.skipped,
-    }
+    summary = {"speakers": len({u.speaker for u in utts}), "utterances": len(got.manifest_lines), "frames": got.n_rows}
+    summary["skipped"] = got.skipped
     write_json(done_file, {"key": key, "files": got.files, "summary": summary})
     return summary
 
 
+@lock_scope
 def merge_shards(corpus, out_dir: str | Path, opts: PrepareOptions, remove_shards: bool = False) -> dict:
     """Join the N shards of ``OUT_DIR/shards`` into OUT_DIR, as a one-machine prepare of the same
-    corpus with the same options writes it (see the module's docstring); every shard is checked
-    before anything is written. Returns ``prepare.json``."""
+    corpus with the same options writes it (see the module's docstring). OUT_DIR and every shard
+    folder stay locked until it returns (no shard re-run under it, no second merge), and every
+    shard is checked before anything is written. Returns ``prepare.json``."""
     inputs, out_dir = checked_paths(corpus, out_dir, opts, markers=(*PREPARED, SHARDS))
+    claim_folder(out_dir)  # one merge at a time (sdmvae_cli.core.lock); the shards are claimed in find_shards
     n, parts = find_shards(out_dir)
     split, per_split = split_utterances(inputs, opts)
-    versions = {check_shard(part, i, n, opts, split, per_split) for i, part in enumerate(parts, 1)}
-    if len(versions) > 1:
-        raise SdmvaeError(
-            f"the shards were made by different sdmvae versions ({', '.join(sorted(versions))}); re-run them with one"
-        )
+    blocks = check_shards(parts, n, opts, split, per_split)  # every refusal is made here, before the first write
     remove_stale_temporaries(out_dir)
     write_json(out_dir / "splits.json", split)
     summaries = {}
@@ -186,7 +189,7 @@ def merge_shards(corpus, out_dir: str | Path, opts: PrepareOptions, remove_shard
         if not per_split[name]:
             drop_empty_split(name, per_split, out_dir)
         else:
-            summaries[name] = _merge_split(name, per_split[name], [p / name for p in parts], out_dir / name, opts)
+            summaries[name] = _merge_split(per_split[name], blocks[name], out_dir / name, opts)
     info = write_prepare_info(out_dir, inputs, opts, summaries, run={"merged_shards": n})
     if remove_shards:
         shutil.rmtree(out_dir / SHARDS)
@@ -209,20 +212,52 @@ def find_shards(out_dir: Path) -> tuple[int, list[Path]]:
             "remove the folders of the plan not wanted, then merge"
         )
     n, have = found.popitem()
+    for i in sorted(have):  # a shard being written is refused naming its holder, and none starts under the merge
+        claim_folder(have[i])
     missing = [shard_name(i, n) for i in range(1, n + 1) if i not in have]
     unfinished = [shard_name(i, n) for i in sorted(have) if not (have[i] / SHARD_DONE).exists()]
     if missing or unfinished:
         why = [f"missing {', '.join(missing)}"] if missing else []
-        why += (
-            [f"unfinished (no {SHARD_DONE}: still running, or stopped; re-run it) {', '.join(unfinished)}"] if unfinished else []
-        )
+        why += [f"unfinished (stopped before its {SHARD_DONE}; re-run it) {', '.join(unfinished)}"] if unfinished else []
         raise SdmvaeError(f"cannot merge {root}: {n - len(missing) - len(unfinished)} of {n} shards complete; {'; '.join(why)}")
     return n, [have[i] for i in range(1, n + 1)]
 
 
-def check_shard(part: Path, i: int, n: int, opts: PrepareOptions, split: dict, per_split: dict[str, list[Utterance]]) -> str:
+@dataclass(frozen=True)
+class Block:
+    """One shard's block of one split, as checked before a merge writes anything."""
+
+    frames: Path  # its frames.npy: (rows x n_bins) float32, checked
+    rows: int
+    manifest: list[dict]  # its rows, frame offsets from 0, checked against ``rows``
+    skipped: list
+    files: list[tuple]  # its content entries
+
+
+def check_shards(
+    parts: Sequence[Path], n: int, opts: PrepareOptions, split: dict, per_split: dict[str, list[Utterance]]
+) -> dict[str, list[Block]]:
+    """Everything a merge can refuse, before it writes: each shard (:func:`check_shard`), one
+    sdmvae version for all, usable audio in every split; returns each split's blocks in order."""
+    checked = [check_shard(part, i, n, opts, split, per_split) for i, part in enumerate(parts, 1)]
+    versions = {version for version, _ in checked}
+    if len(versions) > 1:
+        raise SdmvaeError(
+            f"the shards were made by different sdmvae versions ({', '.join(sorted(versions))}); re-run them with one"
+        )
+    blocks = {name: [b[name] for _, b in checked] for name in SPLITS if per_split[name]}
+    for name, parts_of_split in blocks.items():
+        if sum(b.rows for b in parts_of_split) == 0:
+            raise no_usable_audio(name, [s for b in parts_of_split for s in b.skipped])
+    return blocks
+
+
+def check_shard(
+    part: Path, i: int, n: int, opts: PrepareOptions, split: dict, per_split: dict[str, list[Utterance]]
+) -> tuple[str, dict[str, Block]]:
     """Shard ``i`` of ``n`` was made with these options, this speaker split and the audio as it
-    is now (each block's skip key); returns the sdmvae version that made it."""
+    is now (each block's skip key), and its files hold what it recorded; returns the sdmvae
+    version that made it and its block of each split."""
     try:
         info = json.loads((part / SHARD_DONE).read_text())
         options = dict(info["options"])
@@ -236,44 +271,87 @@ def check_shard(part: Path, i: int, n: int, opts: PrepareOptions, split: dict, p
         )
     if info.get("speaker_split") != split:
         raise SdmvaeError(f"shard {part.name} holds another speaker split than this corpus and these options draw; re-run it")
+    blocks = {}
     for name, utts in ((k, v) for k, v in per_split.items() if v):
         lo, hi = block(len(utts), i, n)
-        try:
-            done = json.loads((part / name / ".done.json").read_text())
-        except (OSError, ValueError):
-            done = {}
-        if not isinstance(done, dict) or done.get("key") != split_key(utts[lo:hi], opts):
+        done = _read_json(part / name / ".done.json")
+        if done.get("key") != split_key(utts[lo:hi], opts):
             raise SdmvaeError(
                 f"shard {part.name}, {name} split: not made from the audio the corpus holds now "
                 "(files changed since, or another corpus); re-run it"
             )
-    return str(info.get("package_version"))
+        blocks[name] = _check_block(part / name, done, opts.stft.n_bins)
+    return str(info.get("package_version")), blocks
 
 
-def _merge_split(name: str, utts: Sequence[Utterance], parts: Sequence[Path], split_dir: Path, opts: PrepareOptions) -> dict:
-    """One split from its blocks (``parts``: the shards' folders of it, in order); skipped when
-    its skip key is that of the split already there, as :func:`prepare_split` skips."""
+def _read_json(path: Path) -> dict:
+    """A JSON object, or {} where the file is missing, unreadable or not an object."""
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _check_block(split_dir: Path, done: dict, n_cols: int) -> Block:
+    """A shard's split folder holds what its done marker records: a truncated, rewritten or
+    foreign frames.npy or manifest is refused here, not found halfway through the merge."""
+    shard = split_dir.parent.name
+    try:
+        rows, skipped = int(done["summary"]["frames"]), list(done["summary"]["skipped"])
+        files = [(f[0], f[1], f[2], bool(f[3])) for f in done["files"]]
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise SdmvaeError(f"{split_dir / '.done.json'}: not what shards write; re-run shard {shard}") from None
+    frames = split_dir / "frames.npy"
+    try:
+        with open(frames, "rb") as f:
+            _to_frames(f, frames, rows, n_cols)
+    except OSError as exc:
+        raise SdmvaeError(f"{frames}: cannot be read ({(exc.strerror or str(exc)).lower()}); re-run shard {shard}") from None
+    return Block(frames, rows, _block_manifest(split_dir / "manifest.jsonl", rows), skipped, files)
+
+
+def _block_manifest(src: Path, n: int) -> list[dict]:
+    """A shard's manifest rows, each where its frames are (offsets from 0, one block after the
+    other) and ``n`` frames in all; one line naming the file and its shard otherwise."""
+    rows, local = [], 0
+    try:
+        with open(src, encoding="utf-8") as f:
+            for line in filter(str.strip, f):
+                row = json.loads(line)
+                if not isinstance(row, dict) or "id" not in row or "path" not in row or row.get("frame_offset") != local:
+                    raise ValueError(f"row {len(rows) + 1} is not where its frames are")
+                local += int(row["n_frames"])
+                rows.append(row)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = (getattr(exc, "strerror", None) or str(exc))[:80]
+        raise SdmvaeError(f"{src}: unreadable ({why}); re-run shard {src.parent.parent.name}") from None
+    if local != n:
+        raise SdmvaeError(f"{src}: its rows hold {local} frames, its shard {n}; re-run shard {src.parent.parent.name}")
+    return rows
+
+
+def _merge_split(utts: Sequence[Utterance], blocks: Sequence[Block], split_dir: Path, opts: PrepareOptions) -> dict:
+    """One split from its checked blocks, in order; skipped when its skip key is that of the
+    split already there, as :func:`prepare_split` skips."""
     split_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(split_dir)
     key = split_key(utts, opts)
     done_file = split_dir / ".done.json"
-    if not opts.force and done_file.exists() and (split_dir / "frames.npy").exists():
-        done = json.loads(done_file.read_text())
-        if done.get("key") == key and "content_key" in done:
+    if not opts.force and (split_dir / "frames.npy").exists():
+        done = _read_json(done_file)
+        if done.get("key") == key and "content_key" in done and isinstance(done.get("summary"), dict):
             return done["summary"] | {"skipped_run": True}
     done_file.unlink(missing_ok=True)
-    dones = [json.loads((p / ".done.json").read_text()) for p in parts]
-    rows = [int(d["summary"]["frames"]) for d in dones]
-    skipped = [s for d in dones for s in d["summary"]["skipped"]]
-    if sum(rows) == 0:
-        raise no_usable_audio(name, skipped)
-    concat_frames([p / "frames.npy" for p in parts], rows, split_dir / "frames.npy", opts.stft.n_bins)
+    rows = [b.rows for b in blocks]
+    concat_frames([b.frames for b in blocks], rows, split_dir / "frames.npy", opts.stft.n_bins)
     paths = {u.utt_id: str(u.path) for u in utts}
-    n_utts = concat_manifests([p / "manifest.jsonl" for p in parts], rows, split_dir / "manifest.jsonl", paths)
+    n_utts = concat_manifests([b.manifest for b in blocks], rows, split_dir / "manifest.jsonl", paths)
     speakers = sorted({u.speaker for u in utts})
     write_text(split_dir / "speakers.txt", "\n".join(speakers) + "\n")
+    skipped = [s for b in blocks for s in b.skipped]
     summary = {"speakers": len(speakers), "utterances": n_utts, "frames": sum(rows), "skipped": skipped}
-    files = [(f[0], f[1], f[2], bool(f[3])) for d in dones for f in d["files"]]
+    files = [f for b in blocks for f in b.files]
     write_json(done_file, {"key": key, "content_key": content_key(files, opts), "summary": summary})
     return summary
 
@@ -298,34 +376,26 @@ def _to_frames(f, src: Path, n: int, n_cols: int) -> None:
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(f)
     except (ValueError, OSError, EOFError) as exc:
-        raise SdmvaeError(f"{src}: not a .npy file ({str(exc)[:80]}); re-run its shard") from None
+        raise SdmvaeError(f"{src}: not a .npy file ({str(exc)[:80]}); re-run shard {src.parent.parent.name}") from None
     size = os.fstat(f.fileno()).st_size - f.tell()
     if dtype != np.dtype("<f4") or fortran or tuple(shape) != (n, n_cols) or size != n * n_cols * 4:
         raise SdmvaeError(
             f"{src}: {dtype} {tuple(shape)} ({size} bytes of data), not the float32 ({n}, {n_cols}) frames its shard "
-            "recorded; re-run its shard"
+            f"recorded; re-run shard {src.parent.parent.name}"
         )
 
 
-def concat_manifests(sources: Sequence[Path], rows: Sequence[int], target: Path, paths: dict[str, str]) -> int:
-    """The shards' manifests as one, each row's frame offset moved past the frames of the
-    shards before it and its path the one this machine reads (``paths``, by id: a shard may have
-    seen the corpus mounted elsewhere); returns the number of rows."""
+def concat_manifests(manifests: Sequence[list[dict]], rows: Sequence[int], target: Path, paths: dict[str, str]) -> int:
+    """The shards' manifests (checked: :func:`_block_manifest`) as one, each row's frame offset
+    moved past the frames of the shards before it and its path the one this machine reads
+    (``paths``, by id: a shard may have seen the corpus mounted elsewhere); returns the number
+    of rows."""
     count, base = 0, 0
     with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for src, n in zip(sources, rows):
-            local = 0
-            with open(src, encoding="utf-8") as f:
-                for line in filter(str.strip, f):
-                    row = json.loads(line)
-                    if row.get("frame_offset") != local:
-                        raise SdmvaeError(f"{src}: row {row.get('id')!r} is not where its frames are; re-run its shard")
-                    local += int(row["n_frames"])
-                    row["frame_offset"] += base
-                    row["path"] = paths.get(row["id"], row["path"])
-                    out.write(json.dumps(row) + "\n")
-                    count += 1
-            if local != n:
-                raise SdmvaeError(f"{src}: its rows hold {local} frames, its shard {n}; re-run its shard")
+        for manifest, n in zip(manifests, rows):
+            for row in manifest:
+                moved = {**row, "frame_offset": row["frame_offset"] + base, "path": paths.get(row["id"], row["path"])}
+                out.write(json.dumps(moved) + "\n")
+                count += 1
             base += n
     return count

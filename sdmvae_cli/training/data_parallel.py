@@ -12,7 +12,9 @@ rank, as in DDP; the run's config and checkpoints record B), to float rounding:
   gradient of the whole batch; every rank then takes the same Adam step, so the weights stay
   equal without being sent;
 - the epoch's loss sums are all-reduced; validation runs on rank 0 and its statistics are
-  broadcast, so early stopping is decided once and every rank stops at the same epoch;
+  broadcast, so early stopping is decided once and every rank stops at the same epoch; rank
+  0's weights and Adam moments are sent to every rank at the end of each epoch (a safeguard:
+  a rank whose compile failed steps with other kernels, and would otherwise drift);
 - rank 0 alone writes the run folder (checkpoints, history, live logs).
 
 Why not ``torch.nn.parallel.DistributedDataParallel``: it wraps an ``nn.Module`` driven by
@@ -56,6 +58,15 @@ def all_reduce_mean_(grads: list[torch.Tensor], world: int) -> None:
         g.copy_(part.view(g.shape))  # copy_ keeps the gradient's own strides (column-major weights)
 
 
+def broadcast_(tensors: list[torch.Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank, in place: one broadcast of one flat buffer."""
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.broadcast(flat, src=0)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(part.view(t.shape))
+
+
 class DataParallelStack(Stack):
     """A stack of one member (`sdmvae train`) whose steps are split over the ranks of a launch."""
 
@@ -95,33 +106,57 @@ class DataParallelStack(Stack):
         return {k: v[..., self.rows, :] for k, v in super()._draw_block(steps).items()}
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
-        """One step of this rank's rows of the batch (``idx`` (N, B): the whole batch's; ``noise``: this rank's)."""
+        """One step of this rank's rows of the batch (``idx`` (N, B): the whole batch's; ``noise``:
+        this rank's). Exactly one all-reduce per step on every path, a failed compile included
+        (then this rank goes on eagerly: the same maths, and the weights are re-sent every epoch)."""
         idx = idx[..., self.rows]
         x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
         noise = {k: v.contiguous() for k, v in noise.items()}
+        grads = self._gradients(x, noise)
+        all_reduce_mean_(list(grads.values()), self.launch.world)
+        o = self.opt
         if self.whole_step:
+            step_size, bc2_sqrt = adam_scales(o.steps + 1, o.lrs)
             try:
-                grads = self._compiled_grads(self.params, self.hp, x, noise, self.active, self.acc)
-                all_reduce_mean_(list(grads.values()), self.launch.world)
-                o = self.opt
-                step_size, bc2_sqrt = adam_scales(o.steps + 1, o.lrs)
                 self._compiled_apply(self.params, grads, o.exp_avg, o.exp_avg_sq, step_size, bc2_sqrt)
                 o.steps += 1
                 return
             except torch._dynamo.exc.TorchDynamoException as exc:
                 self._eager_fallback(exc)
-        for p in self.params.values():
-            p.grad = None
-        means, sums = self.loss_fn(self.params, self.hp, x, noise)
-        (means * self.active).sum().backward()
-        all_reduce_mean_([p.grad for p in self.params.values()], self.launch.world)
+        for n, p in self.params.items():  # the eager Adam reads .grad (after a failed compile: the averaged gradients)
+            if p.grad is not grads[n]:
+                p.grad = grads[n].contiguous()
         self.opt.step()
         self.template.project_(self.params)
+
+    def _gradients(self, x: torch.Tensor, noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's gradients of its rows' mean loss; the loss sums go into ``acc``."""
+        if self.whole_step:
+            try:
+                return self._compiled_grads(self.params, self.hp, x, noise, self.active, self.acc)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                self._eager_fallback(exc)
+        for p in self.params.values():
+            p.grad = None
+        try:
+            means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        except torch._dynamo.exc.TorchDynamoException as exc:  # the compiled loss alone (CUDA)
+            if not self.compile_loss:
+                raise
+            self._eager_fallback(exc)
+            means, sums = self.loss_fn(self.params, self.hp, x, noise)
+        (means * self.active).sum().backward()
         self.acc += sums.detach() * self.active[:, None]
+        return {n: p.grad for n, p in self.params.items()}
 
     def run_epoch(self, epoch: int) -> int:
+        """An epoch of steps; then the ranks' loss sums added, and rank 0's weights and Adam
+        moments (what it checkpoints) sent to every rank: equal already, to the last bit where
+        every rank ran the same kernels, and kept so where one could not (a failed compile)."""
         seen = super().run_epoch(epoch)
         dist.all_reduce(self.acc)  # each rank summed the losses of its rows
+        o = self.opt
+        broadcast_([*self.params.values(), *o.exp_avg.values(), *o.exp_avg_sq.values()])
         return seen
 
     @torch.no_grad()

@@ -22,14 +22,14 @@ from typing import Any, Callable
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.device import resolve_device
 from sdmvae_cli.core.distributed import Launch, barrier, close_group, gather_objects, init_group, on_main, rank_device
-from sdmvae_cli.core.lock import folder_lock
+from sdmvae_cli.core.lock import folder_lock, lock_scope
 from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.training.live_logs import LiveOptions
 from sdmvae_cli.training.options import EpochRecord
 from sdmvae_cli.training.spec import SUMMARY, expand_spec, read_spec
 from sdmvae_cli.training.stack import Member, group_key
 from sdmvae_cli.training.sweep_folder import earlier_sweep, member_specs, remove_members, sweep_summary
-from sdmvae_cli.training.train import RunSpec, check_prepared, train_runs
+from sdmvae_cli.training.train import RunSpec, check_prepared, check_runs, train_runs
 
 #: how long a rank may wait in a collective: the last one (the record) waits for the slowest
 #: rank's whole share, hours on a large sweep; torch's default (30 min) would end a sweep whose
@@ -61,14 +61,25 @@ def share_stacks(keys: list[str], world: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
-def _plan(prepared_dir, spec_path, out_dir: Path, device: str, epochs, resume: bool, overwrite: bool, held: ExitStack):
-    """Rank 0's checks, made as the one-process sweep makes them; the folder stays locked."""
+def _plan(prepared_dir, spec_path, out_dir: Path, device: str, dev, epochs, resume: bool, overwrite: bool, held: ExitStack):
+    """Rank 0's checks, those of the one-process sweep, every one before anything is written (the
+    members' own checks included: :func:`~sdmvae_cli.training.train.check_runs`); the folder stays locked."""
     runs = expand_spec(read_spec(spec_path))
     check_prepared(Path(prepared_dir))
     check_dir_destination(out_dir, inputs=[prepared_dir])
     held.enter_context(folder_lock(out_dir))
     replaced = earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
-    return member_specs(out_dir, runs, device, epochs, resume, overwrite), replaced
+    specs = member_specs(out_dir, runs, device, epochs, resume, overwrite)
+    check_runs(prepared_dir, specs, dev)
+    return specs, replaced
+
+
+@lock_scope
+def _start(out_dir: Path, replaced: list[str], record: dict[str, Any]) -> None:
+    """Rank 0, once every check has passed: the earlier sweep's members go (each claimed while
+    its files are removed), and sweep.json lists this sweep's members before any trains."""
+    remove_members(out_dir, replaced)
+    write_json(out_dir / SUMMARY, record)
 
 
 def distributed_sweep(
@@ -85,23 +96,31 @@ def distributed_sweep(
     on_done: Callable[[Member], None] | None,
     live: LiveOptions | None,
 ) -> dict[str, Any]:
-    """This rank's share of the sweep; returns the whole sweep's record (written by rank 0)."""
+    """This rank's share of the sweep; returns the whole sweep's record (written by rank 0).
+    The group is gloo's whatever the device: it carries only the plan, a barrier and the record."""
     dev = resolve_device(rank_device(device, launch))
-    init_group(launch, dev, timeout_s=SWEEP_WAIT_S)
+    init_group(launch, dev, timeout_s=SWEEP_WAIT_S, backend="gloo")
     try:
         with ExitStack() as held:
             specs, replaced = on_main(
-                lambda: _plan(prepared_dir, spec_path, out_dir, device, epochs, resume, overwrite, held), launch
+                lambda: _plan(prepared_dir, spec_path, out_dir, device, dev, epochs, resume, overwrite, held), launch
             )
             shares = share_stacks([group_key(s.model, s.opts) for s in specs], launch.world)
             mine = [specs[i] for i in shares[launch.rank]]
             for s in mine:
                 s.opts.device = str(dev)
             if launch.is_main:
-                remove_members(out_dir, replaced)
-                write_json(out_dir / SUMMARY, _record(specs, shares, prepared_dir, spec_path))
+                _start(out_dir, replaced, _record(specs, shares, prepared_dir, spec_path))
             barrier()  # the earlier sweep's files are gone before any rank writes a member
-            part = _train_share(prepared_dir, mine, dev, on_epoch, on_done, live, spec_path)
+            t0, members = time.perf_counter(), []
+            try:
+                part = _train_share(prepared_dir, mine, dev, on_epoch, on_done, live, spec_path, members)
+            except KeyboardInterrupt:
+                if launch.is_main:  # best effort, no collective: the other ranks' members say where they are
+                    record = _record(specs, shares, prepared_dir, spec_path, interrupted=True)
+                    mine_rows = sweep_summary(members, mine, time.perf_counter() - t0, [], True, prepared_dir, spec_path)
+                    write_json(out_dir / SUMMARY, _with_rows(record, mine_rows["members"]))
+                raise
             summary = _merge(gather_objects(part), specs, shares)
             if launch.is_main:
                 write_json(out_dir / SUMMARY, summary)
@@ -110,22 +129,34 @@ def distributed_sweep(
         close_group()
 
 
-def _train_share(prepared_dir, mine: list[RunSpec], dev, on_epoch, on_done, live, spec_path) -> dict[str, Any]:
-    """Train this rank's members (none: nothing to do) and summarise them as a sweep of their own."""
+def _train_share(prepared_dir, mine: list[RunSpec], dev, on_epoch, on_done, live, spec_path, members: list) -> dict[str, Any]:
+    """Train this rank's members (none: nothing to do) and summarise them as a sweep of their own;
+    ``members`` receives them as soon as they are open (for a Ctrl-C)."""
     t0, groups = time.perf_counter(), []
-    members = (
+    if mine:
         train_runs(
-            prepared_dir, mine, dev, on_epoch=on_epoch, on_done=on_done, on_group=lambda ms: groups.append(len(ms)), live=live
+            prepared_dir,
+            mine,
+            dev,
+            on_epoch=on_epoch,
+            on_done=on_done,
+            on_group=lambda ms: groups.append(len(ms)),
+            on_open=members.extend,
+            live=live,
         )
-        if mine
-        else []
-    )
     return sweep_summary(members, mine, time.perf_counter() - t0, groups, False, prepared_dir, spec_path)
 
 
-def _record(specs: list[RunSpec], shares: list[list[int]], prepared_dir, spec_path) -> dict[str, Any]:
-    """sweep.json before training: every member listed, none run yet (--resume knows them)."""
-    base = sweep_summary([], specs, 0.0, [], False, prepared_dir, spec_path)
+def _with_rows(record: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``record`` with these members' rows in place of theirs."""
+    by_name = {r["name"]: r for r in rows}
+    return record | {"members": [by_name.get(r["name"], r) for r in record["members"]]}
+
+
+def _record(specs: list[RunSpec], shares: list[list[int]], prepared_dir, spec_path, interrupted: bool = False) -> dict[str, Any]:
+    """sweep.json before training: every member listed, none run yet (--resume knows them); after
+    a Ctrl-C, each listed as interrupted (its last.pt holds its last completed epoch)."""
+    base = sweep_summary([], specs, 0.0, [], interrupted, prepared_dir, spec_path)
     return base | {"ranks": _ranks(specs, shares, [[] for _ in shares])}
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.core.lock import LOCK_NAME, claim_folder
 from sdmvae_cli.nets import ModelConfig
+from sdmvae_cli.nets.checkpoint import read_checkpoint
 from sdmvae_cli.training.options import CHANGED_DEFAULTS, TrainOptions
-from sdmvae_cli.training.run_folder import RUN_EXTRAS, RUN_FILES, TB_FOLDER, clear_run_dir
+from sdmvae_cli.training.run_folder import clear_run_dir
 from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, plain_name
 from sdmvae_cli.training.stack import Member
 from sdmvae_cli.training.train import RunSpec
@@ -27,13 +28,21 @@ def _contents(run_dir: Path) -> set[str]:
     return {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
 
 
-def _never_started(held: set[str]) -> bool:
-    """A member folder without last.pt holding only what this run itself writes (config.json
-    before its stack trains; best.pt, history.csv, loss.png, tb/ or a temporary during its first
-    save): a sweep stopped before this member kept an epoch, such as a rank killed between the
-    member's best.pt and its last.pt. --resume starts it afresh, its own files replaced."""
-    own = {"config.json", *RUN_FILES, *RUN_EXTRAS, TB_FOLDER}
-    return all(n in own or (n.startswith(".") and n.endswith(".tmp")) for n in held)
+def _never_started(run_dir: Path, held: set[str]) -> bool:
+    """A member folder without last.pt that kept no epoch: config.json alone (a sweep stopped
+    before this member's stack ran), or with the best.pt of epoch 0 and a checkpoint's temporary
+    (killed during its first save, between best.pt and last.pt: a torchrun rank killed then;
+    history.csv is written after last.pt). --resume starts it afresh, these files replaced; a
+    folder holding anything else (a finished run whose last.pt was removed, a file of yours)
+    is refused."""
+    if not all(n in ("config.json", "best.pt") or (n.startswith(".") and n.endswith(".tmp")) for n in held):
+        return False
+    if "best.pt" not in held:
+        return True
+    try:
+        return int(read_checkpoint(run_dir / "best.pt")["epoch"]) == 0
+    except (SdmvaeError, KeyError, TypeError, ValueError):
+        return False
 
 
 def member_specs(
@@ -54,7 +63,7 @@ def member_specs(
         run_dir = out_dir / name
         has_last = (run_dir / "last.pt").exists()
         held = _contents(run_dir)
-        if held and not overwrite and not (resume and (has_last or _never_started(held))):
+        if held and not overwrite and not (resume and (has_last or _never_started(run_dir, held))):
             raise SdmvaeError(
                 f"{run_dir} already exists; use --resume to continue the sweep, --overwrite to replace it, or another --out"
             )

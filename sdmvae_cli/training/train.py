@@ -37,7 +37,7 @@ from sdmvae_cli.core.lock import lock_scope
 from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
 from sdmvae_cli.data.prepared import load_prepare_info
 from sdmvae_cli.nets import REGISTRY, ModelConfig
-from sdmvae_cli.training.data_parallel import DataParallelStack
+from sdmvae_cli.training.data_parallel import DataParallelStack, rank_rows
 from sdmvae_cli.training.live_logs import LiveLogs, LiveOptions
 from sdmvae_cli.training.loop import StackCallbacks, train_stack
 from sdmvae_cli.training.members import Opened, RunSpec, open_member
@@ -167,19 +167,18 @@ def train_runs(
     runs are data-parallel over its ranks (:mod:`sdmvae_cli.training.data_parallel`; the group
     is joined); rank 0 alone writes the run folders and calls the callbacks."""
     prepared_dir = Path(prepared_dir)
-    info, stft = check_prepared(prepared_dir)
     device = resolve_device(device_name)
     writer = launch is None or launch.is_main
-    opened = _open_all(specs, info, stft, prepared_dir, device, launch)
+    if launch is None:
+        plan = _plan(prepared_dir, specs, device)
+    else:  # rank 0 checks first, with the run folders' checks; a refusal ends every rank with rank 0's line
+        plans: list[_Plan] = []
+        on_main(lambda: plans.append(_plan(prepared_dir, specs, device, launch)), launch)
+        plan = plans[0] if launch.is_main else _plan(prepared_dir, specs, device, launch, writer=False)
+    info, stft, opened, groups, budget = plan.info, plan.stft, plan.opened, plan.groups, plan.budget
+    train_frames, val_frames = plan.train_frames, plan.val_frames
     if on_open:
         on_open([it[0] for it in opened])
-    train_frames, val_frames = _open_splits(prepared_dir, stft)
-    first = opened[0][0].opts
-    budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
-    groups: dict[str, list[Opened]] = {}
-    for item in opened:
-        groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
-    _check_fit(opened, groups, stft, train_frames, budget)  # every check before the first write: a refused run leaves nothing
     if writer:
         warn_little_speech(len(train_frames), stft)
         _write_configs(specs, opened, info, stft, prepared_dir, launch)
@@ -200,16 +199,42 @@ def train_runs(
     return [it[0] for it in opened]
 
 
-def _open_all(
-    specs: list[RunSpec], info: dict, stft: StftConfig, prepared_dir: Path, device: torch.device, launch: Launch | None
-) -> list[Opened]:
-    """Every member, opened; in a data-parallel launch rank 0 opens first, with the run folders'
-    checks, and a refusal ends every rank with its line (:func:`~sdmvae_cli.core.distributed.on_main`)."""
-    if launch is None:
-        return [open_member(s, info, stft, prepared_dir, device) for s in specs]
-    mine: list[Opened] = []
-    on_main(lambda: mine.extend(open_member(s, info, stft, prepared_dir, device) for s in specs), launch)
-    return mine if launch.is_main else [open_member(s, info, stft, prepared_dir, device, writer=False) for s in specs]
+@dataclass
+class _Plan:
+    """What :func:`train_runs` trains, every check made: the data, the opened members, their stacks."""
+
+    info: dict
+    stft: StftConfig
+    opened: list[Opened]
+    groups: dict[str, list[Opened]]
+    budget: int
+    train_frames: np.ndarray
+    val_frames: np.ndarray
+
+
+def _plan(
+    prepared_dir: Path, specs: list[RunSpec], device: torch.device, launch: Launch | None = None, writer: bool = True
+) -> _Plan:
+    """Every check before the first write (a refused run leaves nothing): the prepared data, each
+    member opened (``writer``: with its run folder's checks and claim), and the fit of each
+    member to the data and to the launch's ranks."""
+    info, stft = check_prepared(prepared_dir)
+    opened = [open_member(s, info, stft, prepared_dir, device, writer) for s in specs]
+    train_frames, val_frames = _open_splits(prepared_dir, stft)
+    first = opened[0][0].opts
+    budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
+    groups: dict[str, list[Opened]] = {}
+    for item in opened:
+        groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
+    _check_fit(opened, groups, stft, train_frames, budget, launch)
+    return _Plan(info, stft, opened, groups, budget, train_frames, val_frames)
+
+
+def check_runs(prepared_dir: str | Path, specs: list[RunSpec], device: str | torch.device) -> None:
+    """The checks :func:`train_runs` makes before it writes, without writing or claiming anything:
+    for a caller that must know that every run will start before it changes a folder (the
+    distributed sweep removes an earlier sweep only then)."""
+    _plan(Path(prepared_dir), specs, resolve_device(device), writer=False)
 
 
 def _write_configs(
@@ -243,15 +268,23 @@ def _open_splits(prepared_dir: Path, stft: StftConfig) -> tuple[np.ndarray, np.n
 
 
 def _check_fit(
-    opened: list[Opened], groups: dict[str, list[Opened]], stft: StftConfig, train_frames: np.ndarray, budget: int
+    opened: list[Opened],
+    groups: dict[str, list[Opened]],
+    stft: StftConfig,
+    train_frames: np.ndarray,
+    budget: int,
+    launch: Launch | None = None,
 ) -> None:
     """Every member fits the data: its bins, at least one batch of frames, and a stack of several
-    members needs the train split resident (within ``budget``)."""
+    members needs the train split resident (within ``budget``); data-parallel, its batch splits
+    evenly over the ranks."""
     for m, _, _ in opened:
         if m.cfg.n_bins != stft.n_bins:
             raise SdmvaeError(f"model expects {m.cfg.n_bins} bins but the prepared data has {stft.n_bins}")
         if len(train_frames) < m.opts.batch_size:
             raise SdmvaeError(f"the train split has {len(train_frames)} frames, fewer than one batch ({m.opts.batch_size})")
+        if launch is not None:
+            rank_rows(m.opts.batch_size, launch)
     if train_frames.nbytes > budget and any(sum(not it[0].done for it in items) > 1 for items in groups.values()):
         raise SdmvaeError(STREAMED_STACK)
 
@@ -305,6 +338,7 @@ def train(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     progress_factory: Callable[[int, int], Any] | None = None,
     live: LiveOptions | None = None,
+    batch_per_rank: bool = True,
 ) -> TrainResult:
     """Train (or resume) one model on a prepared directory; checkpoints go to ``run_dir``
     (default for a fresh run: ``runs/<default_run_name>``).
@@ -315,7 +349,8 @@ def train(
     if any, stays). ``progress_factory`` is accepted for API compatibility (epochs are reported
     through ``on_epoch``). ``live``: loss.png and TensorBoard events as the run goes (None: neither).
     Under torchrun (more than one process) the run is data-parallel over the ranks
-    (:mod:`sdmvae_cli.training.data_parallel`): ``opts.batch_size`` is then per rank."""
+    (:mod:`sdmvae_cli.training.data_parallel`): ``opts.batch_size`` is then per rank, unless
+    ``batch_per_rank`` is False (it is the run's batch: a config.json reproduced with --config)."""
     if not resume:
         assert model_cfg is not None, "a fresh run needs its model config"
         check_options(model_cfg, opts)
@@ -327,7 +362,7 @@ def train(
     launch = launch_from_env()
     if launch is not None:  # torchrun: data-parallel; --batch-size is per rank, the run's batch is G times it
         opts = replace(opts, device=rank_device(opts.device, launch))
-        if not resume:
+        if not resume and batch_per_rank:
             opts.batch_size *= launch.world
         init_group(launch, resolve_device(opts.device))
     spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume, overwrite)
@@ -352,5 +387,7 @@ def train(
             close_group()
     m = members[0]
     if m.status == "diverged":
-        raise TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
+        exc = TrainingDiverged(m.message.removeprefix(f"{m.name}: "))
+        exc.echo = launch is None or launch.is_main  # data-parallel: every rank diverged alike; rank 0 says so
+        raise exc
     return TrainResult(run_dir, m.history, m.best_epoch, m.best_val, m.status == "stopped", interrupted, m.advice)

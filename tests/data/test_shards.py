@@ -1,12 +1,16 @@
 """`sdmvae prepare --shard I/N` then `--merge` (the array-job habit): the merged folder is the one
 a one-machine prepare of the same corpus with the same options writes, byte for byte, but for
-prepare.json's fields that describe the run; missing, foreign or stale shards are refused in
-one line, bad --shard values with exit 2."""
+prepare.json's fields that describe the run; missing, foreign, stale or damaged shards are refused
+in one line before the merge writes anything, bad --shard values with exit 2, and a shard folder or
+OUT_DIR that another process is writing is refused naming that process (a real second process)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ import pytest
 from conftest import cli, one_line, write_wav
 
 from sdmvae_cli.audio.synthetic import source_filter_speech
+from sdmvae_cli.core.lock import LOCK_NAME
 from sdmvae_cli.data.frames import open_frames
 from sdmvae_cli.data.prepare import PrepareOptions, prepare
 from sdmvae_cli.data.prepared import load_prepare_info, read_manifest
@@ -179,3 +184,143 @@ def test_a_merge_without_shards_says_so(corpus, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     code, _, err = prep(capsys, corpus, tmp_path / "o", "--merge")
     assert code == 1 and "no shards to merge" in one_line(err)
+
+
+def shard_all(capsys, corpus: dict, out: Path, n: int) -> None:
+    for i in range(1, n + 1):
+        code, _, err = prep(capsys, corpus, out, "--shard", f"{i}/{n}")
+        assert code == 0, err
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every folder (None) and file (bytes, mtime) under ``folder``: equal snapshots, nothing written."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def one_row_fewer(frames: Path) -> None:
+    np.save(frames, np.load(frames)[:-1])
+
+
+def truncated(frames: Path) -> None:
+    frames.write_bytes(frames.read_bytes()[:-100])
+
+
+def manifest_shifted(frames: Path) -> None:
+    manifest = frames.with_name("manifest.jsonl")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    rows[0]["frame_offset"] += 3
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [(one_row_fewer, "frames.npy: float32 ("), (truncated, "frames.npy: float32 ("), (manifest_shifted, "manifest.jsonl")],
+)
+def test_a_damaged_later_shard_is_refused_before_the_merge_writes(corpus, one_machine, tmp_path, capsys, damage, needle):
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 2)
+    # the test split is the last one merged, and its one utterance is in the last shard
+    frames = out / "shards" / "2-of-2" / "test" / "frames.npy"
+    assert np.load(frames).shape[0] > 0 and np.load(out / "shards" / "1-of-2" / "test" / "frames.npy").shape[0] == 0
+    damage(frames)
+    before = snapshot(out)
+    code, stdout, err = prep(capsys, corpus, out, "--merge")
+    line = one_line(err)
+    assert code == 1 and not stdout and "2-of-2" in line and needle in line and "re-run shard 2-of-2" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["shards"]  # no splits.json, no train or validation split
+    assert snapshot(out) == before
+
+
+def test_a_failed_merge_leaves_an_earlier_merge_untouched(corpus, one_machine, tmp_path, capsys):
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 2)
+    assert prep(capsys, corpus, out, "--merge")[0] == 0
+    truncated(out / "shards" / "2-of-2" / "test" / "frames.npy")
+    before = snapshot(out)
+    code, _, err = prep(capsys, corpus, out, "--merge", "--force")  # --force: every split would be rewritten
+    line = one_line(err)
+    assert code == 1 and "shards/2-of-2/test/frames.npy" in line, line
+    assert snapshot(out) == before  # prepare.json, splits.json and the merged splits as they were
+    same_as_one_machine_but_n(out, one_machine, 2)
+
+
+def same_as_one_machine_but_n(out: Path, one: Path, n: int) -> None:
+    for s in SPLITS:
+        assert (out / s / "frames.npy").read_bytes() == (one / s / "frames.npy").read_bytes()
+    merged = json.loads((out / "prepare.json").read_text())
+    assert merged.pop("merged_shards") == n and merged == json.loads((one / "prepare.json").read_text())
+
+
+def test_a_split_without_usable_audio_is_refused_before_the_merge_writes(tmp_path, capsys):
+    """The test speaker's only file is not audio: each shard holds an empty block of it (allowed),
+    the merge refuses the split as a one-machine prepare does, with nothing written."""
+    root = tmp_path / "c"
+    for k, spk in enumerate(("a", "b", "v")):
+        write_wav(root / spk / "u0.wav", source_filter_speech(0.4, seed=k))
+    (root / "t").mkdir()
+    (root / "t" / "u0.wav").write_bytes(b"not audio")
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"validation": ["v"], "test": ["t"]}))
+    corpus = {"args": ["folder", root], "split": split}
+    code, _, err = prep(capsys, corpus, tmp_path / "one")
+    assert code == 1 and "error: test split: no usable audio" in err.strip().splitlines()[-1], err  # after the skip's warning
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 2)
+    before = snapshot(out)
+    code, _, err = prep(capsys, corpus, out, "--merge")
+    line = one_line(err)
+    assert code == 1 and "test split: no usable audio (1 file(s) skipped" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["shards"] and snapshot(out) == before
+
+
+#: holds the lock of argv[1] until stdin closes (the kernel's flock in another process, as a
+#: requeued array task or a second merge would hold it)
+HOLDER = """
+import sys
+from sdmvae_cli.core.lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held"
+        yield p
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+
+
+def test_a_shard_or_merge_under_way_is_refused_naming_its_holder(corpus, one_machine, tmp_path, capsys):
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 2)
+    held = out / "shards" / "1-of-2"
+    partial = held / ".shard.json.x1.tmp"  # what the holder is writing: a second shard 1/2 would remove it
+    partial.write_text("{")
+    with held_by_another_process(held) as holder:
+        before = snapshot(out)
+        assert (held / LOCK_NAME).exists()
+        for extra in (["--shard", "1/2"], ["--merge"]):
+            code, stdout, err = prep(capsys, corpus, out, *extra)
+            line = one_line(err)
+            assert code == 1 and not stdout and f"pid {holder.pid} " in line, (extra, line)
+            assert "1-of-2 is in use by another sdmvae process" in line, (extra, line)
+            assert snapshot(out) == before  # the partial file, shard.json and every frame as they were
+    with held_by_another_process(out) as holder:  # a merge under way: a second one is refused
+        code, _, err = prep(capsys, corpus, out, "--merge")
+        line = one_line(err)
+        assert code == 1 and f"pid {holder.pid} " in line and "in use by another sdmvae process" in line, line
+        assert not (out / "prepare.json").exists() and not (out / "splits.json").exists()
+    # free again: the shard re-run clears what a killed writer left, and the merge joins them
+    code, _, err = prep(capsys, corpus, out, "--shard", "1/2")
+    assert code == 0 and not partial.exists(), err
+    assert prep(capsys, corpus, out, "--merge")[0] == 0
+    same_as_one_machine_but_n(out, one_machine, 2)
+    assert not list(out.rglob(LOCK_NAME))  # every lock file gone with its holder

@@ -128,6 +128,31 @@ def test_torchrun_sweep_equals_one_process(synthetic_prepared, tmp_path):
         _same_runs(tmp_path / "dist" / n, tmp_path / "one" / n)
 
 
+def test_a_refused_torchrun_sweep_changes_nothing(synthetic_prepared, tmp_path):
+    """Every check of every member is made before rank 0 replaces an earlier sweep: a spec whose
+    batch exceeds the split leaves the earlier sweep as it was, and the refusal is one line."""
+    out = tmp_path / "sw"
+    small = {**SPEC, "common": {**SPEC["common"], "epochs": 1}, "grid": [{"name": "old-s{seed}", "model": "vae", "seed": [0]}]}
+    run_sweep(synthetic_prepared, _spec_file(tmp_path, small), out, device="cpu")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = {**SPEC, "common": {**SPEC["common"], "batch_size": 100_000}}
+    (tmp_path / "bad").mkdir()
+    p = _torchrun(
+        "sweep",
+        str(synthetic_prepared),
+        str(_spec_file(tmp_path / "bad", bad)),
+        "--out",
+        str(out),
+        "--overwrite",
+        *QUIET,
+        check=False,
+    )
+    assert p.returncode != 0
+    said = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "fewer than one batch" in said[0], said
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def _child_with_rank(parent: int, rank: int) -> int | None:
     """The pid of torchrun's worker of ``rank`` (Linux /proc)."""
     for d in Path("/proc").iterdir():

@@ -133,7 +133,7 @@ def test_resume_restarts_a_member_killed_during_its_first_save(synthetic_prepare
     """kill -9 between a member's first best.pt and its last.pt (a torchrun rank killed at that
     moment: found by tests/training/test_distributed.py) leaves config.json, best.pt and a
     temporary but no last.pt: --resume starts the member afresh, equal to an uninterrupted run;
-    a file of the user's beside them still makes the folder refused."""
+    a finished run without its last.pt, or a file of the user's beside them, is refused."""
     runs = [{"name": "a", "model": "vae", "latent": 8, "epochs": 2}]
     spec = _spec(tmp_path, runs)
     run_sweep(synthetic_prepared, spec, tmp_path / "whole", device="cpu")
@@ -147,11 +147,15 @@ def test_resume_restarts_a_member_killed_during_its_first_save(synthetic_prepare
     assert not (member / ".last.pt.x1y2.tmp").exists()
     got, want = read_checkpoint(member / "last.pt")["history"], read_checkpoint(tmp_path / "whole" / "a" / "last.pt")["history"]
     assert [h["val_total"] for h in got] == pytest.approx([h["val_total"] for h in want], rel=1e-6)
-    (member / "last.pt").unlink()
+    best = (member / "best.pt").read_bytes()
+    (member / "last.pt").unlink()  # a finished run whose last.pt was removed is not restarted over its best.pt
+    with pytest.raises(SdmvaeError, match="already exists"):
+        run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", resume=True)
+    (member / "history.csv").unlink()
     (member / "notes.txt").write_text("mine")
     with pytest.raises(SdmvaeError, match="already exists"):
         run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", resume=True)
-    assert (member / "notes.txt").read_text() == "mine" and (member / "best.pt").exists()
+    assert (member / "notes.txt").read_text() == "mine" and (member / "best.pt").read_bytes() == best
 
 
 def test_spec_grid_and_errors(tmp_path):
