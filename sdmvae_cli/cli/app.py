@@ -163,8 +163,11 @@ def run(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return _fail(str(exc), exc.exit_code)
     set_verbosity(opts.quiet, opts.verbose)
+    command = next((a for a in args if not a.startswith("-")), None)
+    known = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     try:
-        refuse_launch(next((a for a in args if not a.startswith("-")), None))
+        if command in known:  # a mistyped command gets typer's "no such command"; --help, --version their own
+            refuse_launch(command)
     except UsageError as exc:
         return _fail_on_rank(exc)
     apply_thread_policy(opts.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -76,7 +77,7 @@ def prepare(
         layout=layout,
         trim=trim,
         top_db=top_db,
-        split_file=str(split_file) if split_file else None,
+        split_file=os.path.abspath(split_file) if split_file else None,  # one spelling: shards and re-runs compare it
         include_lipspeakers=include_lipspeakers,
         jobs=jobs,
         force=force,

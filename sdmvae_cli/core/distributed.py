@@ -112,6 +112,17 @@ def close_group() -> None:
         dist.destroy_process_group()
 
 
+def peer_stopped(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank stopped (killed, or failed on
+    its own): torch raises it as a DistError, or a RuntimeError from its gloo or NCCL layer."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or (
+        isinstance(exc, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "Connection closed", "Connection reset"))
+    )
+
+
 def broadcast_object(value: Any, launch: Launch) -> Any:
     """Rank 0's ``value`` on every rank (pickled through the group)."""
     import torch.distributed as dist

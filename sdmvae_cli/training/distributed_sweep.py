@@ -21,7 +21,17 @@ from typing import Any, Callable
 
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.device import resolve_device
-from sdmvae_cli.core.distributed import Launch, barrier, close_group, gather_objects, init_group, on_main, rank_device
+from sdmvae_cli.core.distributed import (
+    Launch,
+    barrier,
+    close_group,
+    gather_objects,
+    init_group,
+    on_main,
+    peer_stopped,
+    rank_device,
+)
+from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.core.lock import folder_lock, lock_scope
 from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.training.live_logs import LiveOptions
@@ -116,17 +126,30 @@ def distributed_sweep(
             try:
                 part = _train_share(prepared_dir, mine, dev, on_epoch, on_done, live, spec_path, members)
             except KeyboardInterrupt:
-                if launch.is_main:  # best effort, no collective: the other ranks' members say where they are
-                    record = _record(specs, shares, prepared_dir, spec_path, interrupted=True)
-                    mine_rows = sweep_summary(members, mine, time.perf_counter() - t0, [], True, prepared_dir, spec_path)
-                    write_json(out_dir / SUMMARY, _with_rows(record, mine_rows["members"]))
+                _record_stop(launch, out_dir, specs, shares, members, mine, time.perf_counter() - t0, prepared_dir, spec_path)
                 raise
+            except Exception as exc:
+                if not peer_stopped(exc):
+                    raise
+                _record_stop(launch, out_dir, specs, shares, members, mine, time.perf_counter() - t0, prepared_dir, spec_path)
+                raise SdmvaeError(
+                    "another rank of the launch stopped; every member keeps its last completed epoch: continue with --resume"
+                ) from None
             summary = _merge(gather_objects(part), specs, shares)
             if launch.is_main:
                 write_json(out_dir / SUMMARY, summary)
             return summary
     finally:
         close_group()
+
+
+def _record_stop(launch: Launch, out_dir: Path, specs, shares, members, mine, wall: float, prepared_dir, spec_path) -> None:
+    """sweep.json after a Ctrl-C or a rank's death, by rank 0, best effort and without a
+    collective: its own members as they are, the other ranks' marked interrupted."""
+    if launch.is_main:
+        record = _record(specs, shares, prepared_dir, spec_path, interrupted=True)
+        own = sweep_summary(members, mine, wall, [], True, prepared_dir, spec_path)["members"]
+        write_json(out_dir / SUMMARY, _with_rows(record, own) | {"wall_seconds": round(wall, 2)})
 
 
 def _train_share(prepared_dir, mine: list[RunSpec], dev, on_epoch, on_done, live, spec_path, members: list) -> dict[str, Any]:

@@ -31,7 +31,16 @@ import torch
 from sdmvae_cli.audio.stft import StftConfig
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.device import resolve_device
-from sdmvae_cli.core.distributed import Launch, close_group, init_group, launch_from_env, on_main, rank_device
+from sdmvae_cli.core.distributed import (
+    Launch,
+    close_group,
+    init_group,
+    is_main_process,
+    launch_from_env,
+    on_main,
+    peer_stopped,
+    rank_device,
+)
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.core.lock import lock_scope
 from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
@@ -134,7 +143,7 @@ def warn_little_speech(frames: int, stft: StftConfig) -> None:
     """One warning line when the train split holds under :data:`LITTLE_SPEECH_MINUTES` of speech
     (a frame is one hop of audio): the run works, but what it learns is to be taken as a test."""
     minutes = frames * stft.hop_length / stft.sample_rate / 60
-    if minutes < LITTLE_SPEECH_MINUTES:
+    if minutes < LITTLE_SPEECH_MINUTES and is_main_process():  # torchrun: said once, by rank 0
         log.warning(
             "the train split holds %.1f min of speech (%d frames), under %g min: expect a validation loss far above "
             "the training loss and above a larger split's (the paper trains on ~8 h): a trial, not a model to use",
@@ -382,6 +391,13 @@ def train(
         if not members:  # interrupted before the run was even opened: nothing to report
             raise
         interrupted = True
+    except Exception as exc:
+        if launch is None or not peer_stopped(exc):
+            raise
+        raise SdmvaeError(
+            f"another rank of the launch stopped; {run_dir}/last.pt holds the last completed epoch: "
+            f"continue with --resume {run_dir}"
+        ) from None
     finally:
         if launch is not None:
             close_group()

@@ -324,3 +324,17 @@ def test_a_shard_or_merge_under_way_is_refused_naming_its_holder(corpus, one_mac
     assert prep(capsys, corpus, out, "--merge")[0] == 0
     same_as_one_machine_but_n(out, one_machine, 2)
     assert not list(out.rglob(LOCK_NAME))  # every lock file gone with its holder
+
+
+def test_the_split_file_may_be_spelled_differently_by_each_job(corpus, one_machine, tmp_path, capsys, monkeypatch):
+    """An array job's tasks and its merge job start in other folders: a relative and an absolute
+    spelling of one split file are one option (it is stored absolute)."""
+    out = tmp_path / "out"
+    monkeypatch.chdir(corpus["split"].parent)
+    for i in (1, 2):
+        code, _, err = cli(capsys, "prepare", *corpus["args"], out, "--split-file", corpus["split"].name, "--shard", f"{i}/2")
+        assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = prep(capsys, corpus, out, "--merge")
+    assert code == 0, err
+    same_as_one_machine_but_n(out, one_machine, 2)
