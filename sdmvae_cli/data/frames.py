@@ -36,6 +36,21 @@ def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
     return arr
 
 
+def check_frames(frames, where: str, chunk: int = 65536) -> None:
+    """Power frames must be finite and non-negative: a NaN in the data would surface epochs
+    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
+    for s in range(0, frames.shape[0], chunk):
+        block = np.asarray(frames[s : s + chunk])
+        ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)
+        if not ok.all():
+            bad = s + int(np.argmin(ok))
+            kind = "NaN or inf" if not np.isfinite(block[bad - s]).all() else "negative power"
+            raise SdmvaeError(
+                f"{where}: the prepared frames hold {kind} (frame {bad}); the data is corrupt, "
+                "not the training: re-run `sdmvae prepare --force`"
+            )
+
+
 @dataclass
 class FrameSource:
     frames: np.ndarray  # (N, bins) memmap

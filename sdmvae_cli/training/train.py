@@ -43,7 +43,7 @@ from sdmvae_cli.core.distributed import (
 )
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.core.lock import lock_scope
-from sdmvae_cli.data.frames import FrameSource, device_budget, open_frames
+from sdmvae_cli.data.frames import FrameSource, check_frames, device_budget, open_frames
 from sdmvae_cli.data.prepared import load_prepare_info
 from sdmvae_cli.nets import REGISTRY, ModelConfig
 from sdmvae_cli.training.data_parallel import DataParallelStack, rank_rows
@@ -114,21 +114,6 @@ def default_run_name(cfg: ModelConfig, seed: int) -> str:
             text = "x".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
             parts.append(flag_of(o).lstrip("-") + text)
     return "-".join([*parts, f"s{seed}"])
-
-
-def check_frames(frames, where: str, chunk: int = 65536) -> None:
-    """Power frames must be finite and non-negative: a NaN in the data would surface epochs
-    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
-    for s in range(0, frames.shape[0], chunk):
-        block = np.asarray(frames[s : s + chunk])
-        ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)
-        if not ok.all():
-            bad = s + int(np.argmin(ok))
-            kind = "NaN or inf" if not np.isfinite(block[bad - s]).all() else "negative power"
-            raise SdmvaeError(
-                f"{where}: the prepared frames hold {kind} (frame {bad}); the data is corrupt, "
-                "not the training: re-run `sdmvae prepare --force`"
-            )
 
 
 def check_prepared(prepared_dir: Path) -> tuple[dict, StftConfig]:
@@ -336,6 +321,16 @@ def _train_stacks(
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
 
 
+def _join_launch(opts: TrainOptions, launch: Launch, resume: bool, batch_per_rank: bool) -> TrainOptions:
+    """A data-parallel run's options on this rank (its GPU: ``LOCAL_RANK``; the run's batch: the
+    ranks x ``--batch-size``, which is per rank, unless it came from a config), the group joined."""
+    opts = replace(opts, device=rank_device(opts.device, launch))
+    if not resume and batch_per_rank:
+        opts.batch_size *= launch.world
+    init_group(launch, resolve_device(opts.device))
+    return opts
+
+
 def train(
     prepared_dir: str | Path,
     model_cfg: ModelConfig | None,
@@ -369,11 +364,8 @@ def train(
         run_dir = Path("runs") / default_run_name(model_cfg, opts.seed)
     run_dir = Path(run_dir)
     launch = launch_from_env()
-    if launch is not None:  # torchrun: data-parallel; --batch-size is per rank, the run's batch is G times it
-        opts = replace(opts, device=rank_device(opts.device, launch))
-        if not resume and batch_per_rank:
-            opts.batch_size *= launch.world
-        init_group(launch, resolve_device(opts.device))
+    if launch is not None:
+        opts = _join_launch(opts, launch, resume, batch_per_rank)
     spec = RunSpec(run_dir.name, run_dir, model_cfg, opts, resume, overwrite)
     interrupted = False
     members: list[Member] = []
