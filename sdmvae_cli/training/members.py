@@ -108,6 +108,7 @@ def _resumed_member(
         spec.run_dir,
         history=list(state["history"]),
         epoch=int(state["epoch"]) + 1,
+        first_epoch=int(state["epoch"]) + 1,
         best_val=float(state["best_val"]),
         best_epoch=int(state["best_epoch"]),
         since_best=int(state["since_best"]),

@@ -64,6 +64,7 @@ class Member:
     run_dir: Path
     history: list[dict] = field(default_factory=list)
     epoch: int = 0  # the next epoch to run
+    first_epoch: int = 0  # the first epoch this process trains (a resumed run's throughput counts from it)
     best_val: float = math.inf
     best_epoch: int = -1
     since_best: int = 0

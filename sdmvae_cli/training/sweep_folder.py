@@ -175,7 +175,7 @@ def sweep_summary(
         if m is None:
             rows.append({"name": s.name, "run_dir": str(s.run_dir), "status": "interrupted" if interrupted else "not run"})
             continue
-        frames += sum(h["frames_per_s"] * h["seconds"] for h in m.history)
+        frames += sum(h["frames_per_s"] * h["seconds"] for h in m.history if h["epoch"] >= m.first_epoch)  # this process's
         rows.append(
             {
                 "name": m.name,

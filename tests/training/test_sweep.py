@@ -802,3 +802,13 @@ def test_a_sweep_started_before_the_default_statistic_changed_resumes_on_its_own
     other = _spec(tmp_path, [{"name": "v", "model": "vae", "latent": 8, "epochs": 2, "stop_on": "median"}])
     with pytest.raises(SdmvaeError, match="stop_on"):
         run_sweep(synthetic_prepared, other, tmp_path / "sw", device="cpu", epochs=4, resume=True)
+
+
+def test_a_resume_with_nothing_left_reports_no_throughput(synthetic_prepared, tmp_path):
+    """sweep.json's member-frames/s is this process's: a --resume of finished members trained
+    no frame (it once divided every earlier epoch's frames by the resume's 0.04 s)."""
+    spec = _spec(tmp_path, [{"name": "a", "model": "vae", "latent": 8, "epochs": 2}])
+    first = run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu")
+    assert first["member_frames_per_s"] > 0
+    again = run_sweep(synthetic_prepared, spec, tmp_path / "sw", device="cpu", resume=True)
+    assert again["members"][0]["epochs"] == 2 and again["member_frames_per_s"] == 0
