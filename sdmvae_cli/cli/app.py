@@ -172,14 +172,24 @@ def run(argv: list[str] | None = None) -> int:
         return _fail_on_rank(exc)
     apply_thread_policy(opts.threads)
     reset_interrupt()
-    previous = None
+    # under torchrun, SIGTERM (torchrun stopping the other ranks, scancel, a SLURM time limit)
+    # is a Ctrl-C: every member keeps its last epoch and the sweep records itself interrupted
+    signals = (signal.SIGINT, signal.SIGTERM) if _launched() else (signal.SIGINT,)
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, on_sigint)
+        previous = {sig: signal.signal(sig, on_sigint) for sig in signals}
     try:
         return _run(args)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _launched() -> bool:
+    try:
+        return launch_from_env() is not None
+    except UsageError:
+        return False
 
 
 def _run(args: list[str]) -> int:
