@@ -192,6 +192,8 @@ def test_sweep_resumes_after_a_rank_is_killed(synthetic_prepared, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # torchrun stopped rank 0 with SIGTERM, a Ctrl-C to sdmvae: the sweep is recorded interrupted
+    assert json.loads((out / "sweep.json").read_text())["interrupted"] is True
     done = {
         n: len(_history(out / n))
         for n in ("vae-s0", "vae-s1", "vae-s2", "vsc-s0", "vsc-s1")
