@@ -361,11 +361,9 @@ def drop_empty_split(name: str, per_split: dict[str, list[Utterance]], out_dir: 
         shutil.rmtree(out_dir / name)
 
 
-def write_prepare_info(out_dir: Path, inputs: Sequence[Path], opts: PrepareOptions, summaries: dict, run=None) -> dict:
-    """Write ``prepare.json`` (last: it says the folder is complete) from the splits' done
-    markers, with ``run`` (fields that describe this run only) at its end; returns it."""
-    dones = [json.loads((out_dir / s / ".done.json").read_text()) for s in summaries]
-    info = {
+def prepare_info(inputs: Sequence[Path], opts: PrepareOptions, summaries: dict, dones: Sequence[dict]) -> dict:
+    """What prepare.json says of the data (THE fingerprint: the splits' content keys, in order)."""
+    return {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "corpus_dir": str(inputs[0].resolve()),
@@ -373,8 +371,15 @@ def write_prepare_info(out_dir: Path, inputs: Sequence[Path], opts: PrepareOptio
         "stft": opts.stft.to_dict(),
         "options": opts.key_dict(),
         "splits": {k: {kk: vv for kk, vv in v.items() if kk != "skipped_run"} for k, v in summaries.items()},
-        "fingerprint": hashlib.sha256("".join(d["content_key"] for d in dones).encode()).hexdigest()[:16],
+        "fingerprint": hashlib.sha256("".join(str(d.get("content_key")) for d in dones).encode()).hexdigest()[:16],
     }
+
+
+def write_prepare_info(out_dir: Path, inputs: Sequence[Path], opts: PrepareOptions, summaries: dict, run=None) -> dict:
+    """Write ``prepare.json`` (last: it says the folder is complete) from the splits' done
+    markers, with ``run`` (fields that describe this run only) at its end; returns it."""
+    dones = [json.loads((out_dir / s / ".done.json").read_text()) for s in summaries]
+    info = prepare_info(inputs, opts, summaries, dones)
     info["level_check"] = level_check({name: read_manifest(out_dir, name) for name in summaries})
     warn_levels(info["level_check"])
     previous = previous_fingerprints(out_dir, info["fingerprint"], legacy_fingerprint([d["key"] for d in dones]))

@@ -8,21 +8,20 @@ Layout, beside the merged folder's usual files (:mod:`sdmvae_cli.data.prepare`):
     OUT_DIR/shards/I-of-N/<split>/manifest.jsonl   its rows, frame offsets from 0
     OUT_DIR/shards/I-of-N/<split>/.done.json       its skip key, content entries and summary
 
-Why contiguous blocks of each split's utterance list, in the order a one-machine prepare uses:
-that prepare's ``frames.npy`` is its utterances' frames one after the other, so the merge is a
-header and a copy of the shards' data in order, byte for byte the same, without the split in
-memory. Every shard draws the speaker split itself, from the same corpus and options (it is
-deterministic), and records it; the merge draws it again and refuses shards made with other
-options, another split, or audio that changed since (each block's skip key, with mtimes).
+Why contiguous blocks of each split's utterance list, in a one-machine prepare's order: its
+``frames.npy`` is its utterances' frames one after the other, so the merge is a header and a copy
+of the shards' data in order, byte for byte the same, without the split in memory. Each shard
+draws the (deterministic) speaker split itself and records it; the merge draws it again and
+refuses, naming every such shard in one line, shards made with other options, another split,
+or audio that changed since (each block's skip key, with mtimes).
 
-A merged folder is a one-machine preparation: ``frames.npy``, manifests, ``speakers.txt``,
-``splits.json`` and every ``.done.json`` are identical (so a later plain ``prepare`` of it is up
-to date), and so is ``prepare.json``, content fingerprint included, but for one field that
-describes the run: ``merged_shards`` (N). Manifest paths are those the merging machine reads
-(a shard may have seen the corpus mounted elsewhere; the skip keys hold no paths), but a
-skipped file's reason keeps the path its shard read. The shards are kept after a merge unless
-``--remove-shards``: they are the expensive part (a merge is a copy), a file changed in place
-needs only its shard re-run, and a result is never deleted unless asked.
+A merged folder is a one-machine preparation, every file identical (a later plain ``prepare``
+is up to date), ``prepare.json``'s fingerprint included, but for one field of the run:
+``merged_shards`` (N). A merge that finds OUT_DIR up to date writes nothing, even with no shards
+left (a pipeline script re-runs whole). Manifest paths are those the merging machine reads (a
+shard may see the corpus mounted elsewhere; skip keys hold no paths). The shards are kept unless
+``--remove-shards``: they are the expensive part, a changed file needs only its shard re-run,
+and a result is never deleted unless asked.
 
 Locks (:mod:`sdmvae_cli.core.lock`): a shard holds its folder while it works (a requeued duplicate
 is refused); a merge holds OUT_DIR and every shard folder, and checks them all before it writes.
@@ -31,16 +30,12 @@ is refused); a merge holds OUT_DIR and every shard folder, and checks them all b
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
-
-from sdmvae_cli.core.atomic import atomic_path, write_json, write_text
+from sdmvae_cli.core.atomic import write_json, write_text
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.core.lock import claim_folder, lock_scope
 from sdmvae_cli.core.outputs import remove_stale_temporaries
@@ -55,13 +50,21 @@ from sdmvae_cli.data.prepare import (
     extract_frames,
     no_usable_audio,
     prepare,
+    prepare_info,
     split_utterances,
     write_prepare_info,
 )
+from sdmvae_cli.data.shard_blocks import Block, check_block, concat_frames, concat_manifests, read_json
 
 SHARDS = "shards"  # the folder of OUT_DIR that holds them
 SHARD_DONE = "shard.json"
 SHARD_FORMAT = 1
+#: what a line naming several refused shards says of them, by their one reason (else each its own)
+SAID = {
+    "changed audio": "were made from audio that has changed since (or another corpus)",
+    "another speaker split": "hold another speaker split than this corpus and these options draw",
+    "damaged files": "hold damaged or unreadable files",
+}
 FIELDS_OF_THE_RUN = ("merged_shards",)  # the only fields of a merged prepare.json a one-machine prepare lacks
 
 
@@ -157,7 +160,7 @@ def _shard_split(
     key = split_key(utts, opts)
     done_file = split_dir / ".done.json"
     if not opts.force and (split_dir / "frames.npy").exists() and (split_dir / "manifest.jsonl").exists():
-        done = _read_json(done_file)
+        done = read_json(done_file)
         if done.get("key") == key and isinstance(done.get("summary"), dict):
             if progress:
                 progress(len(utts))
@@ -180,24 +183,60 @@ def merge_shards(corpus, out_dir: str | Path, opts: PrepareOptions, remove_shard
     inputs, out_dir = checked_paths(corpus, out_dir, opts, markers=(*PREPARED, SHARDS))
     claim_folder(out_dir)  # one merge at a time (sdmvae_cli.core.lock); the shards are claimed in find_shards
     n, parts = find_shards(out_dir)
+    if not n:
+        return _merged_already(inputs, out_dir, opts)
     split, per_split = split_utterances(inputs, opts)
     blocks = check_shards(parts, n, opts, split, per_split)  # every refusal is made here, before the first write
     remove_stale_temporaries(out_dir)
-    write_json(out_dir / "splits.json", split)
+    if _json_form(read_json(out_dir / "splits.json")) != _json_form(split):
+        write_json(out_dir / "splits.json", split)
     summaries = {}
     for name in SPLITS:
         if not per_split[name]:
             drop_empty_split(name, per_split, out_dir)
         else:
             summaries[name] = _merge_split(per_split[name], blocks[name], out_dir / name, opts)
-    info = write_prepare_info(out_dir, inputs, opts, summaries, run={"merged_shards": n})
+    info = _unchanged_info(out_dir, inputs, opts, summaries)  # up to date: prepare.json stays as it is
+    info = info or write_prepare_info(out_dir, inputs, opts, summaries, run={"merged_shards": n})
     if remove_shards:
         shutil.rmtree(out_dir / SHARDS)
     return info
 
 
+def _merged_already(inputs: Sequence[Path], out_dir: Path, opts: PrepareOptions) -> dict:
+    """No shards left (removed by an earlier ``--remove-shards``): ``prepare.json`` when OUT_DIR
+    holds an up-to-date merge of these inputs and options, so that a re-run pipeline goes on."""
+    if "merged_shards" in read_json(out_dir / "prepare.json") and not opts.force:
+        split, per_split = split_utterances(inputs, opts)
+        summaries = {name: _done_summary(out_dir / name, split_key(utts, opts)) for name, utts in per_split.items() if utts}
+        absent = all(not (out_dir / name).exists() for name, utts in per_split.items() if not utts)
+        if absent and None not in summaries.values() and read_json(out_dir / "splits.json") == _json_form(split):
+            info = _unchanged_info(out_dir, inputs, opts, summaries)
+            if info is not None:
+                return info
+    raise SdmvaeError(f"no shards to merge in {out_dir / SHARDS}: run `sdmvae prepare ... --shard I/N` for I = 1..N first")
+
+
+def _unchanged_info(out_dir: Path, inputs: Sequence[Path], opts: PrepareOptions, summaries: dict) -> dict | None:
+    """``prepare.json`` as it is, when every split was up to date and it already says what
+    :func:`write_prepare_info` would (but for the fields of the run); None otherwise."""
+    info = read_json(out_dir / "prepare.json")
+    if not summaries or not all(v.get("skipped_run") for v in summaries.values()):
+        return None
+    dones = [read_json(out_dir / name / ".done.json") for name in summaries]
+    want = prepare_info(inputs, opts, summaries, dones)
+    same = all(_json_form(info.get(k)) == _json_form(v) for k, v in want.items())
+    return info | {"up_to_date": True} if same else None
+
+
+def _json_form(value):
+    """``value`` as JSON reads it back (tuples as lists): what a file holds is compared so."""
+    return json.loads(json.dumps(value))
+
+
 def find_shards(out_dir: Path) -> tuple[int, list[Path]]:
-    """N and the N complete shard folders, in order; one line naming what is missing otherwise."""
+    """N and the N complete shard folders, in order ((0, []) where there are none); one line
+    naming what is missing otherwise."""
     root = out_dir / SHARDS
     found: dict[int, dict[int, Path]] = {}
     for p in sorted(root.iterdir()) if root.is_dir() else []:
@@ -205,7 +244,7 @@ def find_shards(out_dir: Path) -> tuple[int, list[Path]]:
         if m and p.is_dir() and 1 <= int(m[1]) <= int(m[2]):
             found.setdefault(int(m[2]), {})[int(m[1])] = p
     if not found:
-        raise SdmvaeError(f"no shards to merge in {root}: run `sdmvae prepare ... --shard I/N` for I = 1..N first")
+        return 0, []
     if len(found) > 1:
         raise SdmvaeError(
             f"{root} holds shards of {len(found)} plans (N = {', '.join(map(str, sorted(found)))}); "
@@ -223,23 +262,19 @@ def find_shards(out_dir: Path) -> tuple[int, list[Path]]:
     return n, [have[i] for i in range(1, n + 1)]
 
 
-@dataclass(frozen=True)
-class Block:
-    """One shard's block of one split, as checked before a merge writes anything."""
-
-    frames: Path  # its frames.npy: (rows x n_bins) float32, checked
-    rows: int
-    manifest: list[dict]  # its rows, frame offsets from 0, checked against ``rows``
-    skipped: list
-    files: list[tuple]  # its content entries
-
-
 def check_shards(
     parts: Sequence[Path], n: int, opts: PrepareOptions, split: dict, per_split: dict[str, list[Utterance]]
 ) -> dict[str, list[Block]]:
     """Everything a merge can refuse, before it writes: each shard (:func:`check_shard`), one
     sdmvae version for all, usable audio in every split; returns each split's blocks in order."""
-    checked = [check_shard(part, i, n, opts, split, per_split) for i, part in enumerate(parts, 1)]
+    checked, refused = [], []
+    for i, part in enumerate(parts, 1):
+        try:
+            checked.append(check_shard(part, i, n, opts, split, per_split))
+        except SdmvaeError as exc:
+            refused.append((part.name, exc))
+    if refused:
+        raise refusal(refused)
     versions = {version for version, _ in checked}
     if len(versions) > 1:
         raise SdmvaeError(
@@ -250,6 +285,27 @@ def check_shards(
         if sum(b.rows for b in parts_of_split) == 0:
             raise no_usable_audio(name, [s for b in parts_of_split for s in b.skipped])
     return blocks
+
+
+class ShardRefused(SdmvaeError):
+    """One shard a merge cannot use; ``why``: its reason in a few words, for a line naming them all."""
+
+    def __init__(self, message: str, why: str):
+        super().__init__(message)
+        self.why = why
+
+
+def refusal(refused: Sequence[tuple[str, SdmvaeError]]) -> SdmvaeError:
+    """One line naming every refused shard (so that one more merge, not one per shard, follows
+    their re-runs); a single shard keeps its own detailed line."""
+    if len(refused) == 1:
+        return refused[0][1]
+    whys = [getattr(exc, "why", "damaged files") for _, exc in refused]
+    if len(set(whys)) == 1:
+        said = SAID.get(whys[0], f"cannot be merged ({whys[0]})")
+        return SdmvaeError(f"shards {', '.join(name for name, _ in refused)} {said}; re-run them")
+    named = ", ".join(f"{name} ({why})" for (name, _), why in zip(refused, whys))
+    return SdmvaeError(f"cannot merge shards {named}; re-run them")
 
 
 def check_shard(
@@ -266,69 +322,24 @@ def check_shard(
     want = opts.key_dict()
     differ = sorted(k for k in set(options) | set(want) if options.get(k) != want.get(k))
     if differ:
-        raise SdmvaeError(
-            f"shard {part.name} was made with other options ({', '.join(differ)}) than this merge's; re-run it with these"
+        raise ShardRefused(
+            f"shard {part.name} was made with other options ({', '.join(differ)}) than this merge's; re-run it with these",
+            f"other options: {', '.join(differ)}",
         )
     if info.get("speaker_split") != split:
-        raise SdmvaeError(f"shard {part.name} holds another speaker split than this corpus and these options draw; re-run it")
+        raise ShardRefused(f"shard {part.name} {SAID['another speaker split']}; re-run it", "another speaker split")
     blocks = {}
     for name, utts in ((k, v) for k, v in per_split.items() if v):
         lo, hi = block(len(utts), i, n)
-        done = _read_json(part / name / ".done.json")
+        done = read_json(part / name / ".done.json")
         if done.get("key") != split_key(utts[lo:hi], opts):
-            raise SdmvaeError(
+            raise ShardRefused(
                 f"shard {part.name}, {name} split: not made from the audio the corpus holds now "
-                "(files changed since, or another corpus); re-run it"
+                "(files changed since, or another corpus); re-run it",
+                "changed audio",
             )
-        blocks[name] = _check_block(part / name, done, opts.stft.n_bins)
+        blocks[name] = check_block(part / name, done, opts.stft.n_bins)
     return str(info.get("package_version")), blocks
-
-
-def _read_json(path: Path) -> dict:
-    """A JSON object, or {} where the file is missing, unreadable or not an object."""
-    try:
-        got = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return got if isinstance(got, dict) else {}
-
-
-def _check_block(split_dir: Path, done: dict, n_cols: int) -> Block:
-    """A shard's split folder holds what its done marker records: a truncated, rewritten or
-    foreign frames.npy or manifest is refused here, not found halfway through the merge."""
-    shard = split_dir.parent.name
-    try:
-        rows, skipped = int(done["summary"]["frames"]), list(done["summary"]["skipped"])
-        files = [(f[0], f[1], f[2], bool(f[3])) for f in done["files"]]
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise SdmvaeError(f"{split_dir / '.done.json'}: not what shards write; re-run shard {shard}") from None
-    frames = split_dir / "frames.npy"
-    try:
-        with open(frames, "rb") as f:
-            _to_frames(f, frames, rows, n_cols)
-    except OSError as exc:
-        raise SdmvaeError(f"{frames}: cannot be read ({(exc.strerror or str(exc)).lower()}); re-run shard {shard}") from None
-    return Block(frames, rows, _block_manifest(split_dir / "manifest.jsonl", rows), skipped, files)
-
-
-def _block_manifest(src: Path, n: int) -> list[dict]:
-    """A shard's manifest rows, each where its frames are (offsets from 0, one block after the
-    other) and ``n`` frames in all; one line naming the file and its shard otherwise."""
-    rows, local = [], 0
-    try:
-        with open(src, encoding="utf-8") as f:
-            for line in filter(str.strip, f):
-                row = json.loads(line)
-                if not isinstance(row, dict) or "id" not in row or "path" not in row or row.get("frame_offset") != local:
-                    raise ValueError(f"row {len(rows) + 1} is not where its frames are")
-                local += int(row["n_frames"])
-                rows.append(row)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        why = (getattr(exc, "strerror", None) or str(exc))[:80]
-        raise SdmvaeError(f"{src}: unreadable ({why}); re-run shard {src.parent.parent.name}") from None
-    if local != n:
-        raise SdmvaeError(f"{src}: its rows hold {local} frames, its shard {n}; re-run shard {src.parent.parent.name}")
-    return rows
 
 
 def _merge_split(utts: Sequence[Utterance], blocks: Sequence[Block], split_dir: Path, opts: PrepareOptions) -> dict:
@@ -338,10 +349,9 @@ def _merge_split(utts: Sequence[Utterance], blocks: Sequence[Block], split_dir: 
     remove_stale_temporaries(split_dir)
     key = split_key(utts, opts)
     done_file = split_dir / ".done.json"
-    if not opts.force and (split_dir / "frames.npy").exists():
-        done = _read_json(done_file)
-        if done.get("key") == key and "content_key" in done and isinstance(done.get("summary"), dict):
-            return done["summary"] | {"skipped_run": True}
+    summary = None if opts.force else _done_summary(split_dir, key)
+    if summary is not None:
+        return summary
     done_file.unlink(missing_ok=True)
     rows = [b.rows for b in blocks]
     concat_frames([b.frames for b in blocks], rows, split_dir / "frames.npy", opts.stft.n_bins)
@@ -356,46 +366,11 @@ def _merge_split(utts: Sequence[Utterance], blocks: Sequence[Block], split_dir: 
     return summary
 
 
-def concat_frames(sources: Sequence[Path], rows: Sequence[int], target: Path, n_cols: int) -> None:
-    """One float32 .npy from the shards' (``rows`` frames each), copied block by block (never a
-    split in memory) under the header a one-machine prepare writes."""
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (sum(rows), n_cols)}
-    with atomic_path(target, suffix=".npy") as tmp, open(tmp, "wb") as out:
-        np.lib.format.write_array_header_1_0(out, header)
-        for src, n in zip(sources, rows):
-            with open(src, "rb") as f:
-                _to_frames(f, src, n, n_cols)
-                shutil.copyfileobj(f, out, length=16 << 20)
-
-
-def _to_frames(f, src: Path, n: int, n_cols: int) -> None:
-    """Move ``f`` past its .npy header, checking that it holds the (n x n_cols) float32 frames
-    its shard recorded (a truncated or foreign file would make a wrong merge)."""
-    try:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(f)
-    except (ValueError, OSError, EOFError) as exc:
-        raise SdmvaeError(f"{src}: not a .npy file ({str(exc)[:80]}); re-run shard {src.parent.parent.name}") from None
-    size = os.fstat(f.fileno()).st_size - f.tell()
-    if dtype != np.dtype("<f4") or fortran or tuple(shape) != (n, n_cols) or size != n * n_cols * 4:
-        raise SdmvaeError(
-            f"{src}: {dtype} {tuple(shape)} ({size} bytes of data), not the float32 ({n}, {n_cols}) frames its shard "
-            f"recorded; re-run shard {src.parent.parent.name}"
-        )
-
-
-def concat_manifests(manifests: Sequence[list[dict]], rows: Sequence[int], target: Path, paths: dict[str, str]) -> int:
-    """The shards' manifests (checked: :func:`_block_manifest`) as one, each row's frame offset
-    moved past the frames of the shards before it and its path the one this machine reads
-    (``paths``, by id: a shard may have seen the corpus mounted elsewhere); returns the number
-    of rows."""
-    count, base = 0, 0
-    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        for manifest, n in zip(manifests, rows):
-            for row in manifest:
-                moved = {**row, "frame_offset": row["frame_offset"] + base, "path": paths.get(row["id"], row["path"])}
-                out.write(json.dumps(moved) + "\n")
-                count += 1
-            base += n
-    return count
+def _done_summary(split_dir: Path, key: str) -> dict | None:
+    """The merged split's summary (marked skipped) when its skip key is ``key``, as
+    :func:`prepare_split` skips; None when it must be made."""
+    done = read_json(split_dir / ".done.json")
+    if (split_dir / "frames.npy").exists() and done.get("key") == key and "content_key" in done:
+        if isinstance(done.get("summary"), dict):
+            return done["summary"] | {"skipped_run": True}
+    return None

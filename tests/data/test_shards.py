@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -338,3 +339,73 @@ def test_the_split_file_may_be_spelled_differently_by_each_job(corpus, one_machi
     code, _, err = prep(capsys, corpus, out, "--merge")
     assert code == 0, err
     same_as_one_machine_but_n(out, one_machine, 2)
+
+
+@contextlib.contextmanager
+def touched(*files: Path):
+    """The files' mtimes one second later (their shards' skip keys change), restored after."""
+    stats = [f.stat() for f in files]
+    for f, st in zip(files, stats):
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    try:
+        yield
+    finally:
+        for f, st in zip(files, stats):
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_merge_names_every_refused_shard_in_one_line(corpus, one_machine, tmp_path, capsys):
+    """Train's 8 files in corpus order, in 3 blocks: a/u0 is in shard 1, c/u1 in shard 3."""
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 3)
+    assert prep(capsys, corpus, out, "--shard", "2/3", "--top-db", "20")[0] == 0
+    with touched(corpus["root"] / "a" / "u0.wav", corpus["root"] / "c" / "u1.wav"):
+        code, _, err = prep(capsys, corpus, out, "--merge")
+        line = one_line(err)
+        assert code == 1 and "shards 1-of-3 (changed audio), 2-of-3 (other options: top_db), 3-of-3 (changed audio)" in line
+        assert prep(capsys, corpus, out, "--shard", "2/3")[0] == 0
+        before = snapshot(out)
+        code, _, err = prep(capsys, corpus, out, "--merge")
+        line = one_line(err)
+        assert code == 1 and "shards 1-of-3, 3-of-3 were made from audio that has changed since" in line, line
+        assert "re-run them" in line and "2-of-3" not in line, line
+        assert sorted(p.name for p in out.iterdir()) == ["shards"] and snapshot(out) == before
+    assert prep(capsys, corpus, out, "--merge")[0] == 0  # the audio as it was: the shards merge
+    same_as_one_machine(out, one_machine)
+
+
+def test_an_up_to_date_merge_leaves_prepare_json_as_it_is(corpus, one_machine, tmp_path, capsys):
+    """A folder that holds the identical one-machine preparation: the merge recomputes nothing and
+    does not add ``merged_shards`` to its prepare.json (nothing was merged)."""
+    out = tmp_path / "o"
+    shutil.copytree(one_machine, out)
+    shard_all(capsys, corpus, out, 2)
+    before = {k: v for k, v in snapshot(out).items() if not k.startswith("shards")}
+    code, stdout, err = prep(capsys, corpus, out, "--merge", "--json")
+    assert code == 0 and json.loads(stdout)["up_to_date"], err
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith("shards")} == before
+    assert (out / "prepare.json").read_bytes() == (one_machine / "prepare.json").read_bytes()
+
+
+def test_a_merge_rerun_after_remove_shards_is_up_to_date(corpus, one_machine, tmp_path, capsys):
+    out = tmp_path / "o"
+    shard_all(capsys, corpus, out, 2)
+    code, _, err = prep(capsys, corpus, out, "--merge", "--remove-shards")
+    assert code == 0 and not (out / "shards").exists(), err
+    before = snapshot(out)
+    for extra in ([], ["--remove-shards"]):  # a whole pipeline script run again
+        code, stdout, err = prep(capsys, corpus, out, "--merge", "--json", *extra)
+        assert code == 0 and json.loads(stdout)["up_to_date"] and json.loads(stdout)["merged_shards"] == 2, err
+        assert "up to date, nothing recomputed" in err and snapshot(out) == before
+    same_as_one_machine_but_n(out, one_machine, 2)
+    # no shards and nothing up to date to stand for them: still refused, nothing written
+    for extra in (["--top-db", "20"], ["--force"]):
+        code, _, err = prep(capsys, corpus, out, "--merge", *extra)
+        assert code == 1 and "no shards to merge" in one_line(err) and snapshot(out) == before, (extra, err)
+    with touched(corpus["root"] / "t" / "u0.wav"):
+        code, _, err = prep(capsys, corpus, out, "--merge")
+        assert code == 1 and "no shards to merge" in one_line(err) and snapshot(out) == before, err
+    one = tmp_path / "one"
+    shutil.copytree(one_machine, one)  # a one-machine preparation was made by no merge
+    code, _, err = prep(capsys, corpus, one, "--merge")
+    assert code == 1 and "no shards to merge" in one_line(err), err
