@@ -1,11 +1,11 @@
 """Benchmark: torchrun on this machine's CPUs, 2 ranks against 1 process, measured in the same run.
 
-    python benchmarks/distributed.py [--frames 30000] [--epochs 5] [--loads idle,busy] [--out DIR]
+    python benchmarks/distributed.py [--frames 30000] [--epochs 5] [--loads idle,busy] [--one-threads 2] [--out DIR]
 
 Cases, each a whole process (wall clock, start-up and compile included) and its steady epoch
 time from history.csv (epochs after the first):
 
-- ``sweep``: 8 members (VAE 513-128-64, seeds 0-7, one stack) in one process (2 threads) against
+- ``sweep``: 8 members (VAE 513-128-64, seeds 0-7, one stack) in one process (``--one-threads``, 2 by default) against
   ``torchrun --nproc-per-node 2`` (1 thread per rank, 4 members each);
 - ``train``: one run at batch 128 in one process (2 threads) against a data-parallel run of 2
   ranks at 64 each (the same computation), compiled and eager;
@@ -46,11 +46,14 @@ def _steady(history: Path) -> float:
     return sum(secs[1:]) / max(1, len(secs) - 1)
 
 
-def _sweep(prep: Path, out: Path, epochs: int) -> dict[str, float]:
+def _sweep(prep: Path, out: Path, epochs: int, threads: int = 2) -> dict[str, float]:
     spec = out / "sweep8.json"
     common = {"model": "vae", "latent": 64, "epochs": epochs, "patience": 100, "compile": "on"}
     spec.write_text(json.dumps({"common": common, "grid": {"name": "m{seed}", "seed": list(range(8))}}))
-    one = _run([*CLI, "--threads", "2", "sweep", str(prep), str(spec), "--out", str(out / "sw1"), *QUIET, "--overwrite"], 2)
+    one = _run(
+        [*CLI, "--threads", str(threads), "sweep", str(prep), str(spec), "--out", str(out / "sw1"), *QUIET, "--overwrite"],
+        threads,
+    )
     two = _run(
         [*TORCHRUN, "-m", "sdmvae_cli", "sweep", str(prep), str(spec), "--out", str(out / "sw2"), *QUIET, "--overwrite"], 1
     )
@@ -62,10 +65,10 @@ def _sweep(prep: Path, out: Path, epochs: int) -> dict[str, float]:
     }
 
 
-def _train(prep: Path, out: Path, epochs: int, compile_: str) -> dict[str, float]:
+def _train(prep: Path, out: Path, epochs: int, compile_: str, threads: int = 2) -> dict[str, float]:
     model = ["--model", "vae", "--latent", "64", "--epochs", str(epochs), "--compile", compile_, *QUIET, "--overwrite"]
     a, b = out / f"t1-{compile_}", out / f"t2-{compile_}"
-    one = _run([*CLI, "--threads", "2", "train", str(prep), *model, "--batch-size", "128", "--out", str(a)], 2)
+    one = _run([*CLI, "--threads", str(threads), "train", str(prep), *model, "--batch-size", "128", "--out", str(a)], threads)
     two = _run([*TORCHRUN, "-m", "sdmvae_cli", "train", str(prep), *model, "--batch-size", "64", "--out", str(b)], 1)
     return {"one_wall": one, "two_wall": two, "one_epoch": _steady(a / "history.csv"), "two_epoch": _steady(b / "history.csv")}
 
@@ -125,6 +128,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/sdmvae-bench-distributed")
     ap.add_argument("--worker", default=None)
     ap.add_argument("--prep", default=None)
+    ap.add_argument("--one-threads", type=int, default=2, help="threads of the one-process baseline (sdmvae's default: 1)")
     a = ap.parse_args()
     if a.worker:
         return _worker(a.worker, a.prep, a.epochs, a.out)
@@ -139,9 +143,9 @@ def main() -> None:
     for load in a.loads.split(","):
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
         try:
-            r = {"sweep8": _sweep(prep, out, a.epochs)}
+            r = {"sweep8": _sweep(prep, out, a.epochs, a.one_threads)}
             for c in ("on", "off"):
-                r[f"train-compile-{c}"] = _train(prep, out, a.epochs, c)
+                r[f"train-compile-{c}"] = _train(prep, out, a.epochs, c, a.one_threads)
             r["ddp"] = _torchrun_worker("ddp", prep, a.epochs, out / "ddp.json")
             r["allreduce"] = _torchrun_worker("allreduce", prep, a.epochs, out / "allreduce.json")
         finally:
