@@ -28,6 +28,8 @@ graph is not worth its constraints at one all-reduce per step).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 
@@ -49,22 +51,30 @@ def rank_rows(batch: int, launch: Launch) -> slice:
     return slice(launch.rank * b, (launch.rank + 1) * b)
 
 
+def _through_one_buffer(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], None]) -> None:
+    """``collective`` on all of ``tensors`` at once, in place: flattened into one buffer (one
+    message instead of one per tensor, DDP's bucket) and copied back; ``copy_`` keeps each
+    tensor's own strides (the compiled step's column-major weights)."""
+    with torch.no_grad():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        collective(flat)
+        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+            t.copy_(part.view(t.shape))
+
+
 def all_reduce_mean_(grads: list[torch.Tensor], world: int) -> None:
-    """The ranks' mean of every gradient, in place: one all-reduce of one flat buffer."""
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(part.view(g.shape))  # copy_ keeps the gradient's own strides (column-major weights)
+    """The ranks' mean of every gradient, in place."""
+
+    def mean(flat: torch.Tensor) -> None:
+        dist.all_reduce(flat)
+        flat /= world
+
+    _through_one_buffer(grads, mean)
 
 
 def broadcast_(tensors: list[torch.Tensor]) -> None:
-    """Rank 0's values of ``tensors`` on every rank, in place: one broadcast of one flat buffer."""
-    with torch.no_grad():
-        flat = torch.cat([t.reshape(-1) for t in tensors])
-        dist.broadcast(flat, src=0)
-        for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
-            t.copy_(part.view(t.shape))
+    """Rank 0's values of ``tensors`` on every rank, in place."""
+    _through_one_buffer(tensors, lambda flat: dist.broadcast(flat, src=0))
 
 
 class DataParallelStack(Stack):
