@@ -19,7 +19,7 @@ from typing import NamedTuple
 import typer
 
 from sdmvae_cli.cli.common import Command, Group, set_verbosity
-from sdmvae_cli.core.distributed import launch_from_env, refuse_launch
+from sdmvae_cli.core.distributed import Launch, launch_from_env, refuse_launch
 from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError, check_interrupt, on_sigint, reset_interrupt
 from sdmvae_cli.core.threads import MAX_THREADS, apply_thread_policy, parse_threads
 from sdmvae_cli.core.version import __version__
@@ -139,10 +139,7 @@ def _fail_on_rank(exc: SdmvaeError) -> int:
     """:func:`_fail` in a torchrun launch too: what every rank meets alike (a usage error, an
     interruption, rank 0's refusal sent to all: ``exc.echo`` False) is printed by rank 0 alone;
     another rank's own failure is printed with its rank."""
-    try:
-        launch = launch_from_env()
-    except UsageError:  # torchrun's variables malformed: said by refuse_launch already
-        launch = None
+    launch = _launch()
     if launch is None or launch.is_main:
         return _fail(str(exc), exc.exit_code)
     if not getattr(exc, "echo", True) or isinstance(exc, (UsageError, Interrupted)):
@@ -174,7 +171,7 @@ def run(argv: list[str] | None = None) -> int:
     reset_interrupt()
     # under torchrun, SIGTERM (torchrun stopping the other ranks, scancel, a SLURM time limit)
     # is a Ctrl-C: every member keeps its last epoch and the sweep records itself interrupted
-    signals = (signal.SIGINT, signal.SIGTERM) if _launched() else (signal.SIGINT,)
+    signals = (signal.SIGINT, signal.SIGTERM) if _launch() is not None else (signal.SIGINT,)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, on_sigint) for sig in signals}
@@ -185,11 +182,13 @@ def run(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
-def _launched() -> bool:
+def _launch() -> Launch | None:
+    """This process's torchrun launch; None for one process, or where torchrun's variables are
+    malformed (refuse_launch says so, once)."""
     try:
-        return launch_from_env() is not None
+        return launch_from_env()
     except UsageError:
-        return False
+        return None
 
 
 def _run(args: list[str]) -> int:
