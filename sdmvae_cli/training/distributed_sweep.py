@@ -32,14 +32,13 @@ from sdmvae_cli.core.distributed import (
     rank_device,
 )
 from sdmvae_cli.core.errors import SdmvaeError
-from sdmvae_cli.core.lock import folder_lock, lock_scope
-from sdmvae_cli.core.outputs import check_dir_destination
+from sdmvae_cli.core.lock import lock_scope
 from sdmvae_cli.training.live_logs import LiveOptions
 from sdmvae_cli.training.options import EpochRecord
-from sdmvae_cli.training.spec import SUMMARY, expand_spec, read_spec
+from sdmvae_cli.training.spec import SUMMARY
 from sdmvae_cli.training.stack import Member, group_key
-from sdmvae_cli.training.sweep_folder import earlier_sweep, member_specs, remove_members, sweep_summary
-from sdmvae_cli.training.train import RunSpec, check_prepared, check_runs, train_runs
+from sdmvae_cli.training.sweep_folder import plan_sweep, remove_members, sweep_summary
+from sdmvae_cli.training.train import RunSpec, check_runs, train_runs
 
 #: how long a rank may wait in a collective: the last one (the record) waits for the slowest
 #: rank's whole share, hours on a large sweep; torch's default (30 min) would end a sweep whose
@@ -74,12 +73,7 @@ def share_stacks(keys: list[str], world: int) -> list[list[int]]:
 def _plan(prepared_dir, spec_path, out_dir: Path, device: str, dev, epochs, resume: bool, overwrite: bool, held: ExitStack):
     """Rank 0's checks, those of the one-process sweep, every one before anything is written (the
     members' own checks included: :func:`~sdmvae_cli.training.train.check_runs`); the folder stays locked."""
-    runs = expand_spec(read_spec(spec_path))
-    check_prepared(Path(prepared_dir))
-    check_dir_destination(out_dir, inputs=[prepared_dir])
-    held.enter_context(folder_lock(out_dir))
-    replaced = earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
-    specs = member_specs(out_dir, runs, device, epochs, resume, overwrite)
+    specs, replaced = plan_sweep(prepared_dir, spec_path, out_dir, device, epochs, resume, overwrite, held)
     check_runs(prepared_dir, specs, dev)
     return specs, replaced
 

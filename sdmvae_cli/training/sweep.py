@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.distributed import launch_from_env
 from sdmvae_cli.core.errors import UsageError
-from sdmvae_cli.core.lock import folder_lock
-from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.training.distributed_sweep import distributed_sweep
 from sdmvae_cli.training.live_logs import LiveOptions
 from sdmvae_cli.training.options import EpochRecord
-from sdmvae_cli.training.spec import SUMMARY, expand_spec, read_spec
+from sdmvae_cli.training.spec import SUMMARY
 from sdmvae_cli.training.stack import Member
-from sdmvae_cli.training.sweep_folder import earlier_sweep, member_specs, remove_members, sweep_summary
-from sdmvae_cli.training.train import RunSpec, check_prepared, train_runs
+from sdmvae_cli.training.sweep_folder import plan_sweep, remove_members, sweep_summary
+from sdmvae_cli.training.train import RunSpec, train_runs
 
 
 def run_sweep(
@@ -43,15 +42,15 @@ def run_sweep(
     live: LiveOptions | None = None,
 ) -> dict[str, Any]:
     """Train every run of the spec; returns (and writes) the sweep summary ``OUT/sweep.json``.
-        ``live``: each member's loss.png and TensorBoard events as it goes (None: neither).
+    ``live``: each member's loss.png and TensorBoard events as it goes (None: neither).
 
-        A folder holding a sweep (its sweep.json) or a member's folder is refused unless ``resume``
-        (the same members: those with a last.pt continue, the others start) or ``overwrite`` (the
-        earlier sweep is replaced, as `train --overwrite` replaces a run: its members' run files are
-        removed once every check has passed). The folder is locked while the sweep writes it: a
-        second process is refused. Under torchrun (more than one process) the ranks share the stacks
+    A folder holding a sweep (its sweep.json) or a member's folder is refused unless ``resume``
+    (the same members: those with a last.pt continue, the others start) or ``overwrite`` (the
+    earlier sweep is replaced, as `train --overwrite` replaces a run: its members' run files are
+    removed once every check has passed). The folder is locked while the sweep writes it: a
+    second process is refused. Under torchrun (more than one process) the ranks share the stacks
     (:mod:`sdmvae_cli.training.distributed_sweep`). KeyboardInterrupt propagates after
-        sweep.json is written (every member keeps its last completed epoch)."""
+    sweep.json is written (every member keeps its last completed epoch)."""
     if resume and overwrite:
         raise UsageError("--resume continues a sweep and --overwrite replaces it: give one of them")
     out_dir = Path(out_dir)
@@ -70,12 +69,8 @@ def run_sweep(
             on_done=on_done,
             live=live,
         )
-    runs = expand_spec(read_spec(spec_path))
-    check_prepared(Path(prepared_dir))  # a wrong PREPARED_DIR must not leave an empty --out behind
-    check_dir_destination(out_dir, inputs=[prepared_dir])
-    with folder_lock(out_dir):  # every check of what the folder holds is made under the lock
-        replaced = earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
-        specs = member_specs(out_dir, runs, device, epochs, resume, overwrite)
+    with ExitStack() as held:  # the folder stays locked while the sweep writes it
+        specs, replaced = plan_sweep(prepared_dir, spec_path, out_dir, device, epochs, resume, overwrite, held)
         return _train(prepared_dir, spec_path, out_dir, specs, replaced, device, on_epoch, on_done, live)
 
 

@@ -7,17 +7,19 @@ distributed one (:mod:`sdmvae_cli.training.distributed_sweep`), which makes thes
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from sdmvae_cli.core.errors import SdmvaeError
-from sdmvae_cli.core.lock import LOCK_NAME, claim_folder
+from sdmvae_cli.core.lock import LOCK_NAME, claim_folder, folder_lock
+from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.nets import ModelConfig
 from sdmvae_cli.nets.checkpoint import read_checkpoint
 from sdmvae_cli.training.options import CHANGED_DEFAULTS, TrainOptions
 from sdmvae_cli.training.run_folder import clear_run_dir
-from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, plain_name
+from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, expand_spec, plain_name, read_spec
 from sdmvae_cli.training.stack import Member
-from sdmvae_cli.training.train import RunSpec
+from sdmvae_cli.training.train import RunSpec, check_prepared
 
 
 def _contents(run_dir: Path) -> set[str]:
@@ -43,6 +45,22 @@ def _never_started(run_dir: Path, held: set[str]) -> bool:
         return int(read_checkpoint(run_dir / "best.pt")["epoch"]) == 0
     except (SdmvaeError, KeyError, TypeError, ValueError):
         return False
+
+
+def plan_sweep(
+    prepared_dir, spec_path, out_dir: Path, device: str, epochs: int | None, resume: bool, overwrite: bool, held: ExitStack
+) -> tuple[list[RunSpec], list[str]]:
+    """Every check a sweep makes before it writes, in one place for the one-process and the
+    distributed sweep: the spec, the prepared data (a wrong PREPARED_DIR must not leave an empty
+    --out behind), the destination, then, under the folder's lock (entered into ``held``, so
+    it lasts as long as the caller's sweep), what the folder holds. Returns the members to train
+    and the earlier sweep's members that ``overwrite`` removes."""
+    runs = expand_spec(read_spec(spec_path))
+    check_prepared(Path(prepared_dir))
+    check_dir_destination(out_dir, inputs=[prepared_dir])
+    held.enter_context(folder_lock(out_dir))
+    replaced = earlier_sweep(out_dir, [name for name, _, _ in runs], resume, overwrite)
+    return member_specs(out_dir, runs, device, epochs, resume, overwrite), replaced
 
 
 def member_specs(
