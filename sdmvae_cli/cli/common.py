@@ -165,6 +165,16 @@ def tb_every_option() -> Any:
     )
 
 
+def plot_option(what: str) -> Any:
+    """THE ``--plot/--no-plot`` option of train and sweep (``what``: whose loss.png, and when)."""
+    return typer.Option(True, "--plot/--no-plot", help=f"Draw {what} (at most 2% of the time) and at its end.")
+
+
+def tensorboard_option(where: str) -> Any:
+    """THE ``--tensorboard/--no-tensorboard`` option of train and sweep (``where``: its help)."""
+    return typer.Option(True, "--tensorboard/--no-tensorboard", help=where)
+
+
 def device_option(where: str = "") -> Any:
     """THE ``--device`` option of every command: one default (auto), one check, one help line."""
     return typer.Option(

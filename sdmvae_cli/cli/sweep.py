@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from sdmvae_cli.cli.common import device_option, err, tb_every_option
+from sdmvae_cli.cli.common import device_option, err, plot_option, tb_every_option, tensorboard_option
 from sdmvae_cli.core.distributed import is_main_process
 from sdmvae_cli.core.errors import Interrupted
 
@@ -30,14 +30,10 @@ def sweep(
         "--overwrite",
         help="Replace the sweep already in --out (its sweep.json and its members' run files; default: refuse).",
     ),
-    plot: bool = typer.Option(
-        True, "--plot/--no-plot", help="Draw each member's loss.png as it goes (at most 2% of the time) and at its end."
-    ),
-    tensorboard: bool = typer.Option(
-        True,
-        "--tensorboard/--no-tensorboard",
-        help="Each member's TensorBoard events in OUT/<name>/tb/ (pip install 'sdmvae[tensorboard]'); "
-        "`tensorboard --logdir OUT` shows them side by side.",
+    plot: bool = plot_option("each member's loss.png as it goes"),
+    tensorboard: bool = tensorboard_option(
+        "Each member's TensorBoard events in OUT/<name>/tb/ (pip install 'sdmvae[tensorboard]'); "
+        "`tensorboard --logdir OUT` shows them side by side."
     ),
     tb_every: int = tb_every_option(),
     as_json: bool = typer.Option(False, "--json", help="Print sweep.json on stdout."),

@@ -22,8 +22,10 @@ from sdmvae_cli.cli.common import (
     emit_json,
     err,
     hidden_sizes,
+    plot_option,
     positive,
     tb_every_option,
+    tensorboard_option,
     unit_open,
 )
 from sdmvae_cli.core.distributed import is_main_process
@@ -211,14 +213,10 @@ def train(
     tf32: bool = typer.Option(
         True, "--tf32/--no-tf32", help="GPU matrix products in TF32 (faster; 10-bit mantissa); no effect on a CPU."
     ),
-    plot: bool = typer.Option(
-        True, "--plot/--no-plot", help="Draw loss.png as the run goes (at most 2% of the time) and at its end."
-    ),
-    tensorboard: bool = typer.Option(
-        True,
-        "--tensorboard/--no-tensorboard",
-        help="TensorBoard events in RUN/tb/ as the run goes (where the tensorboard package is installed: "
-        "pip install 'sdmvae[tensorboard]'); history.csv stays the record.",
+    plot: bool = plot_option("loss.png as the run goes"),
+    tensorboard: bool = tensorboard_option(
+        "TensorBoard events in RUN/tb/ as the run goes (where the tensorboard package is installed: "
+        "pip install 'sdmvae[tensorboard]'); history.csv stays the record."
     ),
     tb_every: int = tb_every_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result (run folder, checkpoint, best epoch and loss) as JSON."),
