@@ -111,3 +111,10 @@ def check_interrupt() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C came and was swallowed on its way up."""
     if _interrupt_requested:
         raise KeyboardInterrupt
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """What a one-line message says of a failure: its first line, at most ``limit`` characters
+    (its type where it has no message). Library errors can run to pages (torch's compile errors)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

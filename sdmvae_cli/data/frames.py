@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 
 
 def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
@@ -27,8 +27,7 @@ def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
     try:
         arr = np.load(f, mmap_mode="c")  # copy-on-write: writable to torch, never written back
     except (ValueError, OSError, EOFError) as exc:  # truncated, not .npy, pickled objects
-        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise SdmvaeError(f"{f}: unreadable prepared frames ({first}); re-run `sdmvae prepare --force`") from None
+        raise SdmvaeError(f"{f}: unreadable prepared frames ({first_line(exc, 120)}); re-run `sdmvae prepare --force`") from None
     if arr.ndim != 2 or arr.dtype != np.float32:
         raise SdmvaeError(f"{f}: expected a float32 (frames x bins) array, got {arr.dtype} {arr.shape}")
     if arr.shape[0] == 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.data.corpus import Utterance, listed_file, listed_utterances
 
 
@@ -49,8 +49,7 @@ def _load(lhotse: ModuleType, path: Path, cls: type, role: str) -> Any:
     try:
         manifest = lhotse.load_manifest(path)
     except Exception as exc:  # noqa: BLE001  (lhotse raises ValueError, JSON and gzip errors, ...)
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise SdmvaeError(f"{path}: not a lhotse manifest, or an empty one ({msg[:100]})") from None
+        raise SdmvaeError(f"{path}: not a lhotse manifest, or an empty one ({first_line(exc, 100)})") from None
     if not isinstance(manifest, cls):
         usage = "prepare lhotse CUTS OUT_DIR or prepare lhotse RECORDINGS SUPERVISIONS OUT_DIR"
         raise SdmvaeError(f"{path}: a {type(manifest).__name__} where {role} (a {cls.__name__}) belongs ({usage})")

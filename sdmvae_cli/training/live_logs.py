@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sdmvae_cli.audio.stft import StftConfig
+from sdmvae_cli.core.errors import first_line
 from sdmvae_cli.nets import SpectrogramVAE, build_model
 from sdmvae_cli.training.curves import plot_history
 from sdmvae_cli.training.options import EpochRecord
@@ -30,7 +31,6 @@ from sdmvae_cli.training.tensorboard_log import (
     TB_EVERY,
     Example,
     RunWriter,
-    first_line,
     scalar_values,
     summary_writer_class,
     validation_example,

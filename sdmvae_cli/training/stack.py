@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from torch.func import functional_call, vmap
 
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.data.frames import FrameSource
 from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
 from sdmvae_cli.nets.base import SCALAR_HPARAMS, draw_noise
@@ -306,7 +306,7 @@ class Stack:
     def _eager_fallback(self, exc: Exception) -> None:
         """Compiling failed before anything ran (inductor needs a working C++ compiler on a CPU):
         say so once and go on with the eager step, the same maths."""
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         log.warning(
             "torch.compile of the training step failed (%s); training without it (--compile off skips the attempt)", first
         )
@@ -349,8 +349,7 @@ class Stack:
                 for j in range(k):
                     self.step(self.idx_buf[j], {name: t[:, j] for name, t in self.noise_buf.items()})
         except Exception as exc:
-            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise SdmvaeError(f"CUDA graph capture failed ({first}); re-run with --no-cuda-graph") from None
+            raise SdmvaeError(f"CUDA graph capture failed ({first_line(exc)}); re-run with --no-cuda-graph") from None
         self.graph = g
 
     def run_epoch(self, epoch: int) -> int:

@@ -21,7 +21,7 @@ import torch
 
 from sdmvae_cli.audio.io import fit_full_scale
 from sdmvae_cli.audio.stft import StftConfig, istft, stft
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.data.extract import load_utterance
 from sdmvae_cli.data.prepared import read_manifest
 from sdmvae_cli.nets import SpectrogramVAE
@@ -45,12 +45,6 @@ FLUSH_SECS = 10
 #: tag section of each loss term (history.csv's column is the rest of the tag): cards grouped as loss.png's panels
 TERM_SECTIONS = {"total": "total", "recon": "IS", "kl": "KL"}
 MISSING = "TensorBoard logs off: the tensorboard package is not installed (pip install 'sdmvae[tensorboard]'; --no-tensorboard silences this)"
-
-
-def first_line(exc: BaseException) -> str:
-    """What a warning says of a failure: its first line (its type where it has no message)."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 def summary_writer_class() -> type | None:
