@@ -22,7 +22,7 @@ import torch
 
 from sdmvae_cli.audio.stft import StftConfig
 from sdmvae_cli.core.atomic import atomic_path
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.core.version import __version__
 from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
 from sdmvae_cli.nets.released import resolve_model
@@ -71,8 +71,7 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
             ) from None
         if "Weights only load failed" in text:
             raise SdmvaeError(f"{path}: not a readable sdmvae checkpoint (not a PyTorch tensor file, or damaged)") from None
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise SdmvaeError(f"{path}: not a readable sdmvae checkpoint ({first[:160]})") from None
+        raise SdmvaeError(f"{path}: not a readable sdmvae checkpoint ({first_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or any(k not in data for k in REQUIRED):
         raise SdmvaeError(f"{path}: not an sdmvae checkpoint (missing format markers or model state)")
     if not isinstance(data["format_version"], int) or data["format_version"] > FORMAT_VERSION:
@@ -127,7 +126,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
     except SdmvaeError as exc:
         raise SdmvaeError(f"{path}: bad config in the checkpoint ({exc})") from None
     except (TypeError, ValueError) as exc:
-        raise SdmvaeError(f"{path}: bad config in the checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise SdmvaeError(f"{path}: bad config in the checkpoint ({first_line(exc)})") from None
     if expect_model is not None and cfg.model != expect_model:
         raise SdmvaeError(f"{path}: checkpoint is a {cfg.model!r} model, expected {expect_model!r}")
     try:
@@ -135,7 +134,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
     except SdmvaeError as exc:
         raise SdmvaeError(f"{path}: the stored model config is invalid ({exc})") from None
     except (TypeError, ValueError, RuntimeError) as exc:
-        raise SdmvaeError(f"{path}: the stored model config is invalid ({str(exc).splitlines()[0][:160]})") from None
+        raise SdmvaeError(f"{path}: the stored model config is invalid ({first_line(exc)})") from None
     if cfg.n_bins != stft.n_bins:
         raise SdmvaeError(f"{path}: the model expects {cfg.n_bins} frequency bins but its STFT config gives {stft.n_bins}")
     state = type(model).upgrade_state(dict(data["model_state"]))
@@ -143,7 +142,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", expe
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise SdmvaeError(
-            f"{path}: weights do not fit a {cfg.model!r} model with the stored config ({str(exc).splitlines()[0][:160]})"
+            f"{path}: weights do not fit a {cfg.model!r} model with the stored config ({first_line(exc)})"
         ) from None
     if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
         raise SdmvaeError(f"{path}: the checkpoint's weights contain NaN or inf")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sdmvae_cli.core.atomic import write_json
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.core.lock import LOCK_NAME
 from sdmvae_cli.nets import REGISTRY, ModelConfig, foreign_options
 from sdmvae_cli.nets.base import MODEL_FIELDS
@@ -95,7 +95,7 @@ def read_spec(path: str | Path) -> dict[str, Any]:
             return tomllib.loads(path.read_text())
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise SdmvaeError(f"{path}: not a valid sweep spec ({str(exc).splitlines()[0][:120]})") from None
+        raise SdmvaeError(f"{path}: not a valid sweep spec ({first_line(exc, 120)})") from None
 
 
 #: more runs than this in one spec is refused: a typo in a grid (a list too many) must not
