@@ -35,9 +35,34 @@ def open_frames(prepared_dir: str | Path, split: str) -> np.ndarray:
     return arr
 
 
+#: the frames files this process has checked, as (path, inode, size, mtime): a file is read
+#: through once per process, however many times it is opened (a distributed sweep's rank 0
+#: checks every member before it writes, then trains its share with the same checks)
+_CHECKED: set[tuple] = set()
+
+
+def _identity(frames) -> tuple | None:
+    name = getattr(frames, "filename", None)
+    try:
+        st = os.stat(name) if name else None
+    except OSError:
+        return None
+    return (str(name), st.st_ino, st.st_size, st.st_mtime_ns) if st else None
+
+
 def check_frames(frames, where: str, chunk: int = 65536) -> None:
     """Power frames must be finite and non-negative: a NaN in the data would surface epochs
-    later as a diverged loss and be blamed on the learning rate. One vectorised pass."""
+    later as a diverged loss and be blamed on the learning rate. One vectorised pass, once per
+    file version and process (a memory map is known by its file; an array in memory, always)."""
+    ident = _identity(frames)
+    if ident is not None and ident in _CHECKED:
+        return
+    _check_values(frames, where, chunk)
+    if ident is not None:
+        _CHECKED.add(ident)
+
+
+def _check_values(frames, where: str, chunk: int) -> None:
     for s in range(0, frames.shape[0], chunk):
         block = np.asarray(frames[s : s + chunk])
         ok = np.isfinite(block).all(axis=1) & (block >= 0).all(axis=1)

@@ -30,3 +30,27 @@ def test_a_split_over_the_budget_streams_every_frame_once_per_epoch(synthetic_pr
     order = torch.argsort(got[:, 0] * 1e3 + got[:, 1])
     want = torch.from_numpy(np.array(frames))
     assert torch.equal(got[order], want[torch.argsort(want[:, 0] * 1e3 + want[:, 1])])
+
+
+def test_corrupt_frames_are_refused_even_after_an_earlier_version_of_the_file_passed(tmp_path):
+    """A NaN or a negative power is one line naming the frame; a file checked once in this
+    process is not read again, but a rewritten file (another version) is checked afresh."""
+    import pytest
+
+    from sdmvae_cli.core.errors import SdmvaeError
+    from sdmvae_cli.data.frames import check_frames
+
+    f = tmp_path / "frames.npy"
+    good = np.abs(np.random.default_rng(0).normal(size=(300, 9))).astype(np.float32)
+    np.save(f, good)
+    check_frames(np.load(f, mmap_mode="c"), "good")
+    check_frames(np.load(f, mmap_mode="c"), "good again")  # the same version: known, no second pass
+    for value, kind in ((np.nan, "NaN or inf"), (-1.0, "negative power")):
+        bad = good.copy()
+        bad[217, 3] = value
+        np.save(tmp_path / "new.npy", bad)
+        (tmp_path / "new.npy").replace(f)  # rewritten as prepare does: a new file in its place
+        with pytest.raises(SdmvaeError, match=f"{kind} \\(frame 217\\)"):
+            check_frames(np.load(f, mmap_mode="c"), "bad")
+    with pytest.raises(SdmvaeError, match="negative power"):
+        check_frames(np.asarray(bad), "in memory")  # an array in memory is always checked
