@@ -51,13 +51,15 @@ def source_filter_speech(seconds: float = 3.0, rate: int = 16000, seed: int = 0)
 
 
 def make_synthetic_prepared(
-    out: Path, n_train: int, n_val: int, n_test: int = 1024, seed: int = 0, speechlike: bool = True
+    out: Path, n_train: int, n_val: int, n_test: int = 1024, seed: int = 0, speechlike: bool = True, utterances: bool = False
 ) -> Path:
     """A prepared directory without a corpus: frames.npy per split and a prepare.json.
 
     ``speechlike`` uses power spectrograms of :func:`source_filter_speech` (for tests whose
     models must learn something); otherwise random log-normal frames (for speed benchmarks,
-    where only the shapes matter).
+    where only the shapes matter). ``utterances``: the manifests list each synthetic utterance
+    (4 s of frames, the last one shorter; no audio file) for sequence models, which cut their
+    sequences inside utterances; without it they are empty.
     """
     import torch
 
@@ -69,7 +71,7 @@ def make_synthetic_prepared(
         d = out / split
         d.mkdir(exist_ok=True)
         arr = np.lib.format.open_memmap(d / "frames.npy", mode="w+", dtype=np.float32, shape=(n, cfg.n_bins))
-        s = 0
+        s, rows = 0, []
         while s < n:
             if speechlike:
                 x = source_filter_speech(4.0, cfg.sample_rate, seed=seed * 1000 + i * 100 + s)
@@ -83,9 +85,12 @@ def make_synthetic_prepared(
                 )
             m = min(len(p), n - s)
             arr[s : s + m] = p[:m]
+            rows.append(
+                {"id": f"synthetic/{split}/{len(rows)}", "speaker": "synthetic", "path": "", "frame_offset": s, "n_frames": m}
+            )
             s += m
         arr.flush()
-        (d / "manifest.jsonl").write_text("")
+        (d / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) if utterances else "")
     info = {"stft": cfg.to_dict(), "fingerprint": f"synthetic-{n_train}-{n_val}-{seed}-{int(speechlike)}", "synthetic": True}
     (out / "prepare.json").write_text(json.dumps(info))
     return out

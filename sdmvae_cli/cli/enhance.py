@@ -21,6 +21,7 @@ from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
 
 
 def enhance(
+    ctx: typer.Context,
     inp: Path = typer.Argument(
         ..., metavar="NOISY", help="A noisy audio file, a directory (mirrored), or with --from-list a text file of paths."
     ),
@@ -92,7 +93,8 @@ def enhance(
     scores_dir = _check_scoring(ref, est, many, scores, inp, overwrite or skip_existing) if ref is not None else None
     if skipped:
         err.print(f"kept {len(skipped)} existing output(s); enhancing the other {len(pairs)}", highlight=False)
-    failures = _enhance(pairs, model, device, method, opts) if pairs else []
+    given = {n for n in ("iterations", "steps", "lr") if ctx.get_parameter_source(n).name not in ("DEFAULT", "DEFAULT_MAP")}
+    failures = _enhance(pairs, model, device, method, opts, given) if pairs else []
     if len(pairs) == 1 and failures:
         raise SdmvaeError(failures[0][1])
     for src, why in failures:
@@ -128,16 +130,17 @@ def _score(ref: Path, est: Path, out: Path, overwrite: bool) -> bool:
     return res.ok
 
 
-def _enhance(pairs: list[tuple[Path, Path]], model: Optional[str], device: str, method: str, opts) -> list[tuple[Path, str]]:
+def _enhance(
+    pairs: list[tuple[Path, Path]], model: Optional[str], device: str, method: str, opts, given: set[str]
+) -> list[tuple[Path, str]]:
     """Load the prior, enhance every pair, print the written paths; the failures (source, why)."""
     from sdmvae_cli.core.device import resolve_device
-    from sdmvae_cli.inference.enhance import enhance_many, resolve_prior
-    from sdmvae_cli.inference.mcem import check_mcem_prior
+    from sdmvae_cli.inference.enhance import check_enhance_prior, enhance_many, family_options, resolve_prior
     from sdmvae_cli.nets.checkpoint import load_model
 
     lm = load_model(resolve_prior(model), device=resolve_device(device))
-    if method == "mcem":
-        check_mcem_prior(lm.model)
+    check_enhance_prior(lm.model, method)
+    opts = family_options(opts, lm.model, given)  # a sequence prior's own defaults (DVAE_SE's)
     progress = bar(len(pairs), "enhance") if len(pairs) > 1 else None
     written: list[Path] = []
     try:

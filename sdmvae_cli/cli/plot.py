@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from sdmvae_cli.cli.common import MODEL_HELP, OVERWRITE_HELP, emit
-from sdmvae_cli.core.errors import UsageError
+from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.core.outputs import check_file_destination
 from sdmvae_cli.core.plotting import figure_format
 
@@ -97,20 +97,25 @@ def plot_codes_cmd(
 
 @plot_app.command("dictionary")
 def plot_dictionary_cmd(
-    checkpoint: str = typer.Argument(..., help="An SDM-VAE checkpoint, run directory or released name (sdm-dct-k64-m64)."),
+    checkpoint: str = typer.Argument(
+        ...,
+        help="An SDM-VAE (or a sequence model with --prior sdm) checkpoint, run directory or released name (sdm-dct-k64-m64).",
+    ),
     fig: Path = typer.Argument(..., metavar="OUT", help="Output figure (.png, .pdf, .svg)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
-    """The dictionary atoms D (m x k) of an SDM-VAE checkpoint."""
+    """The dictionary atoms D (m x k) of an SDM-VAE checkpoint (or of a sequence model's SDM prior)."""
     from sdmvae_cli.nets.checkpoint import checkpoint_file, load_model
     from sdmvae_cli.report.figures import plot_dictionary
 
     _destination(fig, [checkpoint_file(checkpoint), Path(checkpoint)], overwrite)  # a run directory is an input folder
-    lm = load_model(checkpoint, expect_model="sdm")
-    c = lm.model_config
-    plot_dictionary(
-        lm.model.D.detach().cpu().numpy(), fig, f"{_model_label(lm)}: {c.dictionary} dictionary, m={c.latent}, k={c.k}"
-    )
+    lm = load_model(checkpoint)
+    c, d = lm.model_config, lm.model.dictionary()
+    if d is None:
+        raise SdmvaeError(
+            f"{checkpoint} is a {c.model!r} model without a dictionary (an SDM-VAE, or a sequence model with --prior sdm, has one)"
+        )
+    plot_dictionary(d.detach().cpu().numpy(), fig, f"{_model_label(lm)}: {c.dictionary} dictionary, m={c.latent}, k={c.k}")
     emit(fig)
 
 

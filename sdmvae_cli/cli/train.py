@@ -58,6 +58,10 @@ MODEL_PARAMS = {
     "spread_prior": "spread_prior",
     "kl_warmup": "kl_warmup",
     "code": "code",
+    "seq_len": "seq_len",
+    "rnn_hidden": "rnn_hidden",
+    "prior": "prior",
+    "non_causal": "non_causal",
 }
 TRAIN_PARAMS = {
     "lr": "lr",
@@ -114,29 +118,38 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
             model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
     if isinstance(model.get("model"), str) and model["model"] in REGISTRY:  # else ModelConfig's error below
         refuse_foreign_options(model["model"], [p for p in MODEL_PARAMS if explicit(p)])
+    known = isinstance(model.get("model"), str) and model["model"] in REGISTRY
+    family = REGISTRY[model["model"]].TRAIN_DEFAULTS if known else {}
     for p, f in TRAIN_PARAMS.items():
         if config is None or explicit(p) or f not in train or f in EXECUTION:
-            train[f] = given[p]
+            train[f] = given[p] if explicit(p) or f not in family else family[f]
     try:
-        return ModelConfig.from_dict(model), TrainOptions.from_dict(train)
+        cfg = ModelConfig.from_dict(model)
+        opts = TrainOptions.from_dict(train)
     except SdmvaeError as exc:
         raise UsageError(f"--config: {exc}" if config else str(exc)) from None
+    if cfg.model in REGISTRY:  # what this configuration reads (a sequence family's: its prior's)
+        refuse_foreign_options(cfg.model, [p for p in MODEL_PARAMS if explicit(p)], cfg)
+    return cfg, opts
 
 
-def refuse_foreign_options(arch: str, given: list[str]) -> None:
+def refuse_foreign_options(arch: str, given: list[str], cfg=None) -> None:
     """An option the architecture does not read (``--arch vae --dict identity``) is a usage
     error, not a value stored in config.json that nothing uses: the run would look like an
     SDM-VAE in its config and be a VAE. Which options an architecture reads is its class's
-    ``OPTIONS`` (the same list `sdmvae models` shows)."""
+    ``OPTIONS`` (the same list `sdmvae models` shows), or with ``cfg`` what that configuration
+    reads (a sequence family's options depend on its prior)."""
     from sdmvae_cli.nets import REGISTRY, foreign_options
     from sdmvae_cli.training.options import flag_of
 
-    foreign = foreign_options(arch, [MODEL_PARAMS[p] for p in given])
+    foreign = foreign_options(arch, [MODEL_PARAMS[p] for p in given], cfg)
     if foreign:
         flags = ", ".join(flag_of(f) for f in foreign)
+        # a sequence family's options depend on its prior: name it where it narrowed them
+        narrowed = cfg is not None and REGISTRY[arch].reads(cfg) != REGISTRY[arch].reads()
         raise UsageError(
-            f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --arch {arch} "
-            f"(it reads {', '.join(flag_of(o) for o in REGISTRY[arch].OPTIONS)}; see `sdmvae models`)"
+            f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --arch {arch}{f' --prior {cfg.prior}' if narrowed else ''} "
+            f"(it reads {', '.join(flag_of(o) for o in REGISTRY[arch].reads(cfg))}; see `sdmvae models`)"
         )
 
 
@@ -165,7 +178,9 @@ def train(
         "log", help="Encoder input: log (log power) or power (raw, as the authors' code)."
     ),
     beta: float = typer.Option(1.0, min=0, help="KL weight (beta1 for threshold)."),
-    dict_: Literal["dct", "identity", "learned"] = typer.Option("dct", "--dict", help="sdm: dct, identity or learned."),
+    dict_: Literal["dct", "identity", "learned"] = typer.Option(
+        "dct", "--dict", help="sdm (and --prior sdm): dct, identity or learned."
+    ),
     k: int = typer.Option(64, min=1, help="sdm: number of atoms."),
     dict_lr: float = typer.Option(1e-3, callback=positive, help="sdm --dict learned: the dictionary's learning rate."),
     coherence: float = typer.Option(0.0, min=0, help="sdm --dict learned: mutual-coherence penalty weight."),
@@ -190,9 +205,24 @@ def train(
         "mean",
         help="threshold: resynthesis code: mean (E[T(s)], dense) or sample (the max-ELBO thresholded sample of J fixed draws: exact zeros, as the authors' codes; the posterior-mean validation statistic then decodes it too: use it with --samples 20).",
     ),
+    seq_len: int = typer.Option(
+        50, min=2, help="dkf, srnn, rvae: frames per training sequence (cut inside utterances; the benchmark's 50)."
+    ),
+    rnn_hidden: int = typer.Option(128, min=1, help="dkf, srnn, rvae: width of the LSTMs (the benchmark's 128)."),
+    prior: Literal["gaussian", "sdm", "vsc"] = typer.Option(
+        "gaussian",
+        help="dkf, srnn, rvae: prior on the latent: gaussian (the benchmark's), sdm (SDM prior on the innovation: --dict, --k) or vsc (spike-and-slab: --alpha).",
+    ),
+    non_causal: bool = typer.Option(
+        False,
+        "--non-causal/--causal",
+        help="rvae: a bidirectional decoder LSTM over the whole latent sequence (default: causal).",
+    ),
     lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
     batch_size: int = typer.Option(
-        128, min=1, help='Frames per batch (under torchrun: per rank; the run\'s batch is ranks x this, README "Scaling out").'
+        128,
+        min=1,
+        help='Frames per batch, sequences for a sequence model (under torchrun: per rank; the run\'s batch is ranks x this, README "Scaling out").',
     ),
     epochs: int = typer.Option(500, min=1, help="Maximum epochs (numbered from 0 everywhere)."),
     patience: int = typer.Option(20, min=1, help="Early stopping: epochs without validation improvement."),

@@ -81,6 +81,8 @@ class FrameSource:
     device: torch.device
     chunk_frames: int  # frames per device chunk (== N when resident)
     buffer: torch.Tensor | None = None  # (chunk_frames, bins) on the device
+    #: frames per row a batch draws (a sequence source's rows are sequences: data/sequences.py)
+    row_frames = 1
 
     @classmethod
     def create(cls, frames: np.ndarray, device: torch.device, max_device_bytes: int, min_rows: int = 1) -> "FrameSource":
@@ -106,6 +108,11 @@ class FrameSource:
 
     def __len__(self) -> int:
         return self.frames.shape[0]
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (any shape) of the device buffer: (*idx.shape, bins). index_select, not
+        ``buffer[idx]``: a CPU gather 2-5x faster."""
+        return self.buffer.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
 
     def chunks(self, gen: torch.Generator) -> Iterator[int]:
         """Fill ``self.buffer`` chunk by chunk (random order); yields the valid row count."""

@@ -60,7 +60,7 @@ from sdmvae_cli.data.prepared import load_prepare_info, read_manifest
 from sdmvae_cli.evaluation.journal import JOURNAL, run_pool
 from sdmvae_cli.evaluation.metrics import AUDIO_KEYS, METRICS, MetricError, hoyer, score_pair, sparsity_summary
 from sdmvae_cli.evaluation.pairing import check_ref_est, pair_folders
-from sdmvae_cli.inference.resynth import model_power_fn, resynthesise_audio
+from sdmvae_cli.inference.resynth import block_frames_of, model_power_fn, resynthesise_audio
 from sdmvae_cli.nets.checkpoint import load_model
 from sdmvae_cli.nets.released import is_released
 from sdmvae_cli.training.selection import validation_record
@@ -232,13 +232,35 @@ def _identity(**kw) -> dict:
 
 @torch.no_grad()
 def split_codes(lm, prepared_dir: Path, split: str, batch: int = 65536) -> np.ndarray:
-    """Interpretable codes of every prepared frame of a split, vectorised in big batches."""
+    """Interpretable codes of every prepared frame of a split, vectorised in big batches (a
+    sequence family's: :func:`_sequence_codes`)."""
     frames = open_frames(prepared_dir, split)
+    dev = next(lm.model.parameters()).device
+    if lm.model.SEQUENTIAL:
+        return _sequence_codes(lm, prepared_dir, split, frames, dev)
     out = np.empty((frames.shape[0], lm.model.code_dim), dtype=np.float32)
     for s in range(0, frames.shape[0], batch):
-        x = torch.from_numpy(np.array(frames[s : s + batch], dtype=np.float32)).to(next(lm.model.parameters()).device)
-        with torch.no_grad():
-            out[s : s + x.shape[0]] = lm.model.code_of(x).cpu().numpy()  # the code resynthesis uses
+        x = torch.from_numpy(np.array(frames[s : s + batch], dtype=np.float32)).to(dev)
+        out[s : s + x.shape[0]] = lm.model.code_of(x).cpu().numpy()  # the code resynthesis uses
+    return out
+
+
+def _sequence_codes(lm, prepared_dir: Path, split: str, frames: np.ndarray, dev: torch.device) -> np.ndarray:
+    """A sequence family's codes, utterance by utterance (the manifest's offsets), each one
+    sequence in blocks of the family's resynthesis length, as resynthesis codes it. Frames no
+    utterance covers would be codes of nothing: refused."""
+    out = np.full((frames.shape[0], lm.model.code_dim), np.nan, dtype=np.float32)
+    block = block_frames_of(lm)
+    for row in read_manifest(prepared_dir, split):
+        o, n = int(row["frame_offset"]), int(row["n_frames"])
+        for s in range(o, o + n, block):
+            x = torch.from_numpy(np.array(frames[s : min(s + block, o + n)], dtype=np.float32)).to(dev)
+            out[s : s + x.shape[0]] = lm.model.code_of(x).cpu().numpy()
+    if np.isnan(out[:, 0]).any():
+        raise SdmvaeError(
+            f"{prepared_dir}/{split}: {int(np.isnan(out[:, 0]).sum())} frames belong to no utterance of its manifest; "
+            "re-run `sdmvae prepare --force`"
+        )
     return out
 
 
@@ -268,7 +290,7 @@ def evaluate_checkpoint(
     prepared_dir = Path(prepared_dir)
     lm = load_model(ckpt)
     out = Path(out_dir) if out_dir else default_eval_dir(lm.path, split)
-    check_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, inputs=[prepared_dir])  # never inside the prepared data
     info = load_prepare_info(prepared_dir)
     if info["stft"] != lm.stft.to_dict():
         raise SdmvaeError(f"{prepared_dir} was prepared with another STFT config than {ckpt} was trained with")

@@ -39,6 +39,7 @@ Everything is vectorised over frames (and samples/chains); it runs on the model'
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,8 @@ import torch
 from sdmvae_cli.audio.io import Audio, load_audio, restore, write_within_full_scale
 from sdmvae_cli.audio.stft import StftConfig, istft, stft
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
-from sdmvae_cli.inference.mcem import mcem, speech_variance
+from sdmvae_cli.inference.enhance_seq import vem_sequence
+from sdmvae_cli.inference.mcem import check_mcem_prior, mcem, speech_variance
 from sdmvae_cli.inference.nmf import EPS, NoiseNMF, init_nmf, is_objective, nmf_step, update_H, update_W
 from sdmvae_cli.inference.resynth import plan_outputs
 from sdmvae_cli.nets import SpectrogramVAE
@@ -230,7 +232,9 @@ def enhance_power(model: SpectrogramVAE, spec: torch.Tensor, opts: EnhanceOption
     power = spec.abs().square()
     device = power.device
     with frozen(model), seeded(opts.seed, device):
-        if opts.method == "vem":
+        if model.SEQUENTIAL:  # the encoder itself is fine-tuned (inference/enhance_seq.py)
+            speech, gain, nmf, history = vem_sequence(model, power, opts, on_iter)
+        elif opts.method == "vem":
             speech, gain, nmf, history = vem(model, power, opts, on_iter)
         else:
             speech, gain, nmf, history = mcem(model, power, opts, on_iter)
@@ -272,6 +276,25 @@ def nmf_baseline(spec: torch.Tensor, speech_W: torch.Tensor, opts: EnhanceOption
 
 
 # -- files -------------------------------------------------------------------------------------
+def check_enhance_prior(model: SpectrogramVAE, method: str) -> None:
+    """One line before any file is touched for a prior ``method`` cannot use: a sequence family
+    without an encoder to fine-tune (SRNN), or with MCEM, or an MCEM prior without a sampler
+    (:func:`check_mcem_prior`)."""
+    if model.SEQUENTIAL and model.ENCODER_PREFIXES is None:
+        raise SdmvaeError(f"--model is a {model.cfg.model} model, which cannot be an enhancement prior: {model.NO_ENHANCE}")
+    if model.SEQUENTIAL and method == "mcem":
+        raise SdmvaeError(f"--method mcem samples a frame-wise prior; a {model.cfg.model} prior takes --method vem")
+    if method == "mcem":
+        check_mcem_prior(model)
+
+
+def family_options(opts: EnhanceOptions, model: SpectrogramVAE, given: set[str]) -> EnhanceOptions:
+    """``opts`` with the family's own defaults (``ENHANCE_DEFAULTS``: a sequence prior's) for the
+    options the caller did not set (``given``: the names it did)."""
+    own = {k: v for k, v in model.ENHANCE_DEFAULTS.items() if k not in given}
+    return dataclasses.replace(opts, **own) if own else opts
+
+
 def resolve_prior(name: str | Path | None) -> str | Path:
     """`--model`: a checkpoint, run directory or released name (resolved once, by ``load_model``);
     None: the enhancement default (``enhance_default`` in models/default.json), not the

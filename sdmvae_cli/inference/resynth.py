@@ -52,18 +52,28 @@ class Resynthesis:
 
 
 def model_power_fn(lm: LoadedModel) -> PowerFn:
-    """Power -> (decoded power of the posterior-mean code, interpretable code)."""
+    """Power -> (decoded power of the posterior-mean code, interpretable code); its
+    ``block_frames`` is the model's (a sequence family decodes a whole utterance at once)."""
     model = lm.model
 
     def fn(power: torch.Tensor):
         return model.reconstruct(power)
 
+    fn.block_frames = block_frames_of(lm)
     return fn
 
 
-def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn, block_frames: int = BLOCK_FRAMES) -> Resynthesis:
+def block_frames_of(lm: LoadedModel) -> int:
+    """Frames per resynthesis block: :data:`BLOCK_FRAMES`, or the family's own
+    (:attr:`SpectrogramVAE.RESYNTH_BLOCK_FRAMES`)."""
+    return lm.model.RESYNTH_BLOCK_FRAMES or BLOCK_FRAMES
+
+
+def resynthesise_audio(audio: Audio, cfg: StftConfig, power_fn: PowerFn, block_frames: int | None = None) -> Resynthesis:
     """Resynthesise one waveform with any power -> power mapping (a model, or an oracle), in
-    blocks of ``block_frames`` frames (an utterance is one block)."""
+    blocks of ``block_frames`` frames (default: the mapping's own ``block_frames``, else
+    :data:`BLOCK_FRAMES`; an utterance is one block)."""
+    block_frames = block_frames or getattr(power_fn, "block_frames", BLOCK_FRAMES)
     return _assemble(
         audio, cfg, resynth_blocks(_reader(audio.samples), audio.samples.size, cfg, _checked(power_fn), block_frames)
     )
@@ -133,10 +143,11 @@ def resynthesise_file(
     lm: LoadedModel,
     save_codes: bool = False,
     subtype: str | None = None,
-    block_frames: int = BLOCK_FRAMES,
+    block_frames: int | None = None,
 ) -> None:
     """``resynth`` of one file, streamed: the same samples as :func:`resynthesise_audio` of
     the whole file, written within full scale, in memory that does not grow with its length."""
+    block_frames = block_frames or block_frames_of(lm)
     codes = _stream_file(src, dst, lm.stft, _checked(model_power_fn(lm)), src, subtype, block_frames, keep_codes=save_codes)
     if codes is not None:
         save_codes_npz(codes_path(dst), codes, lm, source=src)
@@ -262,6 +273,8 @@ def resynthesise_from_codes(
     if model is None and d["checkpoint"] and Path(d["checkpoint"]).exists():
         model = d["checkpoint"]
     lm = load_for_resynth(model)
+    if lm.model.SEQUENTIAL:  # its decoder reads the past too (SRNN: h from the audio; SDM: z = f_t + D a_t)
+        raise SdmvaeError(f"{lm.path} is a sequence model: --from-codes decodes a frame-wise model's codes")
     src = source or d["source"]
     if not src:
         raise SdmvaeError(f"{codes_file}: no source audio recorded; give it with --phase-from IN.wav")

@@ -3,7 +3,7 @@
 Importing this package registers every model; use :func:`build_model` / :data:`REGISTRY`.
 """
 
-from sdmvae_cli.nets import cauchy, laplace, sdm, threshold, vae, vsc  # noqa: F401  (registration)
+from sdmvae_cli.nets import cauchy, dkf, laplace, rvae, sdm, srnn, threshold, vae, vsc  # noqa: F401  (registration)
 from sdmvae_cli.nets.base import LossTerms, ModelConfig, SpectrogramVAE
 from sdmvae_cli.nets.registry import REGISTRY, build_model, foreign_options, model_names, register, validate_config
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sdmvae_cli.core.errors import SdmvaeError, dataclass_from_dict
+from sdmvae_cli.nets.noise import Noise, NoiseSpec, draw_noise
 
 #: floor added to power before the log input transform (power of a -160 dB bin)
 LOG_FLOOR = 1e-8
@@ -57,6 +58,12 @@ class ModelConfig:
     spread_prior: float = 1.0  # base prior N(0, v) (variance) / Laplace(0, b) (scale); the authors' spread_prior (0.1)
     kl_warmup: int = 0  # epochs of linear KL warm-up of the training objective (0: none)
     code: str = "mean"  # resynthesis code: mean (E[T(s)], dense) | sample (max-ELBO thresholded sample of J draws)
+    # sequence families (DKF, ...): frames per training sequence, the LSTMs' width, the prior
+    # on the latent (gaussian | sdm | vsc: nets/seqpriors.py; sdm reads dictionary/k, vsc alpha/c_*)
+    seq_len: int = 50
+    rnn_hidden: int = 128
+    prior: str = "gaussian"
+    non_causal: bool = False  # rvae: a bidirectional decoder LSTM over z_{1:T} (else forward: causal)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,35 +86,6 @@ MODEL_FIELDS: frozenset[str] = frozenset(f.name for f in fields(ModelConfig))
 #: the float fields of ModelConfig: hyper-parameters that may differ between members of one
 #: stacked training run (``sdmvae sweep``); models read them through :meth:`SpectrogramVAE.hp`
 SCALAR_HPARAMS: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.type in ("float", float))
-
-#: standard noise one training step consumes: name -> ("normal" | "uniform", shape)
-NoiseSpec = dict[str, tuple[str, tuple[int, ...]]]
-Noise = Mapping[str, torch.Tensor]
-
-
-def draw_noise(
-    spec: NoiseSpec,
-    lead: tuple[int, ...] = (),
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Standard normal / uniform tensors for ``spec``, with extra leading dims ``lead``.
-
-    Training draws all sampling noise through here, from the run's own generator, in a fixed
-    order (sorted names): that is what makes a member of a stacked sweep see exactly the noise
-    of the same run trained alone, and lets a CUDA graph read noise from static buffers.
-    """
-    out = {}
-    for name in sorted(spec):
-        kind, shape = spec[name]
-        fn = torch.randn if kind == "normal" else torch.rand
-        out[name] = fn((*lead, *shape), generator=generator, device=device)
-    return out
-
-
-def open_uniform(u: torch.Tensor) -> torch.Tensor:
-    """Uniform noise kept off 0 and 1 (for logs and inverse CDFs)."""
-    return u.clamp(1e-6, 1 - 1e-6)
 
 
 class LossTerms(NamedTuple):
@@ -150,6 +128,8 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "samples": (1, 256),
     "c_warmup": (0, 1_000_000),
     "kl_warmup": (0, 1_000_000),
+    "seq_len": (1, 100_000),
+    "rnn_hidden": (1, 65536),
 }
 MAX_LAYER = 65536
 
@@ -184,6 +164,21 @@ class SpectrogramVAE(nn.Module):
     #: True when the validation KL the family logs is already weighted (so runs of different
     #: weights have no common unit-weight bound to be ranked by)
     LOGS_WEIGHTED_KL: ClassVar[bool] = False
+    #: a sequence family: ``loss`` takes (batch, seq_len, bins) sequences cut inside utterances,
+    #: and resynthesis decodes a whole utterance as one sequence
+    SEQUENTIAL: ClassVar[bool] = False
+    #: whether members of this family can share a stack (vmap over their stacked parameters)
+    STACKABLE: ClassVar[bool] = True
+    #: frames per resynthesis block (None: audio.stft.BLOCK_FRAMES, with the neighbours whose
+    #: windows overlap each block: exact for a frame-wise family)
+    RESYNTH_BLOCK_FRAMES: ClassVar[int | None] = None
+    #: training options this family defaults to where the command line or the sweep spec leaves
+    #: them unset (the paper's lr 1e-4 and patience 20 otherwise); config.json records them
+    TRAIN_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: `enhance` options this family defaults to where the command line leaves them unset
+    ENHANCE_DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: whether ``--compile auto`` may compile this family's step (a measured gain)
+    COMPILE_AUTO: ClassVar[bool] = True
     #: size of the interpretable code (k for SDM-VAE)
     code_dim: int
     #: per-member scalar hyper-parameters, set by the stacked trainer inside vmap
@@ -192,14 +187,18 @@ class SpectrogramVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.build_networks(cfg)
+        # the epoch, for schedules (VSC's c); a buffer so captured CUDA graphs see its updates
+        self.register_buffer("epoch", torch.zeros(()), persistent=False)
+
+    def build_networks(self, cfg: ModelConfig) -> None:
+        """The frame-wise encoder trunk and decoder (a sequence family builds its own)."""
         hidden = list(cfg.hidden)
         self.encoder = mlp([cfg.n_bins, *hidden], cfg.activation)
         self.decoder = mlp([cfg.latent, *reversed(hidden)], cfg.activation)
         self.out = nn.Linear(hidden[0] if hidden else cfg.latent, cfg.n_bins)
         self.enc_dim = hidden[-1] if hidden else cfg.n_bins
         self.code_dim = cfg.latent
-        # the epoch, for schedules (VSC's c); a buffer so captured CUDA graphs see its updates
-        self.register_buffer("epoch", torch.zeros(()), persistent=False)
 
     # -- configuration ---------------------------------------------------------------
     @classmethod
@@ -235,6 +234,18 @@ class SpectrogramVAE(nn.Module):
         return cls.LABEL or cls.name
 
     @classmethod
+    def reads(cls, cfg: ModelConfig | None = None) -> tuple[str, ...]:
+        """The options a configuration of this family reads (``OPTIONS``; a family whose
+        options depend on another, as a sequence family's on its prior, narrows them)."""
+        return cls.OPTIONS
+
+    @classmethod
+    def validation_set(cls, cfg: ModelConfig) -> str:
+        """Which validation frames a run's figures average over: runs whose sets differ have no
+        common validation loss to be ranked by (``export`` of several candidates)."""
+        return "every frame"
+
+    @classmethod
     def row_order(cls, cfg: ModelConfig) -> tuple:
         """Sort key inside the family, in the paper's order (after ``ROW_RANK``)."""
         return ()
@@ -249,9 +260,19 @@ class SpectrogramVAE(nn.Module):
         """A state dict of an older checkpoint format made loadable (nothing to do by default)."""
         return state
 
+    def dictionary(self) -> torch.Tensor | None:
+        """The dictionary D (m x k) of a family that has one (``plot dictionary``), else None."""
+        return None
+
     def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """The decoder input of an interpretable code (the code itself unless a family maps it)."""
         return codes
+
+    def noise_batch_axis(self, name: str) -> int:
+        """The axis of noise ``name`` (as :meth:`noise_spec` shapes it) that runs over the batch's
+        rows (frames, or sequences), by which validation slices it: 0 unless a family draws
+        leading sample axes (the thresholded model's J)."""
+        return 0
 
     def hp(self, name: str) -> Any:
         """A scalar hyper-parameter: this member's tensor inside a stacked sweep, else the config's."""

@@ -18,8 +18,9 @@ import math
 import numpy as np
 import torch
 
-from sdmvae_cli.nets.base import COMMON_OPTIONS, SpectrogramVAE, open_uniform
+from sdmvae_cli.nets.base import COMMON_OPTIONS, SpectrogramVAE
 from sdmvae_cli.nets.latents import CauchyLatent
+from sdmvae_cli.nets.noise import open_uniform
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import GaussianPosteriorVAE, Heads
 

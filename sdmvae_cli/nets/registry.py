@@ -39,9 +39,10 @@ def build_model(cfg: "ModelConfig") -> "SpectrogramVAE":
     return validate_config(cfg)(cfg)
 
 
-def foreign_options(model: str, fields: list[str]) -> list[str]:
+def foreign_options(model: str, fields: list[str], cfg: "ModelConfig | None" = None) -> list[str]:
     """The ModelConfig fields among ``fields`` that the architecture ``model`` does not read (its
-    class's ``OPTIONS``): set there, they would be stored in config.json and used by nothing,
-    and the run would look like another model in its config."""
-    reads = set(REGISTRY[model].OPTIONS) | {"model", "n_bins"}
+    class's ``OPTIONS``, or with ``cfg`` what that configuration reads: :meth:`reads`): set there,
+    they would be stored in config.json and used by nothing, and the run would look like another
+    model in its config."""
+    reads = set(REGISTRY[model].reads(cfg)) | {"model", "n_bins"}
     return [f for f in fields if f not in reads]

@@ -51,6 +51,9 @@ class SDMVAE(SpectrogramVAE):
     def name_parts(cls, cfg: ModelConfig) -> tuple[list[str], set[str]]:
         return [cfg.dictionary, f"k{cfg.k}"], {"dictionary", "k"}
 
+    def dictionary(self) -> torch.Tensor:
+        return self.D
+
     def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
         """z = D a (eq. 4)."""
         return codes @ self.D.t()

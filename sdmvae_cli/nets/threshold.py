@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from sdmvae_cli.core.errors import SdmvaeError
-from sdmvae_cli.nets.base import COMMON_OPTIONS, LossTerms, ModelConfig, SpectrogramVAE, draw_noise, itakura_saito, open_uniform
+from sdmvae_cli.nets.base import COMMON_OPTIONS, LossTerms, ModelConfig, SpectrogramVAE, itakura_saito
+from sdmvae_cli.nets.noise import draw_noise, open_uniform
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.vae import Heads
 
@@ -217,6 +218,9 @@ class ThresholdVSC(SpectrogramVAE):
         if self.cfg.learn_threshold:
             spec.update(lam_eps=("normal", shape), lam_u=("uniform", shape))
         return spec
+
+    def noise_batch_axis(self, name: str) -> int:
+        return 1 if self.cfg.samples > 1 else 0
 
     def _base_sample(self, post, noise) -> torch.Tensor:
         mu, ls = post["mu"], post["log_scale"]

@@ -5,8 +5,7 @@ rank, as in DDP; the run's config and checkpoints record B), to float rounding:
 
 - every rank draws the same permutation and the same sampling noise for the whole batch (the
   run's two generators, seeded alike on every rank) and keeps rows ``[r*b, (r+1)*b)`` of each
-  batch and of its noise (the batch axis of a :data:`~sdmvae_cli.nets.base.NoiseSpec` shape
-  is its second-last);
+  batch and of its noise (on the batch axis a family gives: :meth:`SpectrogramVAE.noise_batch_axis`);
 - the loss is a mean over the batch, so the mean of the ranks' gradients (one all-reduce of
   all gradients flattened into one buffer per step, the bucket DDP would make) is the
   gradient of the whole batch; every rank then takes the same Adam step, so the weights stay
@@ -113,14 +112,16 @@ class DataParallelStack(Stack):
         return apply_step
 
     def _draw_block(self, steps: int) -> dict[str, torch.Tensor]:
-        return {k: v[..., self.rows, :] for k, v in super()._draw_block(steps).items()}
+        # (N, steps, *shape): the batch axis of each noise's own shape, 2 further in
+        lo, n = self.rows.start, self.rows.stop - self.rows.start
+        return {k: v.narrow(2 + self.template.noise_batch_axis(k), lo, n) for k, v in super()._draw_block(steps).items()}
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One step of this rank's rows of the batch (``idx`` (N, B): the whole batch's; ``noise``:
         this rank's). Exactly one all-reduce per step on every path, a failed compile included
         (then this rank goes on eagerly: the same maths, and the weights are re-sent every epoch)."""
         idx = idx[..., self.rows]
-        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        x = self.src.gather(idx)
         noise = {k: v.contiguous() for k, v in noise.items()}
         grads = self._gradients(x, noise)
         all_reduce_mean_(list(grads.values()), self.launch.world)

@@ -109,7 +109,7 @@ def distributed_sweep(
             specs, replaced = on_main(
                 lambda: _plan(prepared_dir, spec_path, out_dir, device, dev, epochs, resume, overwrite, held), launch
             )
-            shares = share_stacks([group_key(s.model, s.opts) for s in specs], launch.world)
+            shares = share_stacks([group_key(s.model, s.opts, s.name) for s in specs], launch.world)
             mine = [specs[i] for i in shares[launch.rank]]
             for s in mine:
                 s.opts.device = str(dev)

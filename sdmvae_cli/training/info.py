@@ -69,10 +69,11 @@ def _family(model: dict[str, Any]) -> dict[str, Any]:
     if cls is None:
         return {"family": None, "model_options": model}
     try:
-        label = cls.family_label(ModelConfig.from_dict(model))
+        cfg = ModelConfig.from_dict(model)
+        label, reads = cls.family_label(cfg), cls.reads(cfg)
     except (SdmvaeError, TypeError, ValueError):
-        label = cls.LABEL or model.get("model")
-    return {"family": label, "model_options": {k: model[k] for k in cls.OPTIONS if k in model}}
+        label, reads = cls.LABEL or model.get("model"), cls.OPTIONS
+    return {"family": label, "model_options": {k: model[k] for k in reads if k in model}}
 
 
 def _run_history(path: Path, data: dict[str, Any]) -> list[dict] | None:

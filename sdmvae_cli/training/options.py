@@ -140,7 +140,7 @@ def planned_epochs(opts: TrainOptions, done: int = 0) -> int:
     return max(0, min(opts.epochs - done, opts.patience + 1))
 
 
-def compile_enabled(setting: str, device: torch.device, member_epochs: list[int], frames: int) -> bool:
+def compile_enabled(setting: str, device: torch.device, member_epochs: list[int], frames: int, family_auto: bool = True) -> bool:
     """Whether a stack compiles its training step. ``auto``: always with CUDA; on a CPU when the
     stack's planned work, sum over members of :func:`planned_epochs` x training frames, holds
     >= AUTO_COMPILE_MEMBER_FRAMES member-frames.
@@ -150,7 +150,10 @@ def compile_enabled(setting: str, device: torch.device, member_epochs: list[int]
     warm) and the compiled step saves about 1/25k - 1/45k s per member-frame (25-38k frames/s
     eager, 33-63k compiled: docs/benchmarks.md), so it is repaid after about 1M member-frames;
     the line sits at twice that. A 3-epoch sweep of mixed families on a full split was compiled
-    by the old per-epoch rule and ran at 0.6x the speed of the same runs eager (issue 23.20)."""
+    by the old per-epoch rule and ran at 0.6x the speed of the same runs eager (issue 23.20).
+    ``family_auto`` False (:attr:`SpectrogramVAE.COMPILE_AUTO`): ``auto`` is off for the family."""
     if setting != "auto":
         return setting == "on"
+    if not family_auto:
+        return False
     return device.type == "cuda" or sum(member_epochs) * frames >= AUTO_COMPILE_MEMBER_FRAMES

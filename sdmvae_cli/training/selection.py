@@ -18,7 +18,7 @@ from typing import Any
 from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.core.outputs import check_file_destination
 from sdmvae_cli.data.prepared import current_fingerprint
-from sdmvae_cli.nets import REGISTRY
+from sdmvae_cli.nets import REGISTRY, ModelConfig
 from sdmvae_cli.nets.checkpoint import checkpoint_file, load_model, read_checkpoint, save_checkpoint
 from sdmvae_cli.training.options import STOP_COLUMNS, UNIT_WEIGHT_TERMS, stop_on_of
 
@@ -55,6 +55,7 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
             "their validation losses are not comparable"
         )
     models = [d["config"].get("model", {}) for d in datas]
+    _check_same_validation_set(models)
     unit = len({tuple(m.get(w) for w in OBJECTIVE_WEIGHTS) for m in models}) > 1
     if unit and any(getattr(REGISTRY.get(m.get("model")), "LOGS_WEIGHTED_KL", False) for m in models):
         raise SdmvaeError(
@@ -78,6 +79,23 @@ def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
         else f"{stop} validation statistic (the runs' early-stopping statistic)"
     )
     return Choice(best, losses, crit)
+
+
+def _check_same_validation_set(models: list[dict[str, Any]]) -> None:
+    """A sequence model's validation figures average over whole tiles, a frame-wise model's over
+    every frame: no common loss to rank them by (the family's ``validation_set`` hook)."""
+    sets = set()
+    for m in models:
+        cls = REGISTRY.get(m.get("model")) if isinstance(m.get("model"), str) else None
+        try:
+            sets.add(cls.validation_set(ModelConfig.from_dict(m)) if cls is not None else str(m.get("model")))
+        except SdmvaeError:  # a damaged config: load_model refuses it later, with its own line
+            sets.add(str(m.get("model")))
+    if len(sets) > 1:
+        raise SdmvaeError(
+            f"the candidates validate on different frames ({'; '.join(sorted(map(str, sets)))}): their validation "
+            "losses are not comparable"
+        )
 
 
 def _current_fingerprint(data: dict[str, Any]) -> str | None:

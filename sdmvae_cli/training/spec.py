@@ -193,7 +193,11 @@ def expand_spec(spec: dict[str, Any]) -> list[tuple[str, ModelConfig, TrainOptio
     for i, raw in enumerate(runs):
         own = _canonical(raw, f"run {raw.get('name', f'#{i + 1}')!r}")
         run = {**common, **own}
-        name = run_name(run.pop("name", None), run)
+        arch = run.get("model", "vae")  # the family's training defaults under what the spec sets
+        family = REGISTRY[arch].TRAIN_DEFAULTS if isinstance(arch, str) and arch in REGISTRY else {}
+        template = run.pop("name", None)  # a default name shows what the spec sets; a template may use the defaults
+        name = run_name(template, run if template is None else {**family, **run})
+        run = {**family, **run}
         bad = set(run) - OPTION_FIELDS
         if bad:
             raise _unknown_options(name, bad)
@@ -240,7 +244,7 @@ def split_by_stack(spec_path: str | Path, out_dir: str | Path, overwrite: bool =
     stacks: dict[str, list[dict[str, Any]]] = {}
     for name, cfg, opts in expand_spec(read_spec(spec_path)):
         run = {"name": name, **cfg.to_dict(), **{k: v for k, v in opts.to_dict().items() if k in TRAIN_FIELDS}}
-        stacks.setdefault(group_key(cfg, opts), []).append(run)
+        stacks.setdefault(group_key(cfg, opts, name), []).append(run)
     paths = [out_dir / f"{spec_path.stem}.{k}.json" for k in range(len(stacks))]
     if not overwrite:
         for p in paths:

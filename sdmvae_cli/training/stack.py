@@ -11,7 +11,7 @@ alone:
 
 - its own permutation generator (seeded with its seed) draws its batches;
 - its own noise generator draws all of its sampling noise, a block of ``graph_steps`` steps
-  at a time, through :func:`sdmvae_cli.nets.base.draw_noise` (fixed order and shapes);
+  at a time, through :func:`sdmvae_cli.nets.noise.draw_noise` (fixed order and shapes);
 - its own Adam state and learning rate (:mod:`sdmvae_cli.training.optim`: Adam is elementwise,
   a stacked Adam is N Adams, one fused kernel call over the stacked tensors where the members
   share a learning rate);
@@ -45,8 +45,9 @@ from torch.func import functional_call, vmap
 
 from sdmvae_cli.core.errors import SdmvaeError, first_line
 from sdmvae_cli.data.frames import FrameSource
-from sdmvae_cli.nets import ModelConfig, SpectrogramVAE, build_model
-from sdmvae_cli.nets.base import SCALAR_HPARAMS, draw_noise
+from sdmvae_cli.nets import REGISTRY, ModelConfig, SpectrogramVAE, build_model
+from sdmvae_cli.nets.base import SCALAR_HPARAMS
+from sdmvae_cli.nets.noise import draw_noise
 from sdmvae_cli.training.optim import StackedAdam, adam_scales, adam_update_
 from sdmvae_cli.training.options import PER_MEMBER_OPTIONS, TrainOptions
 from sdmvae_cli.training.validation import fixed_noise, validation_statistics
@@ -88,11 +89,14 @@ STREAMED_STACK = (
 )
 
 
-def group_key(cfg: ModelConfig, opts: TrainOptions) -> str:
-    """Members can share a stack when only scalar hyper-parameters and per-member options differ."""
+def group_key(cfg: ModelConfig, opts: TrainOptions, name: str = "") -> str:
+    """Members can share a stack when only scalar hyper-parameters and per-member options differ,
+    and their family stacks at all (:attr:`SpectrogramVAE.STACKABLE`; else each run ``name`` is
+    its own stack)."""
     structural = {k: v for k, v in cfg.to_dict().items() if k not in SCALAR_HPARAMS}
     shared_opts = {k: v for k, v in opts.to_dict().items() if k not in PER_MEMBER_OPTIONS}
-    return json.dumps([structural, shared_opts], sort_keys=True)
+    alone = "" if REGISTRY[cfg.model].STACKABLE else name
+    return json.dumps([structural, shared_opts, alone], sort_keys=True)
 
 
 def init_state(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
@@ -147,6 +151,11 @@ class Stack:
             # of a large stack's step (docs/benchmarks.md); --no-tf32 keeps full fp32. A process
             # setting, as torch offers it: it also holds for the stack's validation passes.
             torch.backends.cuda.matmul.allow_tf32 = bool(self.opts.tf32)
+        else:
+            # subnormal floats flushed to zero: an RVAE at lr 2e-3 on this CPU went 10x slower
+            # within two epochs (5.2k -> 1.5k frames/s) on their slow microcode path, and 16k with
+            # flushing (docs/benchmarks.md "Sequence models"); they hold nothing a loss needs
+            torch.set_flush_denormal(True)
         if compile_loss:
             # a fresh compile per stack (a compaction recompiles with a dynamic member count):
             # torch.compile caches per code object, and the loss closure's code is shared by every
@@ -263,7 +272,7 @@ class Stack:
 
     def step(self, idx: torch.Tensor, noise: dict[str, torch.Tensor]) -> None:
         """One optimisation step of every member: ``idx`` (N, B) frame indices, ``noise`` (N, ...)."""
-        x = self.data.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)  # a CPU gather 2-5x faster than data[idx]
+        x = self.src.gather(idx)
         if self.whole_step:
             o = self.opt  # noise made contiguous: a block's last, shorter slice would otherwise recompile
             try:
@@ -361,7 +370,7 @@ class Stack:
         self.acc.zero_()
         seen = 0
         for rows in self.src.chunks(self.members[0].perm_gen):
-            seen += self._run_chunk(rows)
+            seen += self._run_chunk(rows) * self.src.row_frames
         return seen
 
     def _run_chunk(self, rows: int) -> int:
@@ -394,7 +403,14 @@ class Stack:
         if self._val_noise is None:
             self._val_noise = fixed_noise(self.template, [m.opts.seed + 1 for m in self.members], self.val.shape[0], self.device)
         out = validation_statistics(
-            self.val_fn, self.params, self.hp, self.val, self._val_noise, len(self.members), self.opts.val_batch
+            self.val_fn,
+            self.params,
+            self.hp,
+            self.val,
+            self._val_noise,
+            len(self.members),
+            self.opts.val_batch,
+            {k: self.template.noise_batch_axis(k) for k in self._val_noise},
         )
         self.template.train()
         return out

@@ -59,6 +59,7 @@ from sdmvae_cli.training.options import (
     planned_epochs,
 )
 from sdmvae_cli.training.run_folder import clear_events, clear_run_dir, run_config, saver
+from sdmvae_cli.training.sequence_data import SequenceSource, check_sequences, data_for
 from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key
 
 __all__ = [
@@ -186,7 +187,7 @@ def train_runs(
         else StackCallbacks()
     )
     try:
-        _train_stacks(list(groups.values()), opened, train_src, val, device, cb, on_group, launch)
+        _train_stacks(list(groups.values()), opened, data_for(prepared_dir, train_src, val), device, cb, on_group, launch)
     finally:  # also interrupted: each member's last loss.png, its event files closed
         if shown is not None:
             shown.close([it[0] for it in opened])
@@ -219,8 +220,11 @@ def _plan(
     budget = first.max_device_bytes if first.max_device_bytes is not None else device_budget(device, first.max_device_fraction)
     groups: dict[str, list[Opened]] = {}
     for item in opened:
-        groups.setdefault(group_key(item[0].cfg, item[0].opts) + f"|{item[0].epoch}", []).append(item)
+        groups.setdefault(group_key(item[0].cfg, item[0].opts, item[0].name) + f"|{item[0].epoch}", []).append(item)
     _check_fit(opened, groups, stft, train_frames, budget, launch)
+    check_sequences(
+        [(m.cfg, m.opts.batch_size) for m, _, _ in opened], prepared_dir, (train_frames, val_frames), budget, launch is not None
+    )
     return _Plan(info, stft, opened, groups, budget, train_frames, val_frames)
 
 
@@ -286,15 +290,15 @@ def _check_fit(
 def _train_stacks(
     groups: list[list[Opened]],
     opened: list[Opened],
-    train_src: FrameSource,
-    val: torch.Tensor,
+    data: Callable[[ModelConfig], tuple[FrameSource | SequenceSource, torch.Tensor]],
     device: torch.device,
     cb: StackCallbacks,
     on_group: Callable[[list[Member]], None] | None,
     launch: Launch | None = None,
 ) -> None:
     """One stack per group of members still running, one after another (data-parallel over
-    ``launch``'s ranks when given)."""
+    ``launch``'s ranks when given); ``data`` gives a configuration's training source and
+    validation tensor (frames, or a sequence family's tiles)."""
     tf32_before = torch.backends.cuda.matmul.allow_tf32  # a stack sets it for its run; the caller's value comes back
     try:
         for items in groups:
@@ -305,7 +309,9 @@ def _train_stacks(
             if on_group:
                 on_group(members)
             o = members[0].opts
-            compile_loss = compile_enabled(o.compile, device, [planned_epochs(m.opts, m.epoch) for m in members], len(train_src))
+            train_src, val = data(members[0].cfg)
+            epochs = [planned_epochs(m.opts, m.epoch) for m in members]
+            compile_loss = compile_enabled(o.compile, device, epochs, len(train_src), REGISTRY[members[0].cfg.model].COMPILE_AUTO)
             use_graph = device.type == "cuda" and o.cuda_graph and launch is None
             make = Stack if launch is None else functools.partial(DataParallelStack, launch=launch)
             stack = make(

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from sdmvae_cli.nets import SpectrogramVAE
-from sdmvae_cli.nets.base import draw_noise
+from sdmvae_cli.nets.noise import draw_noise
 
 
 def fixed_noise(template: SpectrogramVAE, seeds: list[int], frames: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -38,24 +38,23 @@ def validation_statistics(
     noise: dict[str, torch.Tensor],
     members: int,
     val_batch: int,
+    axes: dict[str, int],
 ) -> torch.Tensor:
     """(N, 7) in the order of VALIDATION_COLUMNS. ``val_fn`` is the stack's validation function
     (per member: per-frame totals, and the sums of the one-sample and noise-free terms); the
-    frames go through it in slices of about ``val_batch`` frames of all members together."""
+    frames go through it in slices of about ``val_batch`` frames of all members together; ``axes``
+    gives each noise's batch axis (:meth:`SpectrogramVAE.noise_batch_axis`) to slice it by."""
     n_val = val.shape[0]
-    vb = max(256, val_batch // max(1, members))
+    rows = val[0].numel() // val.shape[-1]  # frames per row: 1, or a sequence family's seq_len
+    vb = max(256 // rows, 1, val_batch // max(1, members) // rows)
     sums = torch.zeros((members, 6), dtype=torch.float64, device=val.device)
     totals = []
     for s in range(0, n_val, vb):
         e = min(n_val, s + vb)
-        frame_totals, part = val_fn(params, hp, val[s:e], {k: _slice_frames(v, s, e) for k, v in noise.items()})
+        frame_totals, part = val_fn(params, hp, val[s:e], {k: v.narrow(axes[k] + 1, s, e - s) for k, v in noise.items()})
         sums += part.double()
         totals.append(frame_totals)
-    median = torch.cat(totals, 1).median(dim=1).values.double()
-    means = sums / n_val
+    totals = torch.cat(totals, 1)
+    median = totals.median(dim=1).values.double()
+    means = sums / totals.shape[1]  # per frame (a sequence's frames each count)
     return torch.cat([means[:, :3], median[:, None], means[:, 3:]], 1)
-
-
-def _slice_frames(v: torch.Tensor, s: int, e: int) -> torch.Tensor:
-    """Frames s:e of stacked noise: (N, frames, m), or (N, J, frames, m) with J samples."""
-    return v.narrow(2 if v.dim() == 4 else 1, s, e - s)

@@ -11,8 +11,9 @@ import torch
 
 from sdmvae_cli.cli.app import run
 from sdmvae_cli.nets import ModelConfig, build_model
-from sdmvae_cli.nets.base import draw_noise, itakura_saito, log_laplace, log_normal
+from sdmvae_cli.nets.base import itakura_saito, log_laplace, log_normal
 from sdmvae_cli.nets.cauchy import gaussian_cauchy_kl, log_cauchy
+from sdmvae_cli.nets.noise import draw_noise
 from sdmvae_cli.nets.threshold import kl_warmup_weight
 
 N = 400_000

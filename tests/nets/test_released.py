@@ -84,7 +84,18 @@ def test_default_model_resynthesises_real_speech_well(real_utterance, tmp_path):
 def test_models_command_lists_registry_as_json():
     r = subprocess.run([sys.executable, "-m", "sdmvae_cli", "models", "--json"], capture_output=True, text=True)
     rows = json.loads(r.stdout)
-    assert {row["name"] for row in rows} == {"vae", "sdm", "vsc", "threshold", "laplace", "cauchy", "cauchy-gauss"}
+    assert {row["name"] for row in rows} == {
+        "vae",
+        "sdm",
+        "vsc",
+        "threshold",
+        "laplace",
+        "cauchy",
+        "cauchy-gauss",
+        "dkf",
+        "srnn",
+        "rvae",
+    }
     assert "alpha" in next(row for row in rows if row["name"] == "vsc")["options"]
 
 

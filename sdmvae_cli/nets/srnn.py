@@ -1,0 +1,100 @@
+"""`srnn`: the stochastic recurrent neural network of the dynamical-VAE benchmark.
+
+Definition (Bie et al. 2021, section 2; Fraccaro et al. 2016), as DVAE's ``srnn.py`` with its
+speech configuration, with z_0 = 0 and every dense layer tanh:
+
+- deterministic chain h_t = forward LSTM over a dense layer (256) of x_{t-1}, so h_t sees
+  x_{1:t-1} only. x_0 is **silence**: the input transform of a zero-power frame (log(0 + 1e-8)
+  with our default log input, 0 with raw power), so "x_0 is silence" means the same in both
+  input modes (the benchmark's x_0 = 0 is that of raw power);
+- prior p(z_t | z_{t-1}, h_t) = N(f_t, diag v_t): [h_t; z_{t-1}] -> dense 64 -> 32 -> linear heads
+  f_t and log v_t;
+- observation p(x_t | z_t, h_t) = N_c(0, diag exp(y_t)), y_t from [h_t; z_t] -> dense 256 -> linear;
+- inference q(z_t | z_{t-1}, g_t): g_t = **backward** LSTM over a dense layer (256) of [h_t; x_t]
+  (so it sees x_{t:T} and, through h, x_{1:t-1}); [g_t; z_{t-1}] -> dense 64 -> 32 -> the prior
+  strategy's heads (:mod:`sdmvae_cli.nets.seqpriors`).
+
+The 64- and 32-wide layers are the benchmark's for its z of 16; they are widened to m when the
+latent is wider (max(64, m), max(32, m)): a layer narrower than z would be a bottleneck the
+benchmark never had (as :func:`~sdmvae_cli.nets.sequence.widths_from` does for the DKF).
+
+h is teacher-forced: it reads the ground-truth x_{t-1} in training and in resynthesis (as the
+benchmark does); used without x (generation, enhancement) it would need scheduled sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sdmvae_cli.nets.base import ModelConfig, mlp
+from sdmvae_cli.nets.lstm import LSTMLayer
+from sdmvae_cli.nets.registry import register
+from sdmvae_cli.nets.seqpriors import make_prior
+from sdmvae_cli.nets.sequence import SequenceVAE
+
+#: the benchmark's dense widths (DVAE config/speech/cfg_srnn.ini)
+X_WIDTH, Z_WIDTHS, DECODER_WIDTH = 256, (64, 32), 256
+
+
+class GaussianTransition(nn.Module):
+    """p(z_t | z_{t-1}, h_t): a dense trunk on [h_t; z_{t-1}] and two linear heads."""
+
+    def __init__(self, d_in: int, widths: list[int], m: int):
+        super().__init__()
+        self.trunk = mlp([d_in, *widths], "tanh")
+        self.mean = nn.Linear(widths[-1], m)
+        self.logvar = nn.Linear(widths[-1], m)
+
+    def forward(self, hz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean f_t, log-variance log v_t) of z_t given [h_t; z_{t-1}]."""
+        u = self.trunk(hz)
+        return self.mean(u), self.logvar(u)
+
+
+@register("srnn")
+class SRNN(SequenceVAE):
+    DESCRIPTION = (
+        "Stochastic RNN (sequence model: teacher-forced forward LSTM h_t, backward-LSTM inference); --prior gaussian/sdm/vsc."
+    )
+    LABEL, ROW_RANK = "SRNN", 21
+    NO_ENHANCE = "its h_t is teacher-forced on the clean x_{t-1}, unknown in a noisy file (scheduled sampling is not built)"
+
+    def build_networks(self, cfg: ModelConfig) -> None:
+        m, hid = cfg.latent, cfg.rnn_hidden
+        widths = [max(w, m) for w in Z_WIDTHS]
+        self.x_to_h = mlp([cfg.n_bins, X_WIDTH], "tanh")
+        self.rnn_h = LSTMLayer(X_WIDTH, hid)
+        self.hx_to_g = mlp([hid + cfg.n_bins, X_WIDTH], "tanh")
+        self.rnn_g = LSTMLayer(X_WIDTH, hid, reverse=True)
+        self.g_to_z = mlp([hid + m, *widths], "tanh")
+        self.prior = make_prior(cfg, widths[-1])
+        self.transition = GaussianTransition(hid + m, widths, m)
+        self.decoder = mlp([hid + m, DECODER_WIDTH], "tanh")
+        self.out = nn.Linear(DECODER_WIDTH, cfg.n_bins)
+        self.code_dim = self.prior.code_dim
+
+    def decode(self, hz: torch.Tensor) -> torch.Tensor:
+        """y_t from [h_t; z_t] (what :meth:`chain` returns as ``dec``)."""
+        return self.out(self.decoder(hz))
+
+    def deterministic(self, xt: torch.Tensor) -> torch.Tensor:
+        """h_{1:T} from transformed frames ``xt`` (B, T, bins): the LSTM over x_{0:T-1}, x_0 the
+        transform of a zero-power frame (silence in either input mode)."""
+        silence = self.transform(xt.new_zeros((*xt.shape[:-2], 1, xt.shape[-1])))
+        return self.rnn_h(self.x_to_h(torch.cat([silence, xt[..., :-1, :]], -2)))
+
+    def chain(self, x: torch.Tensor, noise) -> dict[str, torch.Tensor]:
+        xt = self.transform(x)
+        h = self.deterministic(xt)  # (B, T, H): h_t sees x_{<t}
+        g = self.rnn_g(self.hx_to_g(torch.cat([h, xt], -1)))  # g_t sees x_{t:T} (and h_t)
+        z = x.new_zeros((*x.shape[:-2], self.cfg.latent))
+        zs, codes, kls = [], [], []
+        for t in range(x.shape[-2]):  # the recursion itself: z_t needs z_{t-1}
+            f, logv = self.transition(torch.cat([h[..., t, :], z], -1))
+            z, code, kl = self.prior_step(self.g_to_z(torch.cat([g[..., t, :], z], -1)), f, logv, noise, t)
+            zs.append(z)
+            codes.append(code)
+            kls.append(kl)
+        z = torch.stack(zs, -2)
+        return {"dec": torch.cat([h, z], -1), "z": z, "h": h, "kl": torch.stack(kls, -1), "code": torch.stack(codes, -2)}
