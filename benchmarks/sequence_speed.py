@@ -36,7 +36,7 @@ from sweep_speed import make_stack  # noqa: E402
 from sdmvae_cli.audio.synthetic import make_synthetic_prepared  # noqa: E402
 from sdmvae_cli.data.frames import FrameSource, open_frames  # noqa: E402
 from sdmvae_cli.nets import REGISTRY, ModelConfig, build_model  # noqa: E402
-from sdmvae_cli.training.sequence_data import data_for  # noqa: E402
+from sdmvae_cli.training.sequence_data import data_for, sequence_indexes  # noqa: E402
 
 
 class PlainLoop:
@@ -64,8 +64,10 @@ def contenders(families: list[str], prep: Path, latent: int, batch: int) -> dict
     dev = torch.device("cpu")
     frames = open_frames(prep, "train")
     src = FrameSource.create(frames, dev, 1 << 40)
-    val = FrameSource.create(open_frames(prep, "validation"), dev, 1 << 40).buffer
-    data = data_for(prep, src, val)
+    val_frames = open_frames(prep, "validation")
+    val = FrameSource.create(val_frames, dev, 1 << 40).buffer
+    cfgs = [(ModelConfig(model=fam, latent=latent, seq_len=50), batch) for fam in families]
+    data = data_for(sequence_indexes(cfgs, prep, (frames, val_frames), 1 << 40, False), src, val)
     out = {"vae": make_stack(1, ModelConfig(model="vae", latent=latent), src, val, dev, False)}
     for fam in families:
         cfg = ModelConfig(model=fam, latent=latent, seq_len=50)

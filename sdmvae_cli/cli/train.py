@@ -116,9 +116,7 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
         if config is None or explicit(p) or f not in model:
             v = given[p]
             model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
-    if isinstance(model.get("model"), str) and model["model"] in REGISTRY:  # else ModelConfig's error below
-        refuse_foreign_options(model["model"], [p for p in MODEL_PARAMS if explicit(p)])
-    known = isinstance(model.get("model"), str) and model["model"] in REGISTRY
+    known = isinstance(model.get("model"), str) and model["model"] in REGISTRY  # else ModelConfig's error below
     family = REGISTRY[model["model"]].TRAIN_DEFAULTS if known else {}
     for p, f in TRAIN_PARAMS.items():
         if config is None or explicit(p) or f not in train or f in EXECUTION:
@@ -128,7 +126,7 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
         opts = TrainOptions.from_dict(train)
     except SdmvaeError as exc:
         raise UsageError(f"--config: {exc}" if config else str(exc)) from None
-    if cfg.model in REGISTRY:  # what this configuration reads (a sequence family's: its prior's)
+    if known:  # what this configuration reads (a sequence family's: its prior's)
         refuse_foreign_options(cfg.model, [p for p in MODEL_PARAMS if explicit(p)], cfg)
     return cfg, opts
 

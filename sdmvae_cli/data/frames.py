@@ -75,6 +75,14 @@ def _check_values(frames, where: str, chunk: int) -> None:
             )
 
 
+def gather_rows(frames: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (any shape) of ``frames`` (F, bins): (*idx.shape, bins), by one
+    ``index_select`` on the flattened indices and a view (a CPU gather 2-5x faster than
+    ``frames[idx]``)."""
+    flat = idx.reshape(-1).to(device=frames.device, dtype=torch.int64)
+    return frames.index_select(0, flat).view(*idx.shape, frames.shape[1])
+
+
 @dataclass
 class FrameSource:
     frames: np.ndarray  # (N, bins) memmap
@@ -110,9 +118,8 @@ class FrameSource:
         return self.frames.shape[0]
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
-        """Rows ``idx`` (any shape) of the device buffer: (*idx.shape, bins). index_select, not
-        ``buffer[idx]``: a CPU gather 2-5x faster."""
-        return self.buffer.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+        """Rows ``idx`` (any shape) of the device buffer: (*idx.shape, bins)."""
+        return gather_rows(self.buffer, idx)
 
     def chunks(self, gen: torch.Generator) -> Iterator[int]:
         """Fill ``self.buffer`` chunk by chunk (random order); yields the valid row count."""

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.data.frames import gather_rows
 from sdmvae_cli.data.prepared import read_manifest
 
 
@@ -166,5 +167,4 @@ def gather_sequences(frames: torch.Tensor, windows: torch.Tensor) -> torch.Tenso
     the flattened indices, then a view (2-5x faster than advanced indexing on a CPU)."""
     if frames.ndim != 2:
         raise ValueError(f"frames must be (frames, bins), got shape {tuple(frames.shape)}")
-    flat = windows.reshape(-1).to(device=frames.device, dtype=torch.int64)
-    return frames.index_select(0, flat).view(*windows.shape, frames.shape[1])
+    return gather_rows(frames, windows)

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from sdmvae_cli.inference.mcem import speech_variance
 from sdmvae_cli.inference.nmf import init_nmf, is_objective, nmf_step
 from sdmvae_cli.nets.noise import draw_noise
 from sdmvae_cli.nets.sequence import SequenceVAE
@@ -37,7 +38,7 @@ def _speech(model: SequenceVAE, noisy: torch.Tensor, samples: int) -> tuple[torc
     x = noisy.expand(samples, *noisy.shape)
     noise = draw_noise(model.prior.noise_spec(samples, noisy.shape[0]), device=noisy.device)
     out = model.chain(x, noise)
-    return torch.exp(model.decode(out["dec"]).clamp(-60.0, 60.0)), out["kl"].sum(-1)
+    return speech_variance(model, out["dec"]), out["kl"].sum(-1)
 
 
 def tuned_copy(model: SequenceVAE) -> tuple[SequenceVAE, list[torch.nn.Parameter]]:

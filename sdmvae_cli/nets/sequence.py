@@ -60,8 +60,9 @@ class SequenceVAE(SpectrogramVAE):
     """The interface of sequence families (:attr:`SEQUENTIAL`).
 
     A family implements :meth:`chain`: the inference recursion and the per-step KL for
-    sequences ``x`` (B, T, bins) with noise ``eps`` (B, T, m), or the mean chain with ``eps``
-    None. Everything else (loss, validation statistic, reconstruction, codes) is here."""
+    sequences ``x`` (B, T, bins) with its prior's noise (a dict of (B, T, .) tensors), or the
+    mean chain with ``noise`` None, and :meth:`decode`. Everything else (loss, validation
+    statistic, reconstruction, codes) is here."""
 
     SEQUENTIAL: ClassVar[bool] = True
     #: vmap has no batching rule for the fused LSTM kernels; our :class:`LSTMLayer`'s unrolled

@@ -140,7 +140,7 @@ class Stack:
         self.opts = members[0].opts
         if not src.resident and len(members) > 1:
             raise SdmvaeError(STREAMED_STACK)
-        self.src, self.data, self.val = src, src.buffer, val
+        self.src, self.val = src, val
         compile_loss = compile_loss and Stack.compile_failed is None
         self.use_graph, self.compile_loss = use_graph, compile_loss
         # a CPU with compile: forward, backward, Adam and projections as one compiled function

@@ -59,7 +59,7 @@ from sdmvae_cli.training.options import (
     planned_epochs,
 )
 from sdmvae_cli.training.run_folder import clear_events, clear_run_dir, run_config, saver
-from sdmvae_cli.training.sequence_data import SequenceSource, check_sequences, data_for
+from sdmvae_cli.training.sequence_data import SequenceIndexes, SequenceSource, data_for, sequence_indexes
 from sdmvae_cli.training.stack import STREAMED_STACK, Member, Stack, group_key
 
 __all__ = [
@@ -187,7 +187,7 @@ def train_runs(
         else StackCallbacks()
     )
     try:
-        _train_stacks(list(groups.values()), opened, data_for(prepared_dir, train_src, val), device, cb, on_group, launch)
+        _train_stacks(list(groups.values()), opened, data_for(plan.sequences, train_src, val), device, cb, on_group, launch)
     finally:  # also interrupted: each member's last loss.png, its event files closed
         if shown is not None:
             shown.close([it[0] for it in opened])
@@ -205,6 +205,7 @@ class _Plan:
     budget: int
     train_frames: np.ndarray
     val_frames: np.ndarray
+    sequences: SequenceIndexes  # the sequence families' tiles, per --seq-len
 
 
 def _plan(
@@ -222,10 +223,10 @@ def _plan(
     for item in opened:
         groups.setdefault(group_key(item[0].cfg, item[0].opts, item[0].name) + f"|{item[0].epoch}", []).append(item)
     _check_fit(opened, groups, stft, train_frames, budget, launch)
-    check_sequences(
+    sequences = sequence_indexes(
         [(m.cfg, m.opts.batch_size) for m, _, _ in opened], prepared_dir, (train_frames, val_frames), budget, launch is not None
     )
-    return _Plan(info, stft, opened, groups, budget, train_frames, val_frames)
+    return _Plan(info, stft, opened, groups, budget, train_frames, val_frames, sequences)
 
 
 def check_runs(prepared_dir: str | Path, specs: list[RunSpec], device: str | torch.device) -> None:
