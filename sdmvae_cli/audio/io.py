@@ -155,8 +155,14 @@ def level_gain(path, peak: float, allow_silent: bool) -> float:
 
 
 def check_length(path, n: int, n_src: int, rate: int, cfg: StftConfig) -> None:
-    if n < min_samples(cfg):
-        raise AudioError(f"{path}: too short ({n_src / rate:.3f} s); need at least {min_samples(cfg) / cfg.sample_rate:.3f} s")
+    """Refuse audio the STFT cannot analyse; the counts are in samples at the analysis rate, since
+    the shortest and the longest refused lengths differ by one sample (0.06 ms at 16 kHz)."""
+    need = min_samples(cfg)
+    if n < need:
+        raise AudioError(
+            f"{path}: too short ({n} samples at {cfg.sample_rate} Hz, {n_src / rate * 1e3:.1f} ms); "
+            f"need at least {need} ({need / cfg.sample_rate * 1e3:.1f} ms)"
+        )
 
 
 def restore(samples: np.ndarray, audio: Audio, cfg: StftConfig) -> np.ndarray:

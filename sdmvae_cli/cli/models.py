@@ -39,8 +39,8 @@ def models(
     if released:
         _released(as_json, long)
         return
+    from sdmvae_cli.core.flags import flag_of
     from sdmvae_cli.nets import REGISTRY, ModelConfig
-    from sdmvae_cli.training.options import flag_of
 
     defaults = ModelConfig().to_dict()
     rows = [

@@ -32,7 +32,7 @@ from sdmvae_cli.core.distributed import is_main_process
 from sdmvae_cli.core.errors import Interrupted, SdmvaeError, UsageError
 
 #: CLI parameter -> ModelConfig field, and -> TrainOptions field (a parameter is its flag's name,
-#: training.options.FIELD_FLAGS, with a trailing ``_`` where the name is a Python builtin; tested)
+#: core.flags.FIELD_FLAGS, with a trailing ``_`` where the name is a Python builtin; tested)
 MODEL_PARAMS = {
     "arch": "model",
     "latent": "latent",
@@ -137,8 +137,8 @@ def refuse_foreign_options(arch: str, given: list[str], cfg=None) -> None:
     SDM-VAE in its config and be a VAE. Which options an architecture reads is its class's
     ``OPTIONS`` (the same list `sdmvae models` shows), or with ``cfg`` what that configuration
     reads (a sequence family's options depend on its prior)."""
+    from sdmvae_cli.core.flags import flag_of
     from sdmvae_cli.nets import REGISTRY, foreign_options
-    from sdmvae_cli.training.options import flag_of
 
     foreign = foreign_options(arch, [MODEL_PARAMS[p] for p in given], cfg)
     if foreign:
@@ -252,6 +252,7 @@ def train(
     """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png, tb/.
 
     stdout: the run folder, then its best.pt (one per line), or JSON with --json; epochs go to stderr."""
+    from sdmvae_cli.training.same_run import check_same_run
     from sdmvae_cli.training.train import LiveOptions
     from sdmvae_cli.training.train import train as run
 
@@ -264,6 +265,12 @@ def train(
         prepared_dir = Path(base_cfg["prepared_dir"])
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
+    if resume is not None:  # the run's own options decide: another value given now is refused, not ignored
+        fields = [f for p, f in {**MODEL_PARAMS, **TRAIN_PARAMS}.items() if _given(ctx, p)]
+        try:
+            check_same_run(resume, cfg, opts, fields, source="the command line")
+        except SdmvaeError as exc:
+            raise UsageError(str(exc)) from None
 
     def on_epoch(r) -> None:
         mark = "[green]*[/green]" if r.best else " "

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.flags import flag_of
 from sdmvae_cli.nets.base import ModelConfig
 from sdmvae_cli.nets.dictionary import make_dictionary
 from sdmvae_cli.nets.noise import NoiseSpec
@@ -156,7 +157,7 @@ def check_prior(cfg: ModelConfig) -> None:
     default = ModelConfig()
     foreign = [f for p, opts in PRIOR_OPTIONS.items() if p != cfg.prior for f in opts if getattr(cfg, f) != getattr(default, f)]
     if foreign:
-        flags = ", ".join("--" + ("dict" if f == "dictionary" else f.replace("_", "-")) for f in foreign)
+        flags = ", ".join(flag_of(f) for f in foreign)
         raise SdmvaeError(f"{flags} {'does' if len(foreign) == 1 else 'do'} not apply to --prior {cfg.prior}")
     if cfg.prior == "sdm":
         if cfg.dictionary not in ("dct", "identity", "learned"):

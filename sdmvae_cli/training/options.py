@@ -29,17 +29,6 @@ VALIDATION_COLUMNS = ("val_total", "val_recon", "val_kl", "val_median", "val_pm_
 UNIT_WEIGHT_TERMS: dict[str, tuple[str, str]] = {"posterior-mean": ("val_pm_recon", "val_pm_kl"), "mean": ("val_recon", "val_kl")}
 
 
-#: an option's command-line flag where it differs from its field (ModelConfig / TrainOptions):
-#: `train --arch` sets ``model``, ``--dict`` sets ``dictionary``; every other flag is its field
-#: with ``-`` for ``_``. Sweep specs take both spellings; `sdmvae models` shows the flags.
-FIELD_FLAGS: dict[str, str] = {"model": "arch", "dictionary": "dict"}
-
-
-def flag_of(field_name: str) -> str:
-    """``dictionary`` -> ``--dict``, ``batch_size`` -> ``--batch-size``."""
-    return "--" + FIELD_FLAGS.get(field_name, field_name).replace("_", "-")
-
-
 def stop_on_of(train: dict[str, Any] | None) -> str:
     """The statistic a run's stored training options say it stopped on (legacy: the mean)."""
     return (train or {}).get("stop_on", LEGACY_STOP_ON)

@@ -28,10 +28,11 @@ from typing import Any
 
 from sdmvae_cli.core.atomic import write_json
 from sdmvae_cli.core.errors import SdmvaeError, first_line
+from sdmvae_cli.core.flags import FIELD_FLAGS
 from sdmvae_cli.core.lock import LOCK_NAME
 from sdmvae_cli.nets import REGISTRY, ModelConfig, foreign_options
 from sdmvae_cli.nets.base import MODEL_FIELDS
-from sdmvae_cli.training.options import FIELD_FLAGS, TrainOptions, check_options
+from sdmvae_cli.training.options import TrainOptions, check_options
 from sdmvae_cli.training.stack import group_key
 
 TRAIN_FIELDS = {f.name for f in fields(TrainOptions)} - {"device"}
@@ -47,7 +48,7 @@ SWEEP_FILES = (SUMMARY, LOCK_NAME)
 @functools.cache
 def spec_aliases() -> dict[str, str]:
     """The other spellings of a spec's option keys -> the field: each `sdmvae train` flag's name
-    (``arch`` for ``model``, ``dict`` for ``dictionary``: training.options.FIELD_FLAGS) and any field
+    (``arch`` for ``model``, ``dict`` for ``dictionary``: core.flags.FIELD_FLAGS) and any field
     with ``-`` for ``_`` (``batch-size``), so a spec reads like the command line."""
     out = {f.replace("_", "-"): f for f in OPTION_FIELDS if "_" in f}
     out.update({flag: f for f, flag in FIELD_FLAGS.items()})

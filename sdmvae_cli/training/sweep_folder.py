@@ -15,8 +15,9 @@ from sdmvae_cli.core.lock import LOCK_NAME, claim_folder, folder_lock
 from sdmvae_cli.core.outputs import check_dir_destination
 from sdmvae_cli.nets import ModelConfig
 from sdmvae_cli.nets.checkpoint import read_checkpoint
-from sdmvae_cli.training.options import CHANGED_DEFAULTS, TrainOptions
+from sdmvae_cli.training.options import TrainOptions
 from sdmvae_cli.training.run_folder import clear_run_dir
+from sdmvae_cli.training.same_run import check_same_run
 from sdmvae_cli.training.spec import SUMMARY, SWEEP_FILES, expand_spec, plain_name, read_spec
 from sdmvae_cli.training.stack import Member
 from sdmvae_cli.training.train import RunSpec, check_prepared
@@ -86,7 +87,7 @@ def member_specs(
                 f"{run_dir} already exists; use --resume to continue the sweep, --overwrite to replace it, or another --out"
             )
         if resume and has_last:
-            _check_same_run(run_dir, cfg, opts)
+            check_same_run(run_dir, cfg, opts)
         fresh_again = resume and not has_last and bool(held)  # _never_started: its own files are replaced
         specs.append(RunSpec(name, run_dir, cfg, opts, resume=resume and has_last, overwrite=overwrite or fresh_again))
     return specs
@@ -150,36 +151,6 @@ def remove_members(out_dir: Path, names: list[str]) -> None:
                 run_dir.rmdir()
             except OSError:  # it holds files of the user's: kept
                 pass
-
-
-def _check_same_run(run_dir: Path, cfg: ModelConfig, opts: TrainOptions) -> None:
-    """``--resume`` continues each member as it was started (the checkpoint's options): refuse a
-    spec that now gives the member other model or training options, which would otherwise be
-    silently ignored. Only ``epochs`` (and the device) may change; an option whose default
-    changed since the member started (training.options.CHANGED_DEFAULTS) keeps the member's value."""
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        model, train = saved["model"], saved["train"]
-        differs = [k for k, v in cfg.to_dict().items() if k in model and model[k] != v]
-        default = TrainOptions()
-        differs += [
-            k
-            for k, v in opts.to_dict().items()
-            if k in train
-            and k not in ("epochs", "device")
-            and train[k] != v
-            and not (k in CHANGED_DEFAULTS and train[k] == CHANGED_DEFAULTS[k] and v == getattr(default, k))
-        ]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # no readable config.json: the checkpoint's own checks decide
-    if differs:
-        k = differs[0]
-        was, now = (model[k], getattr(cfg, k)) if k in model else (train[k], getattr(opts, k))
-        raise SdmvaeError(
-            f"--resume: {run_dir.name} was started with {k}={was!r}, the spec now gives {now!r} "
-            f"({len(differs)} option(s) differ: {', '.join(differs)}); resume with the spec it was started with, "
-            "or train the new options into another --out"
-        )
 
 
 def sweep_summary(

@@ -42,6 +42,7 @@ from sdmvae_cli.core.distributed import (
     rank_device,
 )
 from sdmvae_cli.core.errors import SdmvaeError, UsageError
+from sdmvae_cli.core.flags import flag_of
 from sdmvae_cli.core.lock import lock_scope
 from sdmvae_cli.data.frames import FrameSource, check_frames, device_budget, open_frames
 from sdmvae_cli.data.prepared import load_prepare_info
@@ -55,7 +56,6 @@ from sdmvae_cli.training.options import (
     TrainOptions,
     check_options,
     compile_enabled,
-    flag_of,
     planned_epochs,
 )
 from sdmvae_cli.training.run_folder import clear_events, clear_run_dir, run_config, saver

@@ -59,6 +59,19 @@ def test_bad_audio_one_line_errors(tmp_path, make, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_shortest_length_is_stated_in_samples(tmp_path):
+    """One sample below the STFT's minimum is refused, naming both counts (in seconds they would
+    print alike); the minimum itself loads."""
+    need = CFG.n_fft // 2 + 1
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, need).astype(np.float32)
+    sf.write(str(tmp_path / "short.wav"), noise[:-1], CFG.sample_rate)
+    with pytest.raises(AudioError) as e:
+        load_audio(tmp_path / "short.wav", CFG)
+    assert f"({need - 1} samples" in str(e.value) and f"need at least {need} " in str(e.value)
+    sf.write(str(tmp_path / "ok.wav"), noise, CFG.sample_rate)
+    assert load_audio(tmp_path / "ok.wav", CFG).samples.size == need
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.wav"
     with pytest.raises(RuntimeError):

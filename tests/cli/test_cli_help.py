@@ -61,15 +61,16 @@ def test_every_device_option_is_the_same():
 
 
 def test_train_parameters_are_their_flags():
-    """One spelling table (training.options.FIELD_FLAGS): each train parameter is named as its flag, so
+    """One spelling table (core.flags.FIELD_FLAGS): each train parameter is named as its flag, so
     error messages, `sdmvae models` and sweep-spec aliases all spell an option the same way."""
     from sdmvae_cli.cli.train import MODEL_PARAMS, TRAIN_PARAMS
-    from sdmvae_cli.training.options import flag_of
+    from sdmvae_cli.core.flags import flag_of
 
     cmd = typer.main.get_command(app).commands["train"]
     opts = {p.name: p.opts for p in cmd.params}
+    switches = {p.name: "/".join(p.opts + p.secondary_opts) for p in cmd.params if p.secondary_opts}
     for param, field in {**MODEL_PARAMS, **TRAIN_PARAMS}.items():
-        assert flag_of(field) in opts[param], (param, field, opts[param])
+        assert flag_of(field) in opts[param] or flag_of(field) == switches.get(param), (param, field, opts[param])
 
 
 def test_the_tb_every_default_of_the_cli_is_the_librarys():

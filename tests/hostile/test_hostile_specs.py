@@ -163,6 +163,24 @@ def test_resume_refuses_a_spec_that_changed_a_members_options(synthetic_prepared
     assert code == 0, err
 
 
+def test_train_resume_refuses_options_that_differ_from_the_runs(synthetic_prepared, tmp_path, capsys):
+    """train --resume takes the run's options from its config.json: another value given on the
+    command line is a usage error (it used to be ignored), the same value and a higher --epochs
+    cap are accepted."""
+    run_dir = tmp_path / "run"
+    base = ["train", synthetic_prepared, "--arch", "vae", "--latent", "4", "--hidden", "16", "--batch-size", "64"]
+    assert cli(capsys, *base, "--epochs", "1", "--lr", "1e-3", "--out", run_dir, "--device", "cpu", "--no-plot")[0] == 0
+    before = {str(f): f.read_bytes() for f in run_dir.rglob("*") if f.is_file()}
+    msg = one_line_failure(
+        capsys, 2, "lr=0.001", "train", synthetic_prepared, "--resume", run_dir, "--lr", "2e-3", "--epochs", "2", "--no-plot"
+    )
+    assert "only epochs and device may change" in msg
+    assert {str(f): f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} == before
+    code, _, err = cli(capsys, *base, "--lr", "1e-3", "--resume", run_dir, "--epochs", "2", "--device", "cpu", "--no-plot")
+    assert code == 0, err
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # a header and epochs 0-1
+
+
 def test_runs_are_never_written_inside_the_prepared_data(synthetic_prepared, tmp_path, capsys):
     before = sorted(str(f) for f in synthetic_prepared.rglob("*"))
     p = write_spec(tmp_path / "spec.json", {"common": TINY, "runs": [{"name": "a"}]})

@@ -169,6 +169,7 @@ def long_validation(prep, tmp_path_factory) -> Path:
         ("seq-val", ["--seq-len", 120], 1, ["'validation'", "no sequence of 120 frames", "has 100 frames"]),
         ("seq", ["--batch-size", 97], 1, ["96 sequences of 20 frames", "fewer than one batch (97)"]),
         ("vae", ["--seq-len", T], 2, ["--seq-len does not apply to --arch vae"]),
+        ("causal", ["--causal"], 2, ["--non-causal/--causal does not apply to --arch dkf"]),  # either spelling
     ],
 )
 def test_refusals_are_one_line_and_write_nothing(
