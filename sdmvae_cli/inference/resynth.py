@@ -234,9 +234,11 @@ def codes_to_latent(lm: LoadedModel, codes: torch.Tensor) -> torch.Tensor:
     return lm.model.codes_to_latent(codes)
 
 
-def decode_codes(codes: np.ndarray, lm: LoadedModel, audio: Audio, block_frames: int = BLOCK_FRAMES) -> Resynthesis:
+def decode_codes(codes: np.ndarray, lm: LoadedModel, audio: Audio, block_frames: int | None = None) -> Resynthesis:
     """Decode (possibly edited) codes to a waveform: decoded power, the phase of ``audio``'s
-    STFT (the source the codes came from), inverse STFT, the source's rate and level."""
+    STFT (the source the codes came from), inverse STFT, the source's rate and level. Blocks
+    are the model's, as in resynthesis (a sequence family: a whole utterance, one sequence)."""
+    block_frames = block_frames or block_frames_of(lm)
     n_frames = lm.stft.n_frames(audio.samples.size)
     if n_frames != codes.shape[0]:
         raise SdmvaeError(f"the codes have {codes.shape[0]} frames but the source audio has {n_frames}: not its codes")
@@ -273,13 +275,13 @@ def resynthesise_from_codes(
     if model is None and d["checkpoint"] and Path(d["checkpoint"]).exists():
         model = d["checkpoint"]
     lm = load_for_resynth(model)
-    if lm.model.SEQUENTIAL:  # its decoder reads the past too (SRNN: h from the audio; SDM: z = f_t + D a_t)
-        raise SdmvaeError(f"{lm.path} is a sequence model: --from-codes decodes a frame-wise model's codes")
     src = source or d["source"]
     if not src:
         raise SdmvaeError(f"{codes_file}: no source audio recorded; give it with --phase-from IN.wav")
-    codes_to_latent(lm, torch.from_numpy(d["codes"][:1]))  # a code of another dimension: its one-line error, before any work
-    _stream_file(src, dst, lm.stft, _decoder(d["codes"], lm), codes_file, subtype, n_frames=d["codes"].shape[0])
+    # a code of another dimension, or a family whose codes do not determine its output: one line, before any work
+    codes_to_latent(lm, torch.from_numpy(d["codes"][:1]))
+    frames = d["codes"].shape[0]
+    _stream_file(src, dst, lm.stft, _decoder(d["codes"], lm), codes_file, subtype, block_frames_of(lm), n_frames=frames)
 
 
 def plan_outputs(

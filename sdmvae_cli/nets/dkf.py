@@ -76,6 +76,9 @@ class DKF(SequenceVAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(self.decoder(z))
 
+    def transition_mean(self, z_prev: torch.Tensor) -> torch.Tensor:
+        return self.transition(z_prev)[0]
+
     def chain(self, x: torch.Tensor, noise) -> dict[str, torch.Tensor]:
         gx = self.rnn_x(self.x_to_g(self.transform(x)))  # (B, T, h): g_t sees x_{t:T}
         z = x.new_zeros((*x.shape[:-2], self.cfg.latent))

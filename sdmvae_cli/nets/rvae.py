@@ -65,6 +65,10 @@ class RVAE(SequenceVAE):
         runs over time, so y_t depends on z_{1:t} (causal) or on z_{1:T} (non-causal)."""
         return self.out(self.rnn_dec(z))
 
+    def transition_mean(self, z_prev: torch.Tensor) -> torch.Tensor:
+        """The RVAE's prior is N(0, I) at every step."""
+        return torch.zeros_like(z_prev)
+
     def chain(self, x: torch.Tensor, noise) -> dict[str, torch.Tensor]:
         gx = self.rnn_x(self.transform(x))  # (B, T, H or 2H): g^x_t sees x_{t:T} (non-causal: all)
         z = x.new_zeros((*x.shape[:-2], self.cfg.latent))

@@ -73,6 +73,10 @@ class InnovationPrior(nn.Module):
         stack member's own values), ``epoch``: the model's epoch buffer (schedules)."""
         raise NotImplementedError
 
+    def compose(self, f: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """z_t from the transition's mean f_t and the code: the code is z_t itself (gaussian)."""
+        return code
+
 
 class GaussianPrior(InnovationPrior):
     def __init__(self, cfg, d_in):
@@ -109,7 +113,11 @@ class SdmPrior(InnovationPrior):
         a = mu if noise is None else mu + torch.exp(0.5 * logvar) * noise["eps"]
         # gamma floored: an unused atom's mu and sigma may both shrink towards 0 (0/0 in the KL)
         gamma = gamma_update(mu, logvar).clamp_min(GAMMA_FLOOR)
-        return f + a @ self.D.t(), mu if noise is None else a, sdm_kl(mu, logvar, gamma)
+        return self.compose(f, a), mu if noise is None else a, sdm_kl(mu, logvar, gamma)
+
+    def compose(self, f, code):
+        """z_t = f_t + D a_t: the innovation through the dictionary."""
+        return f + code @ self.D.t()
 
 
 class VscPrior(InnovationPrior):
@@ -131,7 +139,11 @@ class VscPrior(InnovationPrior):
             c = c_schedule(epoch, hp("c_start"), hp("c_end"), self.cfg.c_warmup)
             a = torch.sigmoid(c * (noise["eta"] - 1 + pi)) * (mu + torch.exp(0.5 * logvar) * noise["eps"])
         slab = gaussian_kl(mu, logvar, torch.zeros_like(mu), logv)
-        return f + a, a, (pi * slab + bernoulli_kl(pi, hp("alpha"))).sum(-1)
+        return self.compose(f, a), a, (pi * slab + bernoulli_kl(pi, hp("alpha"))).sum(-1)
+
+    def compose(self, f, code):
+        """z_t = f_t + a_t (D = I)."""
+        return f + code
 
 
 STRATEGIES: dict[str, type[InnovationPrior]] = {"gaussian": GaussianPrior, "sdm": SdmPrior, "vsc": VscPrior}

@@ -162,6 +162,11 @@ class SequenceVAE(SpectrogramVAE):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def transition_mean(self, z_prev: torch.Tensor) -> torch.Tensor:
+        """f_t, the prior's mean of z_t given z_{t-1} alone (what decoding codes needs); a family
+        whose transition reads more than the latent's past refuses, saying what it reads."""
+        raise SdmvaeError(f"{self.LABEL}: its codes alone do not determine its latent")
+
     # -- shared --------------------------------------------------------------------------
     def _terms(self, x: torch.Tensor, noise: Any) -> LossTerms:
         out = self.chain(x, noise)
@@ -191,3 +196,16 @@ class SequenceVAE(SpectrogramVAE):
 
     def code_of(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)[1]
+
+    @torch.no_grad()
+    def codes_to_latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """The decoder's input of a code sequence (T, k) or (B, T, k), one sequence each: the
+        generative recursion z_0 = 0, z_t = compose(f(z_{t-1}), code_t) (the SDM prior: f_t + D a_t),
+        so an edited a_t moves every later z through the dynamics. On the mean chain's own codes
+        it gives back the chain's z exactly (what ``resynth --from-codes`` decodes)."""
+        z = codes.new_zeros((*codes.shape[:-2], self.cfg.latent))
+        zs = []
+        for t in range(codes.shape[-2]):  # the recursion itself: z_t needs z_{t-1}
+            z = self.prior.compose(self.transition_mean(z), codes[..., t, :])
+            zs.append(z)
+        return torch.stack(zs, -2)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import ModelConfig, mlp
 from sdmvae_cli.nets.lstm import LSTMLayer
 from sdmvae_cli.nets.registry import register
@@ -77,6 +78,12 @@ class SRNN(SequenceVAE):
     def decode(self, hz: torch.Tensor) -> torch.Tensor:
         """y_t from [h_t; z_t] (what :meth:`chain` returns as ``dec``)."""
         return self.out(self.decoder(hz))
+
+    def transition_mean(self, z_prev: torch.Tensor) -> torch.Tensor:
+        raise SdmvaeError(
+            "SRNN: its transition and decoder read h_t, an LSTM over the audio's own past frames, so codes alone "
+            "do not determine its output (decode codes of a DKF or an RVAE)"
+        )
 
     def deterministic(self, xt: torch.Tensor) -> torch.Tensor:
         """h_{1:T} from transformed frames ``xt`` (B, T, bins): the LSTM over x_{0:T-1}, x_0 the

@@ -238,6 +238,10 @@ def test_resynth_and_evaluate_a_dkf_checkpoint_on_real_speech(real_prep, tmp_pat
     codes = np.load(tmp_path / "o.codes.npz")["codes"]  # every STFT frame of the file (one sequence)
     hop = read_checkpoint(run / "best.pt")["config"]["stft"]["hop_length"]
     assert codes.shape == (1 + y.size // hop, M) and np.isfinite(codes).all()
+    # the codes decode back through the dynamics to the same audio (resynth --from-codes)
+    code, _, err = cli(capsys, "resynth", tmp_path / "o.codes.npz", tmp_path / "back.wav", "--from-codes", "--device", "cpu")
+    assert code == 0, err
+    assert np.abs(sf.read(str(tmp_path / "back.wav"))[0] - y).max() < 1e-4
     code, out, err = cli(
         capsys, "evaluate", run / "best.pt", real_prep, "--split", "test", "--limit", 2, "-j", 1, "--device", "cpu"
     )
