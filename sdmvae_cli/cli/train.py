@@ -118,8 +118,9 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
             model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
     known = isinstance(model.get("model"), str) and model["model"] in REGISTRY  # else ModelConfig's error below
     family = REGISTRY[model["model"]].TRAIN_DEFAULTS if known else {}
+    inherited = _other_family_defaults(config, model["model"], train) if explicit("arch") else set()
     for p, f in TRAIN_PARAMS.items():
-        if config is None or explicit(p) or f not in train or f in EXECUTION:
+        if config is None or explicit(p) or f not in train or f in EXECUTION or f in inherited:
             train[f] = given[p] if explicit(p) or f not in family else family[f]
     try:
         cfg = ModelConfig.from_dict(model)
@@ -129,6 +130,33 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     if known:  # what this configuration reads (a sequence family's: its prior's)
         refuse_foreign_options(cfg.model, [p for p in MODEL_PARAMS if explicit(p)], cfg)
     return cfg, opts
+
+
+def _other_family_defaults(config: dict | None, arch: str, train: dict) -> set[str]:
+    """``--config <a DKF run> --arch vae`` (or the reverse): the training options the file holds
+    at its family's defaults (the DKF's lr 2e-3, patience 50; the VAE's 1e-4, 20) where the new
+    architecture's differ, which it replaces with its own instead of inheriting them; said in one
+    line (a value the user chose equal to that default is replaced too: give it again to keep it)."""
+    from sdmvae_cli.nets import REGISTRY
+    from sdmvae_cli.training.options import TrainOptions
+
+    old = (config or {}).get("model", {}).get("model")
+    if old == arch or old not in REGISTRY or arch not in REGISTRY:
+        return set()
+    base = TrainOptions()
+
+    def default(a: str, f: str):
+        return REGISTRY[a].TRAIN_DEFAULTS.get(f, getattr(base, f))
+
+    both = set(REGISTRY[old].TRAIN_DEFAULTS) | set(REGISTRY[arch].TRAIN_DEFAULTS)
+    fields = {f for f in both if train.get(f) == default(old, f) != default(arch, f)}
+    if fields:
+        err.print(
+            f"--config: {', '.join(f'{f} {train[f]:g}' for f in sorted(fields))} were --arch {old}'s defaults: "
+            f"--arch {arch} uses its own (give them to keep them)",
+            highlight=False,
+        )
+    return fields
 
 
 def refuse_foreign_options(arch: str, given: list[str], cfg=None) -> None:

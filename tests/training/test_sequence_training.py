@@ -324,3 +324,27 @@ def test_enhance_with_a_dkf_prior_writes_the_file_and_srnn_is_refused(real_prep,
     assert code == 0, err
     code, out, err = cli(capsys, "enhance", tmp_path / "noisy.wav", tmp_path / "s.wav", "-m", tmp_path / "s" / "best.pt")
     assert code == 1 and "teacher-forced" in one_line(err) and not (tmp_path / "s.wav").exists()
+
+
+def test_a_config_of_another_family_does_not_pass_on_its_training_defaults(prep, tmp_path, capsys):
+    """`--config <a DKF run> --arch vae` trains the VAE at the VAE's lr and patience, not at the
+    DKF's defaults the file holds (and the reverse); one line says so; a value given is kept."""
+    tiny = ["--latent", M, "--batch-size", BATCH, *QUIET, "--epochs", 1]
+    dkf = ["--model", "dkf", "--seq-len", T, "--rnn-hidden", HIDDEN]
+    assert cli(capsys, "train", prep, *dkf, *tiny, "--out", tmp_path / "dkf")[0] == 0
+    assert cli(capsys, "train", prep, "--model", "vae", *tiny, "--out", tmp_path / "vae")[0] == 0
+
+    def train_opts(run):
+        return json.loads((run / "config.json").read_text())["train"]
+
+    assert (train_opts(tmp_path / "dkf")["lr"], train_opts(tmp_path / "dkf")["patience"]) == (2e-3, 50)
+    code, _, err = cli(capsys, "train", "--config", tmp_path / "dkf", "--model", "vae", *QUIET, "--out", tmp_path / "a")
+    assert code == 0 and "lr 0.002, patience 50 were --arch dkf's defaults" in err, err
+    assert (train_opts(tmp_path / "a")["lr"], train_opts(tmp_path / "a")["patience"]) == (1e-4, 20)
+    code, _, err = cli(capsys, "train", "--config", tmp_path / "vae", *dkf, *QUIET, "--out", tmp_path / "b")
+    assert code == 0 and "were --arch vae's defaults" in err, err
+    assert (train_opts(tmp_path / "b")["lr"], train_opts(tmp_path / "b")["patience"]) == (2e-3, 50)
+    code, _, err = cli(
+        capsys, "train", "--config", tmp_path / "dkf", "--model", "vae", "--lr", 2e-3, *QUIET, "--out", tmp_path / "c"
+    )
+    assert code == 0 and (train_opts(tmp_path / "c")["lr"], train_opts(tmp_path / "c")["patience"]) == (2e-3, 20)
