@@ -4,7 +4,7 @@ and `sdmvae export`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 from rich import box
@@ -130,19 +130,36 @@ def export(
     ),
     dst: Path = typer.Argument(..., help="Release file to write."),
     overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
+    at_hoyer: Optional[str] = typer.Option(
+        None,
+        "--at-hoyer",
+        help="Choose at a sparsity: the lowest validation loss among candidates whose validation Hoyer is at least "
+        "this number, or this model's own (e.g. sdm-identity-m64). For a setting that trades quality for sparsity "
+        "(a threshold), where the loss alone always picks the least sparse.",
+    ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="--at-hoyer: the prepared data (default: the one the checkpoints record)."
+    ),
 ) -> None:
     """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
     Given several (e.g. the seeds of one configuration), release the best by validation loss."""
+    from sdmvae_cli.evaluation.sparsity_choice import best_at_sparsity, target_hoyer
     from sdmvae_cli.training.selection import best_by_validation, export_checkpoint
 
-    choice = best_by_validation(checkpoints) if len(checkpoints) > 1 else None
+    if data is not None and at_hoyer is None:
+        raise UsageError("--data goes with --at-hoyer")
+    if at_hoyer is not None:
+        choice = best_at_sparsity(checkpoints, *target_hoyer(at_hoyer, data), prepared_dir=data)
+    else:
+        choice = best_by_validation(checkpoints) if len(checkpoints) > 1 else None
     # every candidate is an input: a forgotten DST must not turn the last candidate into one
     inputs = [Path(p) for p in choice.losses] if choice else None
     src = choice.best if choice else checkpoints[0]
     export_checkpoint(src, dst, overwrite=overwrite, choice=choice, inputs=inputs)
     if choice:
         for path, val in choice.losses.items():
-            err.print(f"{'*' if path == str(choice.best) else ' '} {escape(path)}: {val:.4f}", highlight=False)
+            hoyer = "" if choice.sparsity is None else f", validation Hoyer {choice.sparsity[path]:.3f}"
+            err.print(f"{'*' if path == str(choice.best) else ' '} {escape(path)}: {val:.4f}{hoyer}", highlight=False)
         err.print(f"chosen by the {choice.criterion}", highlight=False)
     err.print(f"wrote {escape(str(dst))} from {escape(str(src))} ({dst.stat().st_size / 1e6:.2f} MB)")
     emit(dst)

@@ -33,9 +33,13 @@ class Choice:
     best: Path
     losses: dict[str, float]
     criterion: str
+    #: chosen at a sparsity (evaluation.sparsity_choice): each candidate's validation Hoyer, the target
+    sparsity: dict[str, float] | None = None
+    target: float | None = None
 
     def record(self) -> dict[str, Any]:
-        return {"rule": f"lowest {self.criterion}", "validation_losses": self.losses, "chosen": str(self.best)}
+        at = {} if self.sparsity is None else {"validation_hoyer": self.sparsity, "target_hoyer": self.target}
+        return {"rule": f"lowest {self.criterion}", "validation_losses": self.losses, **at, "chosen": str(self.best)}
 
 
 def best_by_validation(candidates: list[str | os.PathLike]) -> Choice:
