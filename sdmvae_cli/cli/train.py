@@ -226,7 +226,11 @@ def train(
         callback=positive,
         help="threshold: the base prior's spread: variance of N(0, v) (gaussian), scale of Laplace(0, v) (laplace); the authors' 0.1.",
     ),
-    kl_warmup: int = typer.Option(0, min=0, help="threshold: epochs of linear KL warm-up of the training objective (0: none)."),
+    kl_warmup: int = typer.Option(
+        0,
+        min=0,
+        help="threshold and sequence models: epochs of linear KL warm-up of the training objective (0: none; the dynamical-VAE benchmark warms up over 50).",
+    ),
     code: Literal["mean", "sample"] = typer.Option(
         "mean",
         help="threshold: resynthesis code: mean (E[T(s)], dense) or sample (the max-ELBO thresholded sample of J fixed draws: exact zeros, as the authors' codes; the posterior-mean validation statistic then decodes it too: use it with --samples 20).",

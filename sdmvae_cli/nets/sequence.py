@@ -28,6 +28,7 @@ import torch
 from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import LOG_FLOOR, LossTerms, ModelConfig, SpectrogramVAE, itakura_saito
 from sdmvae_cli.nets.noise import NoiseSpec, draw_noise
+from sdmvae_cli.nets.schedules import kl_warmup_weight
 from sdmvae_cli.nets.sdm import SDMVAE
 from sdmvae_cli.nets.seqpriors import PRIOR_OPTIONS, InnovationPrior, check_prior, prior_label, prior_name_parts
 
@@ -36,6 +37,7 @@ SEQUENCE_OPTIONS: tuple[str, ...] = (
     "latent",
     "input_transform",
     "beta",
+    "kl_warmup",
     "seq_len",
     "rnn_hidden",
     "prior",
@@ -169,10 +171,16 @@ class SequenceVAE(SpectrogramVAE):
 
     # -- shared --------------------------------------------------------------------------
     def _terms(self, x: torch.Tensor, noise: Any) -> LossTerms:
+        """IS_t + w beta KL_t per frame, w the KL warm-up weight in training (``--kl-warmup N``:
+        the benchmark's remedy for a posterior that collapses before the decoder learns; 1 in
+        eval mode, so the validation statistic is always the unit-weight bound)."""
         out = self.chain(x, noise)
         recon = itakura_saito(x, self.decode(out["dec"])).flatten()
         kl = out["kl"].flatten()
-        return LossTerms(recon + self.weighted_kl(kl), recon, kl)
+        weighted = self.weighted_kl(kl)
+        if self.training and self.cfg.kl_warmup > 0:
+            weighted = weighted * kl_warmup_weight(self.epoch, self.cfg.kl_warmup)
+        return LossTerms(recon + weighted, recon, kl)
 
     def loss(self, x: torch.Tensor, noise: Any = None) -> LossTerms:
         """The one-sample ELBO per frame of sequences ``x`` (B, T, bins)."""

@@ -55,6 +55,7 @@ from sdmvae_cli.core.errors import SdmvaeError
 from sdmvae_cli.nets.base import COMMON_OPTIONS, LossTerms, ModelConfig, SpectrogramVAE, itakura_saito
 from sdmvae_cli.nets.noise import draw_noise, open_uniform
 from sdmvae_cli.nets.registry import register
+from sdmvae_cli.nets.schedules import kl_warmup_weight
 from sdmvae_cli.nets.vae import Heads
 
 
@@ -94,18 +95,6 @@ def laplace_kl_std(mu: torch.Tensor, log_b: torch.Tensor, scale_p=1.0) -> torch.
     log s - log b + |mu| / s + (b / s) exp(-|mu| / b) - 1 (s = 1: bit for bit the former value)."""
     b = log_b.exp()
     return -log_b + _log(scale_p) + mu.abs() / scale_p + b / scale_p * torch.exp(-mu.abs() / b) - 1.0
-
-
-def kl_warmup_weight(epoch, warmup: int):
-    """Linear KL warm-up: min(1, (epoch + 1) / warmup), 1 without warm-up; works on floats and on
-    the 0-d ``epoch`` buffer (a captured CUDA graph then sees its in-place updates). Epoch 0
-    already has weight 1 / warmup: the KL is never switched off, so no epoch trains a plain
-    autoencoder whose variances run away."""
-    if warmup <= 0:
-        return 1.0
-    if isinstance(epoch, torch.Tensor):
-        return torch.clamp((epoch + 1.0) / warmup, max=1.0)
-    return min(1.0, (epoch + 1) / warmup)
 
 
 def gamma_reparam(shape: torch.Tensor, rate: torch.Tensor, eps: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from sdmvae_cli.nets import ModelConfig, build_model
 from sdmvae_cli.nets.base import itakura_saito, log_laplace, log_normal
 from sdmvae_cli.nets.cauchy import gaussian_cauchy_kl, log_cauchy
 from sdmvae_cli.nets.noise import draw_noise
-from sdmvae_cli.nets.threshold import kl_warmup_weight
+from sdmvae_cli.nets.schedules import kl_warmup_weight
 
 N = 400_000
 

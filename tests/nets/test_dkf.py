@@ -167,3 +167,19 @@ def test_a_configuration_reads_its_own_priors_options_only():
     assert {"dictionary", "k"} <= set(DKF.reads(sdm)) and "alpha" not in DKF.reads(sdm)
     assert "alpha" in DKF.reads(vsc) and "k" not in DKF.reads(vsc)
     assert set(DKF.reads()) == set(DKF.reads(sdm)) | set(DKF.reads(vsc))
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "sdm"])
+def test_the_kl_warm_up_weighs_the_training_objective_only(prior):
+    """--kl-warmup 4: at epoch 0 the training loss is IS + KL / 4, from epoch 3 on IS + KL; the
+    reported KL and the eval-mode loss (validation) are never weighted."""
+    model = _model(prior, kl_warmup=4).train()
+    x = _frames()
+    noise = {k: torch.randn(s, generator=torch.Generator().manual_seed(3)) for k, (_, s) in model.noise_spec(3).items()}
+    for epoch, w in ((0, 0.25), (1, 0.5), (3, 1.0), (9, 1.0)):
+        model.set_epoch(epoch)
+        t = model.loss(x, noise)
+        torch.testing.assert_close(t.total, t.recon + w * t.kl)
+    model.set_epoch(0)
+    t = model.eval().loss(x, noise)
+    torch.testing.assert_close(t.total, t.recon + t.kl)
