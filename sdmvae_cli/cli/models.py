@@ -144,11 +144,13 @@ def export(
     """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
     Given several (e.g. the seeds of one configuration), release the best by validation loss."""
     from sdmvae_cli.evaluation.sparsity_choice import best_at_sparsity, target_hoyer
-    from sdmvae_cli.training.selection import best_by_validation, export_checkpoint
+    from sdmvae_cli.nets.checkpoint import checkpoint_file
+    from sdmvae_cli.training.selection import best_by_validation, check_export_destination, export_checkpoint
 
     if data is not None and at_hoyer is None:
         raise UsageError("--data goes with --at-hoyer")
-    if at_hoyer is not None:
+    if at_hoyer is not None:  # the destination checked before the validation passes
+        check_export_destination(dst, [checkpoint_file(c) for c in checkpoints], overwrite)
         choice = best_at_sparsity(checkpoints, *target_hoyer(at_hoyer, data), prepared_dir=data)
     else:
         choice = best_by_validation(checkpoints) if len(checkpoints) > 1 else None

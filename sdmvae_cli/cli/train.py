@@ -9,6 +9,7 @@ it, the others come from the file, then from the defaults below.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -102,8 +103,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def merged_config(ctx: typer.Context, given: dict, config: dict | None):
-    """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults."""
+def merged_config(ctx: typer.Context, given: dict, config: dict | None, resume: bool = False):
+    """ModelConfig and TrainOptions: the command line where given, else ``config``, else defaults.
+    How to run (EXECUTION) comes from the command line, except that a resume keeps the run's own
+    compile and CUDA-graph settings unless they are given (bit-exact continuation)."""
     from sdmvae_cli.nets import REGISTRY, ModelConfig
     from sdmvae_cli.training.options import TrainOptions
 
@@ -120,7 +123,8 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     family = REGISTRY[model["model"]].TRAIN_DEFAULTS if known else {}
     inherited = _other_family_defaults(config, model["model"], train) if explicit("arch") else set()
     for p, f in TRAIN_PARAMS.items():
-        if config is None or explicit(p) or f not in train or f in EXECUTION or f in inherited:
+        execution = f in EXECUTION and not (resume and f != "device")
+        if config is None or explicit(p) or f not in train or execution or f in inherited:
             train[f] = given[p] if explicit(p) or f not in family else family[f]
     try:
         cfg = ModelConfig.from_dict(model)
@@ -132,6 +136,35 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None):
     return cfg, opts
 
 
+def _resumed_config(resume: Path | None) -> dict | None:
+    """``--resume RUN`` without ``--config``: the run's own config.json is the base the command
+    line is merged over (its architecture, options, epochs and prepared data), so that options
+    are checked against the run's family, not the default one; unreadable: None (the
+    checkpoint's own checks decide)."""
+    if resume is None:
+        return None
+    try:
+        return read_run_config(resume)
+    except SdmvaeError:
+        return None
+
+
+def _check_resume_line(ctx: typer.Context, resume: Path, cfg, opts) -> None:
+    """Refuse options given with --resume that differ from the run's (training.same_run). Under
+    torchrun --batch-size is per rank while config.json holds the run's batch: compared as such."""
+    from sdmvae_cli.core.distributed import launch_from_env
+    from sdmvae_cli.training.same_run import check_same_run
+
+    fields = [f for p, f in {**MODEL_PARAMS, **TRAIN_PARAMS}.items() if _given(ctx, p)]
+    launch = launch_from_env()
+    if launch is not None and "batch_size" in fields:
+        opts = replace(opts, batch_size=opts.batch_size * launch.world)
+    try:
+        check_same_run(resume, cfg, opts, fields, source="the command line")
+    except SdmvaeError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _other_family_defaults(config: dict | None, arch: str, train: dict) -> set[str]:
     """``--config <a DKF run> --arch vae`` (or the reverse): the training options the file holds
     at its family's defaults (the DKF's lr 2e-3, patience 50; the VAE's 1e-4, 20) where the new
@@ -141,7 +174,7 @@ def _other_family_defaults(config: dict | None, arch: str, train: dict) -> set[s
     from sdmvae_cli.training.options import TrainOptions
 
     old = (config or {}).get("model", {}).get("model")
-    if old == arch or old not in REGISTRY or arch not in REGISTRY:
+    if not isinstance(old, str) or not isinstance(arch, str) or old == arch or old not in REGISTRY or arch not in REGISTRY:
         return set()
     base = TrainOptions()
 
@@ -151,9 +184,10 @@ def _other_family_defaults(config: dict | None, arch: str, train: dict) -> set[s
     both = set(REGISTRY[old].TRAIN_DEFAULTS) | set(REGISTRY[arch].TRAIN_DEFAULTS)
     fields = {f for f in both if train.get(f) == default(old, f) != default(arch, f)}
     if fields:
+        was = ", ".join(f"{f} {train[f]}" for f in sorted(fields))
+        now = ", ".join(f"{f} {default(arch, f)}" for f in sorted(fields))
         err.print(
-            f"--config: {', '.join(f'{f} {train[f]:g}' for f in sorted(fields))} were --arch {old}'s defaults: "
-            f"--arch {arch} uses its own (give them to keep them)",
+            f"--config: {was} were --arch {old}'s defaults: --arch {arch} uses its own ({now}; give them to keep the old ones)",
             highlight=False,
         )
     return fields
@@ -284,13 +318,12 @@ def train(
     """Train a model with Adam and early stopping; writes best.pt, last.pt, history.csv, config.json, loss.png, tb/.
 
     stdout: the run folder, then its best.pt (one per line), or JSON with --json; epochs go to stderr."""
-    from sdmvae_cli.training.same_run import check_same_run
     from sdmvae_cli.training.train import LiveOptions
     from sdmvae_cli.training.train import train as run
 
     given = dict(ctx.params)
-    base_cfg = read_run_config(config) if config is not None else None
-    cfg, opts = merged_config(ctx, given, base_cfg)
+    base_cfg = read_run_config(config) if config is not None else _resumed_config(resume)
+    cfg, opts = merged_config(ctx, given, base_cfg, resume=resume is not None)
     if prepared_dir is None:
         if base_cfg is None or not base_cfg.get("prepared_dir"):
             raise UsageError("give PREPARED_DIR (or --config with a run's config.json that names it)")
@@ -298,11 +331,7 @@ def train(
     if resume is not None and overwrite:
         raise UsageError("--resume continues a run and --overwrite replaces it: give one of them")
     if resume is not None:  # the run's own options decide: another value given now is refused, not ignored
-        fields = [f for p, f in {**MODEL_PARAMS, **TRAIN_PARAMS}.items() if _given(ctx, p)]
-        try:
-            check_same_run(resume, cfg, opts, fields, source="the command line")
-        except SdmvaeError as exc:
-            raise UsageError(str(exc)) from None
+        _check_resume_line(ctx, resume, cfg, opts)
 
     def on_epoch(r) -> None:
         mark = "[green]*[/green]" if r.best else " "

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdmvae_cli.core.errors import SdmvaeError
+from sdmvae_cli.core.errors import SdmvaeError, UsageError
 from sdmvae_cli.data.frames import open_frames
 from sdmvae_cli.data.prepared import current_fingerprint, load_prepare_info, read_manifest
 from sdmvae_cli.evaluation.metrics import hoyer
@@ -39,10 +39,13 @@ from sdmvae_cli.training.selection import Choice, best_by_validation
 def validation_hoyer(model: str | os.PathLike, prepared_dir: str | os.PathLike | None = None) -> float:
     """The mean per-utterance Hoyer of ``model``'s code on the validation split of
     ``prepared_dir`` (default: the preparation the checkpoint records), which must be the data
-    it was trained on (same fingerprint) unless the model is another one's yardstick."""
+    it was trained on (same fingerprint): a target model's Hoyer is measured on its own
+    validation split, so it must share the candidates' data to be their yardstick."""
     f = checkpoint_file(model)
     data = read_checkpoint(f)
     prepared = Path(prepared_dir or data.get("prepared_dir") or "")
+    if prepared_dir is not None and not (prepared / "prepare.json").exists():
+        raise SdmvaeError(f"--data {prepared}: not a prepared folder (no prepare.json)")
     if not (prepared / "prepare.json").exists():
         raise SdmvaeError(f"{f}: its prepared data ({prepared or 'not recorded'}) is not here; give it with --data")
     info = load_prepare_info(prepared)
@@ -69,10 +72,12 @@ def target_hoyer(target: str, prepared_dir: str | os.PathLike | None = None) -> 
     try:
         value = float(target)
     except ValueError:
-        value = validation_hoyer(target, prepared_dir)
-        return value, f"the validation Hoyer of {target}"
-    if not 0.0 <= value <= 1.0:
-        raise SdmvaeError(f"--at-hoyer must be in [0, 1] (or a model), got {target}")
+        try:
+            return validation_hoyer(target, prepared_dir), f"the validation Hoyer of {target}"
+        except SdmvaeError as exc:
+            raise SdmvaeError(f"--at-hoyer {target}: {exc}") from None
+    if not 0.0 <= value <= 1.0:  # NaN too
+        raise UsageError(f"--at-hoyer must be a number in [0, 1] or a model, got {target}")
     return value, "given"
 
 

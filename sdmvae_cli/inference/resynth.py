@@ -216,8 +216,8 @@ def read_codes_npz(path: str | Path) -> dict:
         raise SdmvaeError(f"{path}: no such codes file") from None
     except Exception as exc:  # noqa: BLE001  (zip/format errors of a damaged file: one line)
         raise SdmvaeError(f"{path}: not a readable .codes.npz ({type(exc).__name__})") from None
-    if "codes" not in d or d["codes"].ndim != 2:
-        raise SdmvaeError(f"{path}: no 2-D 'codes' array (frames x code dimension)")
+    if "codes" not in d or d["codes"].ndim != 2 or d["codes"].shape[0] == 0:
+        raise SdmvaeError(f"{path}: no 2-D 'codes' array with at least one frame (frames x code dimension)")
     return {
         "codes": d["codes"].astype(np.float32),
         "checkpoint": str(d.get("checkpoint", "")),

@@ -24,7 +24,7 @@ from torch import nn
 from sdmvae_cli.nets.base import ModelConfig
 from sdmvae_cli.nets.lstm import LSTMLayer
 from sdmvae_cli.nets.registry import register
-from sdmvae_cli.nets.seqpriors import make_prior, prior_label
+from sdmvae_cli.nets.seqpriors import make_prior
 from sdmvae_cli.nets.sequence import SEQUENCE_OPTIONS, SequenceVAE
 
 
@@ -38,7 +38,7 @@ class RVAE(SequenceVAE):
     @classmethod
     def family_label(cls, cfg: ModelConfig) -> str:
         """'RVAE' or 'RVAE (non-causal)', then the prior's suffix (' + SDM (DCT, k=64)', ...)."""
-        return cls.LABEL + (" (non-causal)" if cfg.non_causal else "") + prior_label(cfg)
+        return cls.LABEL + (" (non-causal)" if cfg.non_causal else "") + cls.label_suffix(cfg)
 
     @classmethod
     def row_order(cls, cfg: ModelConfig) -> tuple:

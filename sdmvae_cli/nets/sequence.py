@@ -102,7 +102,13 @@ class SequenceVAE(SpectrogramVAE):
 
     @classmethod
     def family_label(cls, cfg: ModelConfig) -> str:
-        return cls.LABEL + prior_label(cfg)
+        return cls.LABEL + cls.label_suffix(cfg)
+
+    @classmethod
+    def label_suffix(cls, cfg: ModelConfig) -> str:
+        """The prior's part (' + SDM (DCT, k=64)'), then a KL warm-up where there is one, so that
+        runs with and without it are two rows."""
+        return prior_label(cfg) + (f" (KL warm-up {cfg.kl_warmup})" if cfg.kl_warmup > 0 else "")
 
     @classmethod
     def reads(cls, cfg: ModelConfig | None = None) -> tuple[str, ...]:

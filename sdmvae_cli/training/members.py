@@ -28,8 +28,9 @@ from sdmvae_cli.nets import ModelConfig
 from sdmvae_cli.nets.checkpoint import read_checkpoint
 from sdmvae_cli.training.early_stopping import resumed_status
 from sdmvae_cli.training.optim import OPTIMIZER_KIND
-from sdmvae_cli.training.options import LEGACY_STOP_ON, TrainOptions
+from sdmvae_cli.training.options import RESUME_FALLBACKS, TrainOptions
 from sdmvae_cli.training.run_folder import check_run_dir
+from sdmvae_cli.training.same_run import MAY_CHANGE
 from sdmvae_cli.training.stack import Member, init_state
 
 log = logging.getLogger("sdmvae")
@@ -98,9 +99,8 @@ def _resumed_member(
         remove_stale_temporaries(spec.run_dir)  # a checkpoint write cut by kill -9 (one process per run folder)
     cfg = ModelConfig.from_dict(state["config"]["model"])
     saved = {k: v for k, v in state["config"]["train"].items() if k in TrainOptions.__dataclass_fields__}
-    saved.setdefault("tf32", False)  # checkpoints from before the option trained in full fp32: resume as they ran
-    saved.setdefault("stop_on", LEGACY_STOP_ON)  # and before stop_on, on the mean
-    opts = TrainOptions(**{**saved, "device": spec.opts.device, "epochs": spec.opts.epochs})
+    # an option the checkpoint predates: as it was trained; then what a resume may change (training.same_run)
+    opts = TrainOptions(**{**RESUME_FALLBACKS, **saved, **{k: getattr(spec.opts, k) for k in MAY_CHANGE}})
     m = Member(
         spec.name,
         cfg,

@@ -23,6 +23,9 @@ LEGACY_STOP_ON = "mean"
 #: options whose default changed, with the old default: a run started under it resumes with it,
 #: and a spec that leaves the option unset is the same spec as before (sweep --resume)
 CHANGED_DEFAULTS: dict[str, Any] = {"stop_on": LEGACY_STOP_ON}
+#: what a resumed run uses for an option its config.json predates: how it was trained then
+#: (full fp32 before TF32 was an option, the mean before stop_on was one)
+RESUME_FALLBACKS: dict[str, Any] = {"tf32": False, "stop_on": LEGACY_STOP_ON}
 #: Stack.validate's columns, in order
 VALIDATION_COLUMNS = ("val_total", "val_recon", "val_kl", "val_median", "val_pm_total", "val_pm_recon", "val_pm_kl")
 #: the unit-weight bound (IS reconstruction + KL) of each statistic that has one, for comparing runs of different beta

@@ -171,4 +171,7 @@ def test_from_codes_refuses_codes_of_another_file_or_model_before_writing(real_u
     np.savez(tmp_path / "wide.codes.npz", **{**d, "codes": np.concatenate([d["codes"], d["codes"]], axis=1)})
     with pytest.raises(SdmvaeError, match="dimensions but the model's code has"):
         resynthesise_from_codes(tmp_path / "wide.codes.npz", tmp_path / "b.wav")
-    assert not (tmp_path / "a.wav").exists() and not (tmp_path / "b.wav").exists() and not list(tmp_path.glob(".*"))
+    np.savez(tmp_path / "empty.codes.npz", **{**d, "codes": d["codes"][:0]})  # every frame edited away
+    with pytest.raises(SdmvaeError, match="at least one frame"):
+        resynthesise_from_codes(tmp_path / "empty.codes.npz", tmp_path / "c.wav")
+    assert not any((tmp_path / f).exists() for f in ("a.wav", "b.wav", "c.wav")) and not list(tmp_path.glob(".*"))

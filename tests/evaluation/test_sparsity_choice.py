@@ -82,5 +82,8 @@ def test_export_at_a_models_sparsity(candidates, tmp_path, capsys):
     assert rel["chosen_by"]["chosen"] == str(files[2]) and "validation Hoyer >=" in rel["chosen_by"]["rule"]
     assert "validation Hoyer" in capsys.readouterr().err
     assert run(["export", str(files[0]), str(tmp_path / "x.pt"), "--data", str(prep)]) == 2
-    assert run(["export", *map(str, files), str(tmp_path / "y.pt"), "--at-hoyer", "1.5"]) == 1
+    assert run(["export", *map(str, files), str(tmp_path / "y.pt"), "--at-hoyer", "1.5"]) == 2
+    assert run(["export", *map(str, files), str(tmp_path / "y.pt"), "--at-hoyer", "nan"]) == 2
+    assert run(["export", *map(str, files), str(tmp_path / "y.pt"), "--at-hoyer", "no-such-model"]) == 1
+    assert "--at-hoyer no-such-model:" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()

@@ -172,13 +172,18 @@ def test_train_resume_refuses_options_that_differ_from_the_runs(synthetic_prepar
     assert cli(capsys, *base, "--epochs", "1", "--lr", "1e-3", "--out", run_dir, "--device", "cpu", "--no-plot")[0] == 0
     before = {str(f): f.read_bytes() for f in run_dir.rglob("*") if f.is_file()}
     msg = one_line_failure(
-        capsys, 2, "lr=0.001", "train", synthetic_prepared, "--resume", run_dir, "--lr", "2e-3", "--epochs", "2", "--no-plot"
+        capsys, 2, "--lr 0.001", "train", synthetic_prepared, "--resume", run_dir, "--lr", "2e-3", "--epochs", "2", "--no-plot"
     )
-    assert "only epochs and device may change" in msg
+    assert "only --epochs, --device, --cuda-graph, --compile may change" in msg
     assert {str(f): f.read_bytes() for f in run_dir.rglob("*") if f.is_file()} == before
     code, _, err = cli(capsys, *base, "--lr", "1e-3", "--resume", run_dir, "--epochs", "2", "--device", "cpu", "--no-plot")
     assert code == 0, err
     assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # a header and epochs 0-1
+    # the run's own config is the base: its prepared data, its epoch cap (no 500-epoch default), its family
+    code, _, err = cli(capsys, "train", "--resume", run_dir, "--device", "cpu", "--no-plot")
+    assert code == 0, err
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3
+    one_line_failure(capsys, 2, "--kl-warmup does not apply to --arch vae", "train", "--resume", run_dir, "--kl-warmup", "5")
 
 
 def test_runs_are_never_written_inside_the_prepared_data(synthetic_prepared, tmp_path, capsys):

@@ -183,3 +183,4 @@ def test_the_kl_warm_up_weighs_the_training_objective_only(prior):
     model.set_epoch(0)
     t = model.eval().loss(x, noise)
     torch.testing.assert_close(t.total, t.recon + t.kl)
+    assert model.family_label(model.cfg).endswith("(KL warm-up 4)")  # its own row in tables
