@@ -77,6 +77,7 @@ def test_released_models_by_name(tmp_path):
         "sdm-learned-k64-m64",
         "threshold-m64",
         "cauchy-m64",
+        "cauchy-gauss-m64",
         "laplace-m64",
     }
     assert sum(row["default"] for row in rows) == 1 and all(row["scores"]["stoi"] > 0.8 and row["data"] for row in rows)

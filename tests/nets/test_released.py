@@ -26,6 +26,7 @@ from sdmvae_cli.nets.released import default_model_path, released_dir
         "sdm-learned-k64-m64",
         "threshold-m64",
         "cauchy-m64",
+        "cauchy-gauss-m64",
         "laplace-m64",
     ],
 )
