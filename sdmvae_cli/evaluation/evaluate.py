@@ -297,6 +297,12 @@ def evaluate_checkpoint(
     entries = read_manifest(prepared_dir, split)
     if limit:
         entries = entries[:limit]
+    no_audio = sum(not e.get("path") for e in entries)
+    if no_audio:  # frames without a corpus (a synthetic preparation): one line, not a failure per file
+        raise SdmvaeError(
+            f"{prepared_dir}: {no_audio} of the {len(entries)} utterances of its {split!r} split have no audio file "
+            "(frames prepared without a corpus): evaluate resynthesises audio"
+        )
     codes = split_codes(load_model(lm.path, device=device) if str(device) != "cpu" else lm, prepared_dir, split)
     h = hoyer(codes)  # pooled, trimmed frames: the secondary protocol
     bar = progress_factory(len(entries)) if progress_factory else None

@@ -649,3 +649,13 @@ def test_train_epochs_zero_and_library_ranges(world, tmp_path):
         with pytest.raises(SdmvaeError):
             train(world["dir"] / "syn", ModelConfig(model="vae", latent=4), TrainOptions(device="cpu", **bad), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_on_frames_without_audio_is_one_line(world, tmp_path, capsys):
+    """A preparation made without a corpus (synthetic frames: manifests with no audio path) is
+    refused before any work, not failed file by file."""
+    from sdmvae_cli.audio.synthetic import make_synthetic_prepared
+
+    prep = make_synthetic_prepared(tmp_path / "syn", 600, 300, 300, utterances=True)
+    fails(capsys, 1, "have no audio file", "evaluate", world["ckpt"], prep, "--split", "test", "--out", tmp_path / "ev")
+    assert not (tmp_path / "ev").exists()
