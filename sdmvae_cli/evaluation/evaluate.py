@@ -198,6 +198,17 @@ class EvalResult:
         return not self.failures
 
 
+def _check_audio_listed(entries: list[dict], prepared_dir: Path, split: str) -> None:
+    """Frames prepared without a corpus (a synthetic preparation) have no audio to resynthesise:
+    one line before any work, not a failure per file."""
+    no_audio = sum(not e.get("path") for e in entries)
+    if no_audio:
+        raise SdmvaeError(
+            f"{prepared_dir}: {no_audio} of the {len(entries)} utterances of its {split!r} split have no audio file "
+            "(frames prepared without a corpus): evaluate resynthesises audio"
+        )
+
+
 def check_out_dir(out_dir: Path, overwrite: bool, inputs: Iterable[Path] = ()) -> None:
     """Before scoring: the output folder is writable, not an input, and holds no finished
     evaluation unless ``overwrite`` (an interrupted one, a journal only, is continued)."""
@@ -297,12 +308,7 @@ def evaluate_checkpoint(
     entries = read_manifest(prepared_dir, split)
     if limit:
         entries = entries[:limit]
-    no_audio = sum(not e.get("path") for e in entries)
-    if no_audio:  # frames without a corpus (a synthetic preparation): one line, not a failure per file
-        raise SdmvaeError(
-            f"{prepared_dir}: {no_audio} of the {len(entries)} utterances of its {split!r} split have no audio file "
-            "(frames prepared without a corpus): evaluate resynthesises audio"
-        )
+    _check_audio_listed(entries, prepared_dir, split)
     codes = split_codes(load_model(lm.path, device=device) if str(device) != "cpu" else lm, prepared_dir, split)
     h = hoyer(codes)  # pooled, trimmed frames: the secondary protocol
     bar = progress_factory(len(entries)) if progress_factory else None
