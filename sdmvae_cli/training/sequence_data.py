@@ -56,11 +56,12 @@ def is_sequential(cfg: ModelConfig) -> bool:
 
 
 def sequence_indexes(
-    cfgs: list[tuple[ModelConfig, int]], prepared_dir: Path, splits: tuple[np.ndarray, np.ndarray], budget: int, parallel: bool
+    cfgs: list[tuple[ModelConfig, int]], prepared_dir: Path, splits: tuple[np.ndarray, np.ndarray], budget: int
 ) -> SequenceIndexes:
     """Before anything is written: every sequence member (config, batch size) has its train
-    split resident, at least one batch of tiles in train and a tile in validation, and is not
-    data-parallel (not built yet: its noise and batches would need the tiles' axis). ``splits``:
+    split resident, at least one batch of tiles in train and a tile in validation. (Under
+    torchrun the ranks split each batch of tiles, and their noise, on the tiles' axis, as they
+    split frames: the family's ``noise_batch_axis``.) ``splits``:
     the train and validation frames, whose lengths bound the manifests' utterances. Returns the
     tiles, each split's manifest read once per sequence length (not once per member)."""
     train_frames, val_frames = splits
@@ -68,10 +69,6 @@ def sequence_indexes(
     for cfg, batch in cfgs:
         if not is_sequential(cfg):
             continue
-        if parallel:
-            raise SdmvaeError(
-                f"--model {cfg.model}: data-parallel training of sequence models is not supported; train with one process"
-            )
         if train_frames.nbytes > budget:
             raise SdmvaeError(
                 f"--model {cfg.model} needs the train split resident ({train_frames.nbytes >> 20} MiB over the "

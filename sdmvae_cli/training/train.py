@@ -224,7 +224,7 @@ def _plan(
         groups.setdefault(group_key(item[0].cfg, item[0].opts, item[0].name) + f"|{item[0].epoch}", []).append(item)
     _check_fit(opened, groups, stft, train_frames, budget, launch)
     sequences = sequence_indexes(
-        [(m.cfg, m.opts.batch_size) for m, _, _ in opened], prepared_dir, (train_frames, val_frames), budget, launch is not None
+        [(m.cfg, m.opts.batch_size) for m, _, _ in opened], prepared_dir, (train_frames, val_frames), budget
     )
     return _Plan(info, stft, opened, groups, budget, train_frames, val_frames, sequences)
 

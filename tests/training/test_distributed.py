@@ -238,3 +238,38 @@ def test_data_parallel_train_equals_one_process_at_the_whole_batch(synthetic_pre
     assert config["train"]["batch_size"] == 128 and config["data_parallel_ranks"] == 2
     assert {h["engine"] for h in csv.DictReader(open(dp / "history.csv"))} == {"cpu:compiled-step+dp2"}
     _same_runs(dp, one)
+
+
+def test_data_parallel_sequence_model_equals_one_process(tmp_path):
+    """A DKF: 2 ranks at 8 tiles each = one process at 16 tiles (the ranks split each batch of
+    tiles and its noise on the tiles' axis); its sweep members share out over the ranks too."""
+    from sdmvae_cli.audio.synthetic import make_synthetic_prepared
+
+    prep = make_synthetic_prepared(tmp_path / "prep", 2000, 500, 300, utterances=True)
+    model = ["--model", "dkf", "--latent", "8", "--seq-len", "20", "--rnn-hidden", "16", "--compile", "off", "--epochs", "2"]
+    one, dp = tmp_path / "one", tmp_path / "dp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sdmvae_cli", "train", str(prep), *model, *QUIET, "--batch-size", "16", "--out", str(one)]
+    assert subprocess.run(cmd, capture_output=True, env=env).returncode == 0
+    _torchrun("train", str(prep), *model, *QUIET, "--batch-size", "8", "--out", str(dp))
+    assert json.loads((dp / "config.json").read_text())["train"]["batch_size"] == 16
+    _same_runs(dp, one)
+    spec = _spec_file(
+        tmp_path,
+        {
+            "common": {
+                "model": "dkf",
+                "latent": 8,
+                "seq_len": 20,
+                "rnn_hidden": 16,
+                "batch_size": 8,
+                "epochs": 2,
+                "compile": "off",
+            },
+            "grid": [{"name": "d-s{seed}", "seed": [0, 1]}],
+        },
+    )
+    _torchrun("sweep", str(prep), str(spec), "--out", str(tmp_path / "sw"), *QUIET)
+    run_sweep(prep, spec, tmp_path / "sw1", device="cpu")
+    for n in ("d-s0", "d-s1"):
+        _same_runs(tmp_path / "sw" / n, tmp_path / "sw1" / n)
