@@ -39,7 +39,7 @@ def models(
     if released:
         _released(as_json, long)
         return
-    from sdmvae_cli.core.flags import flag_of
+    from sdmvae_cli.core.flags import flag_with_value
     from sdmvae_cli.nets import REGISTRY, ModelConfig
 
     defaults = ModelConfig().to_dict()
@@ -55,7 +55,7 @@ def models(
     t.add_column("description")
     t.add_column("options (default)")
     for r in rows:
-        t.add_row(r["name"], r["description"], ", ".join(f"{flag_of(k)} {_show(v)}" for k, v in r["options"].items()))
+        t.add_row(r["name"], r["description"], ", ".join(flag_with_value(k, _show(v)) for k, v in r["options"].items()))
     term.print(t)
 
 

@@ -13,6 +13,15 @@ FIELD_FLAGS: dict[str, str] = {"model": "arch", "dictionary": "dict"}
 SWITCH_FLAGS: dict[str, str] = {"non_causal": "--non-causal/--causal"}
 
 
+def flag_with_value(field_name: str, value: str) -> str:
+    """An option as typed with its value: ``--latent 64``; a switch by the spelling that sets
+    ``value`` (``--causal`` for ``non_causal`` False). ``value`` is already a string."""
+    if field_name in SWITCH_FLAGS:
+        on, off = SWITCH_FLAGS[field_name].split("/")
+        return on if value == "True" else off
+    return f"{flag_of(field_name)} {value}"
+
+
 def flag_of(field_name: str) -> str:
     """``dictionary`` -> ``--dict``, ``batch_size`` -> ``--batch-size``."""
     if field_name in SWITCH_FLAGS:

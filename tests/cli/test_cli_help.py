@@ -79,3 +79,13 @@ def test_the_tb_every_default_of_the_cli_is_the_librarys():
     from sdmvae_cli.training.tensorboard_log import TB_EVERY as LIBRARY
 
     assert TB_EVERY == LIBRARY
+
+
+def test_a_switch_is_shown_by_the_spelling_that_sets_its_default():
+    """`sdmvae models` lists an option with its default as it is typed: `--latent 64`, and a
+    switch by its spelling, `--causal`, never `--non-causal/--causal False`."""
+    from sdmvae_cli.core.flags import flag_of, flag_with_value
+
+    assert flag_with_value("latent", "64") == "--latent 64" and flag_with_value("dictionary", "dct") == "--dict dct"
+    assert flag_with_value("non_causal", "False") == "--causal" and flag_with_value("non_causal", "True") == "--non-causal"
+    assert flag_of("non_causal") == "--non-causal/--causal"  # what an error names: either spelling
