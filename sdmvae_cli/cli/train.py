@@ -63,6 +63,8 @@ MODEL_PARAMS = {
     "rnn_hidden": "rnn_hidden",
     "prior": "prior",
     "non_causal": "non_causal",
+    "ss_start": "ss_start",
+    "ss_end": "ss_end",
 }
 TRAIN_PARAMS = {
     "lr": "lr",
@@ -281,6 +283,12 @@ def train(
         False,
         "--non-causal/--causal",
         help="rvae: a bidirectional decoder LSTM over the whole latent sequence (default: causal).",
+    ),
+    ss_start: int = typer.Option(0, min=0, help="srnn: scheduled sampling starts at this epoch (with --ss-end)."),
+    ss_end: int = typer.Option(
+        0,
+        min=0,
+        help="srnn: scheduled sampling reaches its end here: the decoder then always reads its own predictions (DVAE_SE: 50-150; 0: off).",
     ),
     lr: float = typer.Option(1e-4, callback=positive, help="Adam learning rate."),
     batch_size: int = typer.Option(

@@ -280,7 +280,7 @@ def check_enhance_prior(model: SpectrogramVAE, method: str) -> None:
     """One line before any file is touched for a prior ``method`` cannot use: a sequence family
     without an encoder to fine-tune (SRNN), or with MCEM, or an MCEM prior without a sampler
     (:func:`check_mcem_prior`)."""
-    if model.SEQUENTIAL and model.ENCODER_PREFIXES is None:
+    if model.SEQUENTIAL and model.encoder_prefixes() is None:
         raise SdmvaeError(f"--model is a {model.cfg.model} model, which cannot be an enhancement prior: {model.NO_ENHANCE}")
     if model.SEQUENTIAL and method == "mcem":
         raise SdmvaeError(f"--method mcem samples a frame-wise prior; a {model.cfg.model} prior takes --method vem")

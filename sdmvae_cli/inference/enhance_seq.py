@@ -36,7 +36,7 @@ def _speech(model: SequenceVAE, noisy: torch.Tensor, samples: int) -> tuple[torc
     """(speech variances (samples, T, F), KL per sample (samples,)) of ``samples`` chains on the
     noisy power, each one sequence, batched."""
     x = noisy.expand(samples, *noisy.shape)
-    noise = draw_noise(model.prior.noise_spec(samples, noisy.shape[0]), device=noisy.device)
+    noise = draw_noise(model.step_noise_spec(samples, noisy.shape[0]), device=noisy.device)
     out = model.chain(x, noise)
     return speech_variance(model, out["dec"]), out["kl"].sum(-1)
 
@@ -46,7 +46,7 @@ def tuned_copy(model: SequenceVAE) -> tuple[SequenceVAE, list[torch.nn.Parameter
     work = copy.deepcopy(model)
     tuned = []
     for name, p in work.named_parameters():
-        p.requires_grad_(name.startswith(model.ENCODER_PREFIXES))
+        p.requires_grad_(name.startswith(model.encoder_prefixes()))
         if p.requires_grad:
             tuned.append(p)
     return work, tuned

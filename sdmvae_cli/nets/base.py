@@ -64,6 +64,10 @@ class ModelConfig:
     rnn_hidden: int = 128
     prior: str = "gaussian"
     non_causal: bool = False  # rvae: a bidirectional decoder LSTM over z_{1:T} (else forward: causal)
+    # srnn: scheduled sampling (DVAE_SE): the decoder's h from the model's own predictions with a
+    # probability rising from 0 at epoch ss_start to 1 at ss_end (ss_end 0: off, teacher-forced)
+    ss_start: int = 0
+    ss_end: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +134,8 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "kl_warmup": (0, 1_000_000),
     "seq_len": (1, 100_000),
     "rnn_hidden": (1, 65536),
+    "ss_start": (0, 1_000_000),
+    "ss_end": (0, 1_000_000),
 }
 MAX_LAYER = 65536
 

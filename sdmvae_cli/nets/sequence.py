@@ -153,7 +153,15 @@ class SequenceVAE(SpectrogramVAE):
         return torch.log(x + LOG_FLOOR) if self.cfg.input_transform == "log" else x
 
     def noise_spec(self, batch: int) -> NoiseSpec:
-        return self.prior.noise_spec(batch, self.cfg.seq_len)
+        return self.step_noise_spec(batch, self.cfg.seq_len)
+
+    def step_noise_spec(self, batch: int, steps: int) -> NoiseSpec:
+        """The noise of ``batch`` sequences of ``steps`` frames: the prior's (a family may add its own)."""
+        return self.prior.noise_spec(batch, steps)
+
+    def encoder_prefixes(self) -> tuple[str, ...] | None:
+        """What `enhance` fine-tunes (:attr:`ENCODER_PREFIXES`); None: this model cannot be a prior."""
+        return self.ENCODER_PREFIXES
 
     def prior_step(self, h: torch.Tensor, f: torch.Tensor, logv: torch.Tensor, noise: Any, t: int):
         """Step t of the prior strategy: (z_t, code_t, KL_t); ``noise`` None: the mean chain."""
@@ -191,7 +199,7 @@ class SequenceVAE(SpectrogramVAE):
     def loss(self, x: torch.Tensor, noise: Any = None) -> LossTerms:
         """The one-sample ELBO per frame of sequences ``x`` (B, T, bins)."""
         if noise is None:  # inference and tests: a fresh draw from the global generator
-            noise = draw_noise(self.prior.noise_spec(x.shape[0], x.shape[-2]), device=x.device)
+            noise = draw_noise(self.step_noise_spec(x.shape[0], x.shape[-2]), device=x.device)
         return self._terms(x, noise)
 
     def mean_code_loss(self, x: torch.Tensor) -> LossTerms:

@@ -20,6 +20,17 @@ benchmark never had (as :func:`~sdmvae_cli.nets.sequence.widths_from` does for t
 
 h is teacher-forced: it reads the ground-truth x_{t-1} in training and in resynthesis (as the
 benchmark does); used without x (generation, enhancement) it would need scheduled sampling.
+
+**Scheduled sampling** (``--ss-start S --ss-end E``, DVAE_SE's SRNN prior, ``src/model_ss/srnn_ss.py``):
+two deterministic chains. h^inf (teacher-forced, as above) feeds the inference network; h^gen
+is the same LSTM stepped on the model's own previous prediction, exp(y_{t-1}) (detached; x_0
+silence), and feeds the prior p(z_t | z_{t-1}, h^gen_t) always. The decoder reads [h_t; z_t]
+with h_t = h^gen_t with probability p(epoch) (0 before epoch S, rising linearly to 1 at E), else
+h^inf_t: one draw per sequence and step (DVAE_SE draws one per step for the whole batch; per
+sequence keeps a batch's rows independent, which the data-parallel split needs). Outside
+training (validation, resynthesis, enhancement) p = 1: the model as it is used without the clean
+signal, so early stopping watches that model throughout. Such an SRNN can be an `enhance` prior:
+its E-step fine-tunes the inference branch on the noisy power (DVAE_SE's "SRNN-GM v1").
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from sdmvae_cli.nets.base import ModelConfig, mlp
 from sdmvae_cli.nets.lstm import LSTMLayer
 from sdmvae_cli.nets.registry import register
 from sdmvae_cli.nets.seqpriors import make_prior
-from sdmvae_cli.nets.sequence import SequenceVAE
+from sdmvae_cli.nets.sequence import SEQUENCE_OPTIONS, SequenceVAE
 
 #: the benchmark's dense widths (DVAE config/speech/cfg_srnn.ini)
 X_WIDTH, Z_WIDTHS, DECODER_WIDTH = 256, (64, 32), 256
@@ -59,7 +70,39 @@ class SRNN(SequenceVAE):
         "Stochastic RNN (sequence model: teacher-forced forward LSTM h_t, backward-LSTM inference); --prior gaussian/sdm/vsc."
     )
     LABEL, ROW_RANK = "SRNN", 21
-    NO_ENHANCE = "its h_t is teacher-forced on the clean x_{t-1}, unknown in a noisy file (scheduled sampling is not built)"
+    OPTIONS = SEQUENCE_OPTIONS + ("ss_start", "ss_end")
+    NO_ENHANCE = "its h_t is teacher-forced on the clean x_{t-1}, unknown in a noisy file (train it with --ss-start/--ss-end)"
+    #: fine-tuned by `enhance` with a scheduled-sampling SRNN: the inference branch (h^gen's LSTM stays)
+    SS_ENCODER_PREFIXES = ("hx_to_g.", "rnn_g.", "g_to_z.", "prior.heads.")
+
+    @classmethod
+    def validate(cls, cfg: ModelConfig) -> None:
+        super().validate(cfg)
+        if cfg.ss_end > 0 and not cfg.ss_start < cfg.ss_end:
+            raise SdmvaeError(f"--ss-start must be below --ss-end, got {cfg.ss_start} and {cfg.ss_end}")
+        if cfg.ss_end == 0 and cfg.ss_start > 0:
+            raise SdmvaeError("--ss-start needs --ss-end (scheduled sampling ends there)")
+
+    @classmethod
+    def label_suffix(cls, cfg: ModelConfig) -> str:
+        ss = f" (scheduled sampling {cfg.ss_start}-{cfg.ss_end})" if cfg.ss_end > 0 else ""
+        return ss + super().label_suffix(cfg)
+
+    def encoder_prefixes(self) -> tuple[str, ...] | None:
+        return self.SS_ENCODER_PREFIXES if self.cfg.ss_end > 0 else None
+
+    def step_noise_spec(self, batch: int, steps: int):
+        spec = super().step_noise_spec(batch, steps)
+        if self.cfg.ss_end > 0:  # the decoder's choice of h per sequence and step
+            spec = {**spec, "coin": ("uniform", (batch, steps, 1))}
+        return spec
+
+    def prediction_weight(self) -> torch.Tensor | float:
+        """p(epoch): how often the decoder reads its own predictions (1 outside training)."""
+        if not self.training:
+            return 1.0
+        span = self.cfg.ss_end - self.cfg.ss_start
+        return torch.clamp((self.epoch - self.cfg.ss_start) / span, 0.0, 1.0)
 
     def build_networks(self, cfg: ModelConfig) -> None:
         m, hid = cfg.latent, cfg.rnn_hidden
@@ -92,6 +135,8 @@ class SRNN(SequenceVAE):
         return self.rnn_h(self.x_to_h(torch.cat([silence, xt[..., :-1, :]], -2)))
 
     def chain(self, x: torch.Tensor, noise) -> dict[str, torch.Tensor]:
+        if self.cfg.ss_end > 0:
+            return self._scheduled_chain(x, noise)
         xt = self.transform(x)
         h = self.deterministic(xt)  # (B, T, H): h_t sees x_{<t}
         g = self.rnn_g(self.hx_to_g(torch.cat([h, xt], -1)))  # g_t sees x_{t:T} (and h_t)
@@ -104,4 +149,28 @@ class SRNN(SequenceVAE):
             codes.append(code)
             kls.append(kl)
         z = torch.stack(zs, -2)
+        return {"dec": torch.cat([h, z], -1), "z": z, "h": h, "kl": torch.stack(kls, -1), "code": torch.stack(codes, -2)}
+
+    def _scheduled_chain(self, x: torch.Tensor, noise) -> dict[str, torch.Tensor]:
+        """The scheduled-sampling recursion (module docstring): h^gen stepped on the model's own
+        predictions, the prior on h^gen, the decoder on h^gen or h^inf by the step's coin."""
+        xt = self.transform(x)
+        h_inf = self.deterministic(xt)
+        g = self.rnn_g(self.hx_to_g(torch.cat([h_inf, xt], -1)))
+        w = self.prediction_weight()
+        z = x.new_zeros((*x.shape[:-2], self.cfg.latent))
+        prev, state = x.new_zeros(x[..., 0, :].shape), None  # x_0: silence
+        hs, zs, codes, kls = [], [], [], []
+        for t in range(x.shape[-2]):  # h^gen_t needs y_{t-1}, which needs z_{t-1}
+            state = self.rnn_h.step(self.x_to_h(self.transform(prev)), state)
+            f, logv = self.transition(torch.cat([state[0], z], -1))
+            z, code, kl = self.prior_step(self.g_to_z(torch.cat([g[..., t, :], z], -1)), f, logv, noise, t)
+            pick = (noise["coin"][..., t, :] < w) if noise is not None and "coin" in noise else torch.as_tensor(w >= 0.5)
+            h = torch.where(pick, state[0], h_inf[..., t, :])
+            prev = torch.exp(self.decode(torch.cat([h, z], -1))).detach()
+            hs.append(h)
+            zs.append(z)
+            codes.append(code)
+            kls.append(kl)
+        h, z = torch.stack(hs, -2), torch.stack(zs, -2)
         return {"dec": torch.cat([h, z], -1), "z": z, "h": h, "kl": torch.stack(kls, -1), "code": torch.stack(codes, -2)}

@@ -25,15 +25,19 @@ def _mixture(frames: int = 40) -> torch.Tensor:
     return speech + 0.05 * torch.rand((frames, 513), generator=g)
 
 
-@pytest.mark.parametrize("arch, kw", [("dkf", {}), ("dkf", {"prior": "sdm", "k": 9}), ("rvae", {"non_causal": True})])
+@pytest.mark.parametrize(
+    "arch, kw",
+    [("dkf", {}), ("dkf", {"prior": "sdm", "k": 9}), ("rvae", {"non_causal": True}), ("srnn", {"ss_start": 1, "ss_end": 3})],
+)
 def test_only_the_encoder_is_tuned_and_the_loaded_prior_never_changes(arch, kw):
     model = _model(arch, **kw)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     work, tuned = tuned_copy(model)
     names = {n for n, p in work.named_parameters() if p.requires_grad}
-    assert names and all(n.startswith(model.ENCODER_PREFIXES) for n in names)
-    assert any(n.startswith(("decoder", "out", "rnn_dec", "transition")) for n, _ in work.named_parameters())
-    assert not any(n.startswith(("decoder", "out", "rnn_dec", "transition")) for n in names)
+    assert names and all(n.startswith(model.encoder_prefixes()) for n in names)
+    prior_parts = ("decoder", "out", "rnn_dec", "transition", "rnn_h", "x_to_h")
+    assert any(n.startswith(prior_parts) for n, _ in work.named_parameters())
+    assert not any(n.startswith(prior_parts) for n in names)
     opts = EnhanceOptions(iterations=6, steps=1, lr=1e-2, nmf_rank=3, wiener_samples=4)
     speech, gain, nmf, history = vem_sequence(model, _mixture(), opts)
     assert speech.shape == (4, 40, 513) and torch.isfinite(speech).all() and len(history) == 6

@@ -57,7 +57,7 @@ def _frames(b: int = 3, t: int = T) -> torch.Tensor:
 
 def _noise(model, b: int, t: int = T, seed: int = 5) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    spec = model.prior.noise_spec(b, t)
+    spec = model.step_noise_spec(b, t)
     return {k: torch.rand(s, generator=g) if kind == "uniform" else torch.randn(s, generator=g) for k, (kind, s) in spec.items()}
 
 
@@ -297,3 +297,71 @@ def test_srnn_codes_are_refused_with_the_reason():
     code = model.reconstruct(_frames(1)[0])[1]
     with pytest.raises(SdmvaeError, match="h_t, an LSTM over the audio's own past frames"):
         model.codes_to_latent(code)
+
+
+def _ss_model(prior: str = "gaussian"):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        model="srnn", latent=6, seq_len=T, rnn_hidden=12, prior=prior, k=9 if prior == "sdm" else 64, ss_start=2, ss_end=6
+    )
+    return build_model(cfg)
+
+
+def test_scheduled_sampling_picks_the_decoders_h_by_the_schedule():
+    """--ss-start 2 --ss-end 6: before epoch 2 the decoder reads the teacher-forced h (the
+    deterministic LSTM over x_{t-1}), from epoch 6 on, and outside training, the h stepped on
+    its own predictions; at epoch 4 (p = 0.5) each step's coin decides."""
+    model = _ss_model().train()
+    x = _frames(2)
+    h_inf = model.deterministic(model.transform(x))
+    noise = _noise(model, 2)
+    assert set(noise) == {"eps", "coin"} and noise["coin"].shape == (2, T, 1)
+    model.set_epoch(0)
+    h0 = model.chain(x, noise)["h"]
+    torch.testing.assert_close(h0, h_inf)
+    model.set_epoch(6)
+    h1 = model.chain(x, noise)["h"]
+    assert not torch.allclose(h1[:, 1:], h_inf[:, 1:])  # t = 0 reads silence either way
+    torch.testing.assert_close(model.eval().chain(x, noise)["h"], h1)  # outside training: always its predictions
+    model.train().set_epoch(4)
+    h_half = model.chain(x, noise)["h"]
+    pick = (noise["coin"] < 0.5).expand_as(h_half).clone()
+    pick[:, 0] = False  # t = 0: both chains read silence
+    assert pick.any() and (~pick[:, 1:]).any()
+    torch.testing.assert_close(h_half[~pick], h_inf[~pick])  # the coin said teacher-forced
+    assert not torch.allclose(h_half[pick], h_inf[pick])  # it said: its own predictions
+
+
+def test_a_scheduled_sampling_srnn_is_an_enhancement_prior_and_others_refuse_the_options():
+    model = _ss_model("sdm").eval()
+    assert model.encoder_prefixes() == ("hx_to_g.", "rnn_g.", "g_to_z.", "prior.heads.")
+    assert _model("srnn", "gaussian").encoder_prefixes() is None  # teacher-forced: no prior for a noisy file
+    tuned = [n for n, _ in model.named_parameters() if n.startswith(model.encoder_prefixes())]
+    assert tuned and not any(n.startswith(("rnn_h.", "x_to_h.", "decoder.", "transition.")) for n in tuned)
+    assert model.family_label(model.cfg).startswith("SRNN (scheduled sampling 2-6) + SDM")
+    assert foreign_options("dkf", ["ss_end"]) == ["ss_end"]
+    with pytest.raises(SdmvaeError, match="--ss-start must be below --ss-end"):
+        build_model(ModelConfig(model="srnn", latent=6, ss_start=5, ss_end=5))
+
+
+def test_cli_trains_a_scheduled_sampling_srnn_and_enhances_with_it(prepared, tmp_path, capsys):
+    """--ss-start 0 --ss-end 2: trains (the loss falls), and the run is an `enhance` prior, which
+    a teacher-forced SRNN is not."""
+    import numpy as np
+    import soundfile as sf
+
+    from sdmvae_cli.audio.synthetic import source_filter_speech
+
+    out = tmp_path / "run"
+    argv = ["train", str(prepared), "--model", "srnn", "--ss-start", "0", "--ss-end", "2", "--latent", "8", "--rnn-hidden"]
+    argv += ["16", "--seq-len", "10", "--batch-size", "8", "--epochs", "3", "--compile", "off", "--device", "cpu", "--no-plot"]
+    assert run([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    rows = list(csv.DictReader(open(out / "history.csv")))
+    assert float(rows[-1]["train_total"]) < float(rows[0]["train_total"])
+    assert load_model(out / "best.pt").model_config.ss_end == 2
+    x = source_filter_speech(1.0, seed=3)
+    noisy = x + 0.05 * np.random.default_rng(0).standard_normal(x.size)
+    sf.write(str(tmp_path / "noisy.wav"), (0.5 * noisy / np.abs(noisy).max()).astype(np.float32), 16000)
+    enh = ["enhance", str(tmp_path / "noisy.wav"), str(tmp_path / "e.wav"), "--iterations", "2", "--device", "cpu"]
+    assert run([*enh, "-m", str(out / "best.pt")]) == 0, capsys.readouterr().err
+    assert np.isfinite(sf.read(str(tmp_path / "e.wav"))[0]).all()
