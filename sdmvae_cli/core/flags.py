@@ -13,12 +13,12 @@ FIELD_FLAGS: dict[str, str] = {"model": "arch", "dictionary": "dict"}
 SWITCH_FLAGS: dict[str, str] = {"non_causal": "--non-causal/--causal"}
 
 
-def flag_with_value(field_name: str, value: str) -> str:
+def flag_with_value(field_name: str, value: object) -> str:
     """An option as typed with its value: ``--latent 64``; a switch by the spelling that sets
-    ``value`` (``--causal`` for ``non_causal`` False). ``value`` is already a string."""
+    ``value`` (``--causal`` for ``non_causal`` False; the value or its text)."""
     if field_name in SWITCH_FLAGS:
         on, off = SWITCH_FLAGS[field_name].split("/")
-        return on if value == "True" else off
+        return on if value in (True, "True") else off
     return f"{flag_of(field_name)} {value}"
 
 

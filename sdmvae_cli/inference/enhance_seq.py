@@ -1,4 +1,4 @@
-"""`enhance` with a sequence prior (DKF, RVAE): the variational EM of DVAE_SE (Bie et al. 2022).
+"""`enhance` with a sequence prior (DKF, RVAE, a scheduled-sampling SRNN): the variational EM of DVAE_SE (Bie et al. 2022).
 
 Model: X_ft = sqrt(g_t) S_ft + B_ft, S | z ~ N_c(0, sigma2_theta(z)) from the trained dynamical
 VAE, B ~ N_c(0, (W H)_ft) a rank-K NMF fitted on the noisy file alone (as the frame-wise EM).
@@ -7,7 +7,7 @@ Why another E-step than the frame-wise one: there q(z | x) factorises over frame
 per-frame parameters are optimised directly; a dynamical posterior is a recursion (z_t depends
 on z_{t-1} and on the whole utterance through the LSTMs), with no per-frame parameters to free.
 DVAE_SE's answer, followed here: q is the trained **encoder itself**, run on the noisy power as
-one sequence, and its weights (the family's ``ENCODER_PREFIXES``) are fine-tuned on the file by
+one sequence, and its weights (the model's ``encoder_prefixes()``) are fine-tuned on the file by
 Adam on the negative ELBO
 
     sum_ft [ |X_ft|^2 / V_ft + log V_ft ] + sum_t KL_t,   V = g sigma2_theta(z) + W H,

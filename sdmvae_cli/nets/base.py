@@ -246,6 +246,12 @@ class SpectrogramVAE(nn.Module):
         return cls.OPTIONS
 
     @classmethod
+    def patience_from(cls, cfg: ModelConfig) -> int:
+        """The first epoch that counts against ``--patience``: later where a training schedule
+        still changes what validation measures (the SRNN's scheduled sampling)."""
+        return 0
+
+    @classmethod
     def validation_set(cls, cfg: ModelConfig) -> str:
         """Which validation frames a run's figures average over: runs whose sets differ have no
         common validation loss to be ranked by (``export`` of several candidates)."""

@@ -189,7 +189,7 @@ class SequenceVAE(SpectrogramVAE):
         the benchmark's remedy for a posterior that collapses before the decoder learns; 1 in
         eval mode, so the validation statistic is always the unit-weight bound)."""
         out = self.chain(x, noise)
-        recon = itakura_saito(x, self.decode(out["dec"])).flatten()
+        recon = itakura_saito(x, self._decoded(out)).flatten()
         kl = out["kl"].flatten()
         weighted = self.weighted_kl(kl)
         if self.training and self.cfg.kl_warmup > 0:
@@ -213,8 +213,12 @@ class SequenceVAE(SpectrogramVAE):
         or seams), it is how the benchmark scores its models, and 10 s is only 625 steps."""
         seq = x.unsqueeze(0) if x.dim() == 2 else x
         out = self.chain(seq, None)
-        power, code = torch.exp(self.decode(out["dec"])), out["code"]
+        power, code = torch.exp(self._decoded(out)), out["code"]
         return (power[0], code[0]) if x.dim() == 2 else (power, code)
+
+    def _decoded(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y_{1:T} of a chain: decoded here, unless the chain decoded it on the way (``y``)."""
+        return out["y"] if "y" in out else self.decode(out["dec"])
 
     def code_of(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(x)[1]

@@ -47,6 +47,8 @@ from sdmvae_cli.nets.sequence import SEQUENCE_OPTIONS, SequenceVAE
 
 #: the benchmark's dense widths (DVAE config/speech/cfg_srnn.ini)
 X_WIDTH, Z_WIDTHS, DECODER_WIDTH = 256, (64, 32), 256
+#: the fed-back prediction's log-power is capped (exp overflows float32 above 88)
+MAX_LOG_POWER = 80.0
 
 
 class GaussianTransition(nn.Module):
@@ -87,6 +89,12 @@ class SRNN(SequenceVAE):
     def label_suffix(cls, cfg: ModelConfig) -> str:
         ss = f" (scheduled sampling {cfg.ss_start}-{cfg.ss_end})" if cfg.ss_end > 0 else ""
         return ss + super().label_suffix(cfg)
+
+    @classmethod
+    def patience_from(cls, cfg: ModelConfig) -> int:
+        """Validation measures the model as used without the clean signal (p = 1), which the
+        training objective reaches only at ss_end: no epoch before counts against the patience."""
+        return cfg.ss_end
 
     def encoder_prefixes(self) -> tuple[str, ...] | None:
         return self.SS_ENCODER_PREFIXES if self.cfg.ss_end > 0 else None
@@ -160,17 +168,28 @@ class SRNN(SequenceVAE):
         w = self.prediction_weight()
         z = x.new_zeros((*x.shape[:-2], self.cfg.latent))
         prev, state = x.new_zeros(x[..., 0, :].shape), None  # x_0: silence
-        hs, zs, codes, kls = [], [], [], []
+        hs, ys, zs, codes, kls = [], [], [], [], []
         for t in range(x.shape[-2]):  # h^gen_t needs y_{t-1}, which needs z_{t-1}
             state = self.rnn_h.step(self.x_to_h(self.transform(prev)), state)
             f, logv = self.transition(torch.cat([state[0], z], -1))
             z, code, kl = self.prior_step(self.g_to_z(torch.cat([g[..., t, :], z], -1)), f, logv, noise, t)
-            pick = (noise["coin"][..., t, :] < w) if noise is not None and "coin" in noise else torch.as_tensor(w >= 0.5)
-            h = torch.where(pick, state[0], h_inf[..., t, :])
-            prev = torch.exp(self.decode(torch.cat([h, z], -1))).detach()
+            h = torch.where(self._pick(noise, t, w), state[0], h_inf[..., t, :])
+            y = self.decode(torch.cat([h, z], -1))
+            prev = torch.exp(y.detach().clamp(max=MAX_LOG_POWER))
+            ys.append(y)
             hs.append(h)
             zs.append(z)
             codes.append(code)
             kls.append(kl)
         h, z = torch.stack(hs, -2), torch.stack(zs, -2)
-        return {"dec": torch.cat([h, z], -1), "z": z, "h": h, "kl": torch.stack(kls, -1), "code": torch.stack(codes, -2)}
+        out = {"dec": torch.cat([h, z], -1), "y": torch.stack(ys, -2), "z": z, "h": h, "kl": torch.stack(kls, -1)}
+        return out | {"code": torch.stack(codes, -2)}
+
+    def _pick(self, noise, t: int, w) -> torch.Tensor:
+        """Whether the decoder reads h^gen at step t: the step's coin under p in training; the
+        mean chain (no noise) takes the likelier side; p = 1 outside training."""
+        if noise is None:
+            return torch.as_tensor(w >= 0.5)
+        if "coin" not in noise:
+            raise SdmvaeError("a scheduled-sampling SRNN's noise has no 'coin': draw it from the model's step_noise_spec")
+        return noise["coin"][..., t, :] < w

@@ -43,7 +43,7 @@ def rank_rows(batch: int, launch: Launch) -> slice:
     """Rank ``launch.rank``'s rows of a batch of ``batch`` (the run's batch: G x per-rank)."""
     if batch % launch.world:
         raise SdmvaeError(
-            f"the run's batch of {batch} frames does not split over {launch.world} ranks: resume it on a number of ranks "
+            f"the run's batch of {batch} rows (frames, or a sequence model's tiles) does not split over {launch.world} ranks: resume it on a number of ranks "
             "that divides it"
         )
     b = batch // launch.world

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+from sdmvae_cli.nets import REGISTRY
 from sdmvae_cli.training.options import STOP_COLUMNS
 from sdmvae_cli.training.stack import Member
 
@@ -50,11 +51,12 @@ def diverged(m: Member, epoch: int, train: list[float], crit: float) -> bool:
 
 
 def record_validation(m: Member, epoch: int, crit: float) -> bool:
-    """Count the epoch against the member's best; returns whether it is a new best."""
+    """Count the epoch against the member's best; returns whether it is a new best. Epochs
+    before the family's ``patience_from`` keep the best but never count against the patience."""
     improved = crit < m.best_val
     if improved:
         m.best_val, m.best_epoch, m.since_best = crit, epoch, 0
-    else:
+    elif epoch >= REGISTRY[m.cfg.model].patience_from(m.cfg):
         m.since_best += 1
     return improved
 

@@ -365,3 +365,30 @@ def test_cli_trains_a_scheduled_sampling_srnn_and_enhances_with_it(prepared, tmp
     enh = ["enhance", str(tmp_path / "noisy.wav"), str(tmp_path / "e.wav"), "--iterations", "2", "--device", "cpu"]
     assert run([*enh, "-m", str(out / "best.pt")]) == 0, capsys.readouterr().err
     assert np.isfinite(sf.read(str(tmp_path / "e.wav"))[0]).all()
+
+
+def test_no_epoch_before_the_schedule_ends_counts_against_the_patience():
+    """Validation measures the model at p = 1, which training reaches at --ss-end: a worse
+    validation figure before then keeps the best but does not use up the patience."""
+    from types import SimpleNamespace
+
+    from sdmvae_cli.training.early_stopping import record_validation
+
+    cfg = ModelConfig(model="srnn", latent=6, ss_start=2, ss_end=6)
+    m = SimpleNamespace(cfg=cfg, best_val=math.inf, best_epoch=-1, since_best=0)
+    for epoch, val in enumerate([5.0, 6.0, 7.0, 8.0, 9.0, 9.0, 9.0, 4.0, 4.5]):
+        record_validation(m, epoch, val)
+    assert (m.best_epoch, m.since_best) == (7, 1)  # epochs 1-5 never counted; 6 did, then 7 improved, 8 counts
+    tf = SimpleNamespace(cfg=ModelConfig(model="srnn", latent=6), best_val=math.inf, best_epoch=-1, since_best=0)
+    for epoch, val in enumerate([5.0, 6.0, 7.0]):
+        record_validation(tf, epoch, val)
+    assert tf.since_best == 2
+
+
+def test_the_scheduled_chain_decodes_once_and_refuses_noise_without_its_coin():
+    model = _ss_model().train()
+    x = _frames(2)
+    out = model.chain(x, _noise(model, 2))
+    torch.testing.assert_close(out["y"], model.decode(out["dec"]))
+    with pytest.raises(SdmvaeError, match="has no 'coin'"):
+        model.chain(x, {"eps": torch.randn(2, T, 6)})
