@@ -49,6 +49,7 @@ class PlainLoop:
         self.gen = torch.Generator().manual_seed(0)
 
     def run_epoch(self, epoch: int) -> int:
+        self.model.set_epoch(epoch)  # schedules (scheduled sampling) as the engine sets them
         n = len(self.src)
         perm = torch.randperm(n, generator=self.gen)
         steps = n // self.batch
@@ -60,21 +61,30 @@ class PlainLoop:
         return steps * self.batch * self.src.row_frames
 
 
+#: contenders that are a family with options: the SRNN with scheduled sampling at p = 1 (from epoch 1)
+VARIANTS = {"srnn-ss": ("srnn", {"ss_start": 0, "ss_end": 1})}
+
+
+def family_config(name: str, latent: int) -> ModelConfig:
+    arch, kw = VARIANTS.get(name, (name, {}))
+    return ModelConfig(model=arch, latent=latent, seq_len=50, **kw)
+
+
 def contenders(families: list[str], prep: Path, latent: int, batch: int) -> dict:
     dev = torch.device("cpu")
     frames = open_frames(prep, "train")
     src = FrameSource.create(frames, dev, 1 << 40)
     val_frames = open_frames(prep, "validation")
     val = FrameSource.create(val_frames, dev, 1 << 40).buffer
-    cfgs = [(ModelConfig(model=fam, latent=latent, seq_len=50), batch) for fam in families]
-    data = data_for(sequence_indexes(cfgs, prep, (frames, val_frames), 1 << 40, False), src, val)
+    cfgs = [(family_config(fam, latent), batch) for fam in families]
+    data = data_for(sequence_indexes(cfgs, prep, (frames, val_frames), 1 << 40), src, val)
     out = {"vae": make_stack(1, ModelConfig(model="vae", latent=latent), src, val, dev, False)}
     for fam in families:
-        cfg = ModelConfig(model=fam, latent=latent, seq_len=50)
+        cfg = family_config(fam, latent)
         seq_src, seq_val = data(cfg)
         st = make_stack(1, cfg, seq_src, seq_val, dev, False)
         st.opts.batch_size = batch
-        lr = REGISTRY[fam].TRAIN_DEFAULTS["lr"]  # the family's default, for both contenders
+        lr = REGISTRY[cfg.model].TRAIN_DEFAULTS["lr"]  # the family's default, for both contenders
         for v in st.opt.lrs.values():
             v.fill_(lr)
         out[f"{fam} engine"] = st
