@@ -143,19 +143,25 @@ def export(
 ) -> None:
     """Write a small release copy of a checkpoint (no optimizer/RNG state): loadable, not resumable.
     Given several (e.g. the seeds of one configuration), release the best by validation loss."""
-    from sdmvae_cli.evaluation.sparsity_choice import best_at_sparsity, target_hoyer
+    from sdmvae_cli.evaluation.sparsity_choice import best_at_sparsity, candidates_data, target_hoyer
     from sdmvae_cli.nets.checkpoint import checkpoint_file
     from sdmvae_cli.training.selection import best_by_validation, check_export_destination, export_checkpoint
 
     if data is not None and at_hoyer is None:
         raise UsageError("--data goes with --at-hoyer")
+    # every file read is an input: the candidates and their run folders, and with --at-hoyer the
+    # target model and the prepared data (a forgotten DST must not turn the last candidate into one)
+    files = [checkpoint_file(c) for c in checkpoints]
+    inputs = [*files, *(f.parent for f in files if (f.parent / "config.json").is_file())]
     if at_hoyer is not None:  # the destination checked before the validation passes
-        check_export_destination(dst, [checkpoint_file(c) for c in checkpoints], overwrite)
-        choice = best_at_sparsity(checkpoints, *target_hoyer(at_hoyer, data), prepared_dir=data)
+        prepared = data or candidates_data(checkpoints)
+        here = prepared if prepared and (prepared / "prepare.json").is_file() else None
+        target = [Path(at_hoyer)] if at_hoyer.strip() and Path(at_hoyer).exists() else []
+        check_export_destination(dst, [*inputs, *([here] if here else []), *target], overwrite)
+        # a target model is measured on the candidates' validation split: one of other data is refused
+        choice = best_at_sparsity(checkpoints, *target_hoyer(at_hoyer, here), prepared_dir=data)
     else:
         choice = best_by_validation(checkpoints) if len(checkpoints) > 1 else None
-    # every candidate is an input: a forgotten DST must not turn the last candidate into one
-    inputs = [Path(p) for p in choice.losses] if choice else None
     src = choice.best if choice else checkpoints[0]
     export_checkpoint(src, dst, overwrite=overwrite, choice=choice, inputs=inputs)
     if choice:

@@ -62,12 +62,9 @@ def resynth(
     dst = Path(dst_arg)
     if folder_meant(dst, dst_arg) and not dst.is_dir() and not (from_list or inp.is_dir()):
         dst.mkdir(parents=True, exist_ok=True)  # `OUT/` for one file: a folder (plan_outputs makes it for many)
-    if from_codes:
-        from sdmvae_cli.core.outputs import check_file_destination
-
+    if from_codes:  # its inputs (codes, phase source, model) are checked against OUT inside
         out = dst / (inp.name.removesuffix(".codes.npz").removesuffix(".npz") + ".wav") if dst.is_dir() else dst
-        check_file_destination(out, inputs=[inp] + ([phase_from] if phase_from else []), overwrite=overwrite)
-        resynthesise_from_codes(inp, out, model, phase_from, subtype)
+        resynthesise_from_codes(inp, out, model, phase_from, subtype, overwrite=overwrite)
         emit_json({"written": [str(out)], "failed": []}) if as_json else emit(out)
         return
     pairs = plan_outputs(inp, dst, from_list=from_list, overwrite=overwrite, save_codes=save_codes)

@@ -123,7 +123,7 @@ def merged_config(ctx: typer.Context, given: dict, config: dict | None, resume: 
             model[f] = [int(h) for h in v.split(",") if h.strip()] if p == "hidden" else v
     known = isinstance(model.get("model"), str) and model["model"] in REGISTRY  # else ModelConfig's error below
     family = REGISTRY[model["model"]].TRAIN_DEFAULTS if known else {}
-    inherited = _other_family_defaults(config, model["model"], train) if explicit("arch") else set()
+    inherited = _other_family_defaults(config, model["model"], train) if explicit("arch") and not resume else set()
     for p, f in TRAIN_PARAMS.items():
         execution = f in EXECUTION and not (resume and f != "device")
         if config is None or explicit(p) or f not in train or execution or f in inherited:
@@ -334,6 +334,8 @@ def train(
     cfg, opts = merged_config(ctx, given, base_cfg, resume=resume is not None)
     if prepared_dir is None:
         if base_cfg is None or not base_cfg.get("prepared_dir"):
+            if resume is not None:
+                raise UsageError(f"--resume {resume}: no readable config.json naming its prepared data; give PREPARED_DIR")
             raise UsageError("give PREPARED_DIR (or --config with a run's config.json that names it)")
         prepared_dir = Path(base_cfg["prepared_dir"])
     if resume is not None and overwrite:

@@ -69,6 +69,8 @@ def validation_hoyer(model: str | os.PathLike, prepared_dir: str | os.PathLike |
 def target_hoyer(target: str, prepared_dir: str | os.PathLike | None = None) -> tuple[float, str]:
     """``--at-hoyer``: a number in [0, 1], or a model (file, run folder, released name) whose own
     validation Hoyer is the target; returns the value and how it was obtained."""
+    if not target.strip():
+        raise UsageError("--at-hoyer must be a number in [0, 1] or a model, got ''")
     try:
         value = float(target)
     except ValueError:
@@ -79,6 +81,13 @@ def target_hoyer(target: str, prepared_dir: str | os.PathLike | None = None) -> 
     if not 0.0 <= value <= 1.0:  # NaN too
         raise UsageError(f"--at-hoyer must be a number in [0, 1] or a model, got {target}")
     return value, "given"
+
+
+def candidates_data(candidates: list[str | os.PathLike]) -> Path | None:
+    """The prepared data the first candidate records: where a target model's Hoyer is measured,
+    so that a model trained on other data is refused as the yardstick (fingerprints differ)."""
+    recorded = read_checkpoint(checkpoint_file(candidates[0])).get("prepared_dir")
+    return Path(recorded) if recorded else None
 
 
 def best_at_sparsity(

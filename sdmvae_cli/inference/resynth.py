@@ -34,7 +34,7 @@ from sdmvae_cli.audio.stft import BLOCK_FRAMES, StftConfig, block_istft, block_s
 from sdmvae_cli.audio.stream import SampleWindow, restore_stream, scan_audio, stream_samples, write_stream_within_full_scale
 from sdmvae_cli.core.atomic import atomic_path
 from sdmvae_cli.core.errors import SdmvaeError
-from sdmvae_cli.core.outputs import check_dir_destination, check_files_destinations
+from sdmvae_cli.core.outputs import check_dir_destination, check_file_destination, check_files_destinations
 from sdmvae_cli.core.pool import Failure, imap_unordered
 from sdmvae_cli.nets.checkpoint import LoadedModel, load_model
 from sdmvae_cli.nets.released import default_model_path
@@ -218,6 +218,8 @@ def read_codes_npz(path: str | Path) -> dict:
         raise SdmvaeError(f"{path}: not a readable .codes.npz ({type(exc).__name__})") from None
     if "codes" not in d or d["codes"].ndim != 2 or d["codes"].shape[0] == 0:
         raise SdmvaeError(f"{path}: no 2-D 'codes' array with at least one frame (frames x code dimension)")
+    if d["codes"].dtype.kind not in "iuf":  # strings, complex, bools: not codes
+        raise SdmvaeError(f"{path}: 'codes' must be real numbers, got {d['codes'].dtype}")
     return {
         "codes": d["codes"].astype(np.float32),
         "checkpoint": str(d.get("checkpoint", "")),
@@ -267,17 +269,22 @@ def resynthesise_from_codes(
     model: str | None = None,
     source: str | Path | None = None,
     subtype: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     """``resynth --from-codes``: the model is ``model``, else the checkpoint recorded in the
-    file, else the released default; the phase source is ``source``, else the recorded one.
+    file (missing: an error), else (none recorded) the released default; the phase source is ``source``, else the recorded one.
     Streamed, like :func:`resynthesise_file`."""
     d = read_codes_npz(codes_file)
-    if model is None and d["checkpoint"] and Path(d["checkpoint"]).exists():
+    if model is None and d["checkpoint"]:
+        if not Path(d["checkpoint"]).exists():
+            raise SdmvaeError(f"{codes_file} was made with {d['checkpoint']}, which is not here: give the model with -m")
         model = d["checkpoint"]
-    lm = load_for_resynth(model)
     src = source or d["source"]
     if not src:
         raise SdmvaeError(f"{codes_file}: no source audio recorded; give it with --phase-from IN.wav")
+    # every file read is an input: the codes, the phase source (recorded or given), the model
+    check_file_destination(dst, inputs=[codes_file, src, *([model] if model else [])], overwrite=overwrite)
+    lm = load_for_resynth(model)
     # a code of another dimension, or a family whose codes do not determine its output: one line, before any work
     codes_to_latent(lm, torch.from_numpy(d["codes"][:1]))
     frames = d["codes"].shape[0]

@@ -86,6 +86,13 @@ class SRNN(SequenceVAE):
             raise SdmvaeError("--ss-start needs --ss-end (scheduled sampling ends there)")
 
     @classmethod
+    def validation_set(cls, cfg: ModelConfig) -> str:
+        """With scheduled sampling the decoder reads its own predictions in validation: not the
+        teacher-forced model's figure, so the two are never ranked together."""
+        own = ", decoded from its own predictions" if cfg.ss_end > 0 else ""
+        return super().validation_set(cfg) + own
+
+    @classmethod
     def label_suffix(cls, cfg: ModelConfig) -> str:
         ss = f" (scheduled sampling {cfg.ss_start}-{cfg.ss_end})" if cfg.ss_end > 0 else ""
         return ss + super().label_suffix(cfg)

@@ -175,3 +175,15 @@ def test_from_codes_refuses_codes_of_another_file_or_model_before_writing(real_u
     with pytest.raises(SdmvaeError, match="at least one frame"):
         resynthesise_from_codes(tmp_path / "empty.codes.npz", tmp_path / "c.wav")
     assert not any((tmp_path / f).exists() for f in ("a.wav", "b.wav", "c.wav")) and not list(tmp_path.glob(".*"))
+    np.savez(tmp_path / "text.codes.npz", **{**d, "codes": d["codes"].astype(str)})  # edited into strings
+    with pytest.raises(SdmvaeError, match="must be real numbers"):
+        resynthesise_from_codes(tmp_path / "text.codes.npz", tmp_path / "d.wav")
+    src = tmp_path / "source.wav"  # the recorded phase source is an input: never overwritten
+    src.write_bytes(open(str(d["source"]), "rb").read())
+    np.savez(tmp_path / "mine.codes.npz", **{**d, "source": str(src)})
+    with pytest.raises(SdmvaeError, match="is an input"):
+        resynthesise_from_codes(tmp_path / "mine.codes.npz", src, overwrite=True)
+    assert src.read_bytes() == open(str(d["source"]), "rb").read()
+    np.savez(tmp_path / "gone.codes.npz", **{**d, "checkpoint": str(tmp_path / "gone.pt")})  # its model moved away
+    with pytest.raises(SdmvaeError, match="which is not here: give the model with -m"):
+        resynthesise_from_codes(tmp_path / "gone.codes.npz", tmp_path / "e.wav")

@@ -87,3 +87,18 @@ def test_export_at_a_models_sparsity(candidates, tmp_path, capsys):
     assert run(["export", *map(str, files), str(tmp_path / "y.pt"), "--at-hoyer", "no-such-model"]) == 1
     assert "--at-hoyer no-such-model:" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+def test_export_never_writes_over_what_it_reads(candidates, tmp_path):
+    """--at-hoyer reads the prepared data and the target model: neither is ever a destination,
+    not even with --overwrite; nor are the files of a candidate's run folder; an empty target is usage."""
+    prep, files = candidates
+    before = (prep / "prepare.json").read_bytes()
+    args = ["export", *map(str, files)]
+    assert run([*args, str(prep / "prepare.json"), "--at-hoyer", "0.1", "--overwrite"]) in (1, 2)
+    assert (prep / "prepare.json").read_bytes() == before
+    target = tmp_path / "target.pt"
+    target.write_bytes(files[2].read_bytes())
+    assert run([*args, str(target), "--at-hoyer", str(target), "--overwrite"]) == 1
+    assert target.read_bytes() == files[2].read_bytes()
+    assert run([*args, str(tmp_path / "z.pt"), "--at-hoyer", ""]) == 2 and not (tmp_path / "z.pt").exists()
