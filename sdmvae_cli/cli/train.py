@@ -330,6 +330,8 @@ def train(
     from sdmvae_cli.training.train import train as run
 
     given = dict(ctx.params)
+    if resume is not None and (config is not None or _given(ctx, "out")):
+        raise UsageError("--resume continues RUN in place, from its own config.json: no --config or --out with it")
     base_cfg = read_run_config(config) if config is not None else _resumed_config(resume)
     cfg, opts = merged_config(ctx, given, base_cfg, resume=resume is not None)
     if prepared_dir is None:

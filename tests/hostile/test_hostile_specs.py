@@ -184,6 +184,8 @@ def test_train_resume_refuses_options_that_differ_from_the_runs(synthetic_prepar
     assert code == 0, err
     assert len((run_dir / "history.csv").read_text().splitlines()) == 3
     one_line_failure(capsys, 2, "--kl-warmup does not apply to --arch vae", "train", "--resume", run_dir, "--kl-warmup", "5")
+    one_line_failure(capsys, 2, "no --config or --out", "train", "--resume", run_dir, "--out", run_dir.parent / "elsewhere")
+    assert not (run_dir.parent / "elsewhere").exists()
 
 
 def test_runs_are_never_written_inside_the_prepared_data(synthetic_prepared, tmp_path, capsys):
