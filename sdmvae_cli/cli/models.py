@@ -156,8 +156,8 @@ def export(
     if at_hoyer is not None:  # the destination checked before the validation passes
         prepared = data or candidates_data(checkpoints)
         here = prepared if prepared and (prepared / "prepare.json").is_file() else None
-        target = [Path(at_hoyer)] if at_hoyer.strip() and Path(at_hoyer).exists() else []
-        check_export_destination(dst, [*inputs, *([here] if here else []), *target], overwrite)
+        inputs += [*([here] if here else []), *([Path(at_hoyer)] if at_hoyer.strip() and Path(at_hoyer).exists() else [])]
+        check_export_destination(dst, inputs, overwrite)
         # a target model is measured on the candidates' validation split: one of other data is refused
         choice = best_at_sparsity(checkpoints, *target_hoyer(at_hoyer, here), prepared_dir=data)
     else:

@@ -41,8 +41,8 @@ def validation_hoyer(model: str | os.PathLike, prepared_dir: str | os.PathLike |
     ``prepared_dir`` (default: the preparation the checkpoint records), which must be the data
     it was trained on (same fingerprint): a target model's Hoyer is measured on its own
     validation split, so it must share the candidates' data to be their yardstick."""
-    f = checkpoint_file(model)
-    data = read_checkpoint(f)
+    lm = load_model(model)  # the file read once: its weights and its record
+    f, data = lm.path, lm.checkpoint
     prepared = Path(prepared_dir or data.get("prepared_dir") or "")
     if prepared_dir is not None and not (prepared / "prepare.json").exists():
         raise SdmvaeError(f"--data {prepared}: not a prepared folder (no prepare.json)")
@@ -51,7 +51,6 @@ def validation_hoyer(model: str | os.PathLike, prepared_dir: str | os.PathLike |
     info = load_prepare_info(prepared)
     if current_fingerprint(data.get("data_fingerprint"), prepared) != info.get("fingerprint"):
         raise SdmvaeError(f"{f} was not trained on {prepared} (data fingerprints differ): its validation split is not theirs")
-    lm = load_model(f)
     model_ = lm.model.eval()
     frames = open_frames(prepared, "validation")
     per_file = []

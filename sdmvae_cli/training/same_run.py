@@ -28,12 +28,14 @@ def resumed_values(saved: dict) -> tuple[dict[str, Any], dict[str, Any]]:
     return ModelConfig.from_dict(saved["model"]).to_dict(), {**RESUME_FALLBACKS, **saved["train"]}
 
 
-def changed_options(saved: dict, cfg: ModelConfig, opts: TrainOptions, fields: Collection[str] | None = None) -> list[str]:
-    """The fields of ``cfg``/``opts`` whose values differ from those a resume of ``saved`` uses.
-    ``fields`` None (a spec, every option of it): an option whose default changed since the run
-    started (training.options.CHANGED_DEFAULTS), left at today's default, keeps the run's value.
+def changed_options(
+    model: dict, train: dict, cfg: ModelConfig, opts: TrainOptions, fields: Collection[str] | None = None
+) -> list[str]:
+    """The fields of ``cfg``/``opts`` whose values differ from those a resume uses (``model`` and
+    ``train``: :func:`resumed_values` of the run's config.json). ``fields`` None (a spec, every
+    option of it): an option whose default changed since the run started
+    (training.options.CHANGED_DEFAULTS), left at today's default, keeps the run's value.
     ``fields`` given (options the user typed): each is compared, without that allowance."""
-    model, train = resumed_values(saved)
     default = TrainOptions()
 
     def differs(k: str, v: Any, run: dict) -> bool:
@@ -55,7 +57,7 @@ def check_same_run(
     try:
         saved = json.loads((run_dir / "config.json").read_text())
         model, train = resumed_values(saved)
-        diff = changed_options(saved, cfg, opts, fields)
+        diff = changed_options(model, train, cfg, opts, fields)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, SdmvaeError):
         return
     if diff:
